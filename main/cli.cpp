@@ -1,0 +1,26 @@
+#include "main/cli.h"
+
+#include <fmt/format.h>
+
+namespace kiln {
+
+bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& result) {
+  options.add_options()("h,help", "show this help");
+  result = options.parse(argc, argv);
+  if (result.count("help")) {
+    fmt::print("{}\n", options.help());
+    return false;
+  }
+  return true;
+}
+
+std::string format_bytes(uint64_t bytes) {
+  if (bytes < 1000) return fmt::format("{} B", bytes);
+  const char* units[] = {"kB", "MB", "GB", "TB"};
+  double value = double(bytes);
+  int unit = -1;
+  while (value >= 1000 && unit < 3) value /= 1000, ++unit;
+  return fmt::format("{:.1f} {}", value, units[unit]);
+}
+
+}  // namespace kiln
