@@ -1,10 +1,56 @@
-// kiln convert: GGUF file or Hugging Face folder -> .kiln file.
+// kiln convert SOURCE -o OUT.kiln: a GGUF file or Hugging Face folder to a .kiln file.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "convert/conversion.h"
+#include "convert/from_gguf.h"
+#include "convert/from_hf.h"
+#include "convert/gguf_reader.h"
+#include "convert/hf_folder.h"
+#include "engine/error.h"
 #include "main/cli.h"
 #include "main/commands.h"
-#include "engine/error.h"
 
 namespace kiln {
 
-int cmd_convert(int, char**) { fail("convert is not built yet"); }
+int cmd_convert(int argc, char** argv) {
+  cxxopts::Options options(argv[0], "Convert a GGUF file or a Hugging Face model folder to a .kiln file.");
+  options.add_options()("source", "GGUF file or Hugging Face folder", cxxopts::value<std::string>())(
+      "o,output", "the .kiln file to write", cxxopts::value<std::string>())(
+      "type", "weight type: f16, bf16, f32 or int8", cxxopts::value<std::string>()->default_value("f16"))(
+      "group-size", "int8: values per scale along a row", cxxopts::value<uint32_t>()->default_value("64"))(
+      "f,force", "overwrite the output if it exists")("q,quiet", "no progress bar");
+  options.parse_positional({"source"});
+  options.positional_help("SOURCE -o OUT.kiln");
+  cxxopts::ParseResult args;
+  if (!parse_or_help(options, argc, argv, args)) return 0;
+  KILN_CHECK(args.count("source"), "give the model to convert: kiln convert SOURCE -o OUT.kiln");
+  KILN_CHECK(args.count("output"), "give the output file: kiln convert SOURCE -o OUT.kiln");
+
+  const std::string source = args["source"].as<std::string>();
+  const std::string output = args["output"].as<std::string>();
+  ConvertOptions convert;
+  const std::string type = args["type"].as<std::string>();
+  const auto dtype = dtype_from_name(type == "i8" ? "int8" : type);
+  KILN_CHECK(dtype && *dtype != DType::U8, "--type '{}' is not one of f16, bf16, f32, int8", type);
+  convert.weight_dtype = *dtype;
+  convert.group_size = args["group-size"].as<uint32_t>();
+  convert.overwrite = args.count("force") > 0;
+  convert.progress = !args.count("quiet") && ::isatty(STDERR_FILENO);
+  KILN_CHECK(std::filesystem::absolute(source) != std::filesystem::absolute(output),
+             "the output '{}' is the source: choose another output name", output);
+
+  if (std::filesystem::is_directory(source)) {
+    const HfFolder folder = HfFolder::open(source);
+    write_conversion(conversion_from_hf(folder), output, convert);
+  } else {
+    const GgufFile gguf = GgufFile::open(source);
+    write_conversion(conversion_from_gguf(gguf), output, convert);
+  }
+  fmt::print(stderr, "wrote {}\n", output);
+  return 0;
+}
 
 }  // namespace kiln
