@@ -41,6 +41,11 @@ int cmd_convert(int argc, char** argv) {
   convert.progress = !args.count("quiet") && ::isatty(STDERR_FILENO);
   KILN_CHECK(std::filesystem::absolute(source) != std::filesystem::absolute(output),
              "the output '{}' is the source: choose another output name", output);
+  // Fail before the (long) conversion on what the writer would refuse at its end.
+  KILN_CHECK(!std::filesystem::is_directory(output), "'{}' is a folder: give a file name for the .kiln output",
+             output);
+  KILN_CHECK(convert.overwrite || !std::filesystem::exists(output), "'{}' exists: use --force to overwrite it",
+             output);
 
   if (std::filesystem::is_directory(source)) {
     const HfFolder folder = HfFolder::open(source);

@@ -1,0 +1,146 @@
+// The kiln binary as a user meets it: help, conversion, info, verify, and clear one-line errors.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "convert/kiln_writer.h"
+#include "tests/convert/kiln_file_fixture.h"
+#include "tests/model_paths.h"
+#include "tests/run_process.h"
+
+namespace kiln {
+namespace {
+
+using testing::run_kiln;
+using testing::TempDir;
+
+// An error is reported on stderr on one line, and the exit code is non-zero.
+void expect_clean_error(const testing::ProcessResult& r, const std::string& expected_part) {
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_LT(r.exit_code, 128) << "killed by a signal: " << r.err;
+  EXPECT_NE(r.err.find(expected_part), std::string::npos) << r.err;
+  EXPECT_LE(std::count(r.err.begin(), r.err.end(), '\n'), 2) << r.err;
+}
+
+TEST(Cli, HelpListsEveryCommandAndEachHasItsOwnHelp) {
+  const auto r = run_kiln({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* command : {"convert", "info", "verify"}) {
+    EXPECT_NE(r.out.find(std::string("  ") + command), std::string::npos) << command;
+    const auto help = run_kiln({command, "--help"});
+    EXPECT_EQ(help.exit_code, 0) << command;
+    EXPECT_NE(help.out.find("Usage:"), std::string::npos) << command;
+  }
+  expect_clean_error(run_kiln({"frobnicate"}), "unknown command 'frobnicate'");
+  expect_clean_error(run_kiln({"info", "--no-such-flag"}), "no-such-flag");
+}
+
+TEST(Cli, ConvertInfoVerifyTheDefaultModel) {
+  KILN_REQUIRE_SMOLLM2(gguf);
+  TempDir dir;
+  const std::string out = dir.file("smol.kiln");
+  auto r = run_kiln({"convert", gguf, "-o", out, "--type", "int8", "--group-size", "32"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(r.out.empty()) << "progress and notes go to stderr";
+  r = run_kiln({"info", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* fact : {"architecture  llama", "layers 30, dim 576, heads 9 (kv 3)", "byte-level BPE (49152 tokens",
+                           "int8", "tied embeddings"})
+    EXPECT_NE(r.out.find(fact), std::string::npos) << fact << "\n" << r.out;
+  r = run_kiln({"verify", out});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+
+  expect_clean_error(run_kiln({"convert", gguf, "-o", out}), "use --force");
+  EXPECT_EQ(run_kiln({"convert", gguf, "-o", out, "--force", "--type", "f16"}).exit_code, 0);
+  EXPECT_NE(run_kiln({"info", out}).out.find("f16"), std::string::npos);
+}
+
+TEST(Cli, BadInputGivesOneLineErrors) {
+  TempDir dir;
+  expect_clean_error(run_kiln({"info", dir.file("absent.kiln")}), "cannot open");
+  expect_clean_error(run_kiln({"info"}), "give the .kiln file");
+  expect_clean_error(run_kiln({"convert", dir.file("absent.gguf"), "-o", dir.file("x.kiln")}), "cannot open");
+  expect_clean_error(run_kiln({"convert", dir.file("x.gguf")}), "give the output file");
+  {
+    std::ofstream(dir.file("garbage.gguf")) << "this is not a model file at all";
+    std::ofstream(dir.file("garbage.kiln")) << "this is not a model file at all, but long enough to hold a header? "
+                                               "no: the magic is wrong before anything else is read, padding....";
+  }
+  const auto r = run_kiln({"convert", dir.file("garbage.gguf"), "-o", dir.file("x.kiln")});
+  expect_clean_error(r, "garbage.gguf");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.kiln")));
+  expect_clean_error(run_kiln({"info", dir.file("garbage.kiln")}), "bad magic");
+  expect_clean_error(run_kiln({"convert", dir.file("garbage.gguf"), "-o", dir.file("garbage.gguf")}), "is the source");
+  expect_clean_error(run_kiln({"convert", dir.file("garbage.gguf"), "-o", dir.file("x.kiln"), "--type", "q4"}), "--type");
+  expect_clean_error(run_kiln({"convert", dir.file("garbage.gguf"), "-o", dir.path().string()}), "is a folder");
+  // Nothing the user had is touched by a failed conversion.
+  EXPECT_TRUE(std::filesystem::exists(dir.file("garbage.gguf")));
+}
+
+TEST(Cli, VerifyNamesADamagedTensor) {
+  KILN_REQUIRE_SMOLLM2(gguf);
+  TempDir dir;
+  const std::string out = dir.file("smol.kiln");
+  ASSERT_EQ(run_kiln({"convert", gguf, "-o", out, "--type", "int8"}).exit_code, 0);
+  {
+    std::fstream file(out, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(-100, std::ios::end);  // inside the last tensor's data
+    file.put('\x7f');
+  }
+  const auto r = run_kiln({"verify", out});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("does not match its checksum"), std::string::npos) << r.err;
+}
+
+TEST(Cli, KilledConversionLeavesNoModelAndTheNextRunCleansUp) {
+  KILN_REQUIRE_SMOLLM2(gguf);
+  TempDir dir;
+  const std::string out = dir.file("smol.kiln");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(KILN_BINARY, KILN_BINARY, "convert", gguf.c_str(), "-o", out.c_str(), "--type", "f32", "-q", nullptr);
+    ::_exit(127);
+  }
+  // Kill it once the temp file has started to grow.
+  const std::string partial = partial_path(out, pid);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::error_code ec;
+    if (std::filesystem::exists(partial, ec)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  EXPECT_FALSE(std::filesystem::exists(out));
+
+  const auto r = run_kiln({"convert", gguf, "-o", out, "--type", "int8"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) ++entries;
+  EXPECT_EQ(entries, 1u) << "a temp file was left behind";
+}
+
+TEST(Cli, InterruptedConversionRemovesItsTempFile) {
+  KILN_REQUIRE_SMOLLM2(gguf);
+  TempDir dir;
+  const std::string out = dir.file("smol.kiln");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(KILN_BINARY, KILN_BINARY, "convert", gguf.c_str(), "-o", out.c_str(), "--type", "f32", "-q", nullptr);
+    ::_exit(127);
+  }
+  const std::string partial = partial_path(out, pid);
+  while (!std::filesystem::exists(partial)) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ::kill(pid, SIGINT);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFSIGNALED(status) || WEXITSTATUS(status) != 0);
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+}  // namespace
+}  // namespace kiln
