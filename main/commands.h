@@ -18,8 +18,10 @@ struct Command {
 int cmd_convert(int argc, char** argv);
 int cmd_info(int argc, char** argv);
 int cmd_verify(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
 
 inline constexpr Command kCommands[] = {
+    {"generate", "continue one prompt, streamed to stdout", cmd_generate},
     {"convert", "convert a GGUF file or Hugging Face folder to a .kiln file", cmd_convert},
     {"info", "print a .kiln file's architecture, hyper-parameters, tokenizer and tensors", cmd_info},
     {"verify", "check every tensor of a .kiln file against its checksum", cmd_verify},

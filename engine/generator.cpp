@@ -1,0 +1,150 @@
+#include "engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "engine/error.h"
+
+namespace kiln {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Holds back the tail of the text that could still become a stop string.
+class StopFilter {
+ public:
+  StopFilter(const std::vector<std::string>& stops, const TextSink& sink) : stops_(stops), sink_(sink) {}
+
+  // Returns true when a stop string completed; the text before it has been emitted.
+  bool push(std::string_view text) {
+    pending_ += text;
+    for (const auto& stop : stops_) {
+      if (stop.empty()) continue;
+      if (size_t at = pending_.find(stop); at != std::string::npos) {
+        emit(pending_.substr(0, at));
+        pending_.clear();
+        return true;
+      }
+    }
+    size_t keep = 0;  // the longest suffix of pending_ that is a prefix of a stop string
+    for (const auto& stop : stops_)
+      for (size_t n = std::min(stop.size() - (stop.empty() ? 0 : 1), pending_.size()); n > keep; --n)
+        if (pending_.compare(pending_.size() - n, n, stop, 0, n) == 0) {
+          keep = n;
+          break;
+        }
+    emit(pending_.substr(0, pending_.size() - keep));
+    pending_.erase(0, pending_.size() - keep);
+    return false;
+  }
+  void flush() {
+    emit(pending_);
+    pending_.clear();
+  }
+
+ private:
+  void emit(const std::string& text) {
+    if (!text.empty() && sink_) sink_(text);
+  }
+  const std::vector<std::string>& stops_;
+  const TextSink& sink_;
+  std::string pending_;
+};
+
+}  // namespace
+
+std::string_view to_string(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Length: return "length";
+    case FinishReason::EndOfTurn: return "stop";
+    case FinishReason::StopString: return "stop";
+    case FinishReason::ContextFull: return "context_full";
+    case FinishReason::Interrupted: return "interrupted";
+  }
+  return "?";
+}
+
+Generator::Generator(Backend& backend, const Tokenizer& tokenizer, const SamplerParams& sampling)
+    : backend_(backend),
+      tokenizer_(tokenizer),
+      sampler_(sampling, backend.config().n_vocab),
+      logits_(size_t(backend.config().n_vocab)) {}
+
+void Generator::reset() {
+  context_.clear();
+  backend_.reset();
+  sampler_.reset();
+}
+
+int64_t Generator::evaluate_prompt(const std::vector<int32_t>& prompt) {
+  // Reuse the cached prefix; always run at least the last prompt token to get its logits.
+  size_t reused = 0;
+  while (reused < context_.size() && reused < prompt.size() && context_[reused] == prompt[reused]) ++reused;
+  reused = std::min(reused, prompt.size() - 1);
+  context_.assign(prompt.begin(), prompt.end());
+  backend_.forward(prompt.data() + reused, int64_t(prompt.size() - reused), int64_t(reused), logits_.data(), false);
+  return int64_t(reused);
+}
+
+FinishReason Generator::generate(const GenerationRequest& request, const TextSink& sink, GenerationStats* stats) {
+  KILN_CHECK(!request.prompt.empty(), "the prompt is empty: give some text");
+  const int64_t n_ctx = backend_.n_ctx();
+  KILN_CHECK(int64_t(request.prompt.size()) < n_ctx,
+             "the prompt has {} tokens but the context holds {}: shorten it or raise -c", request.prompt.size(),
+             n_ctx);
+  interrupt_ = false;
+  GenerationStats local;
+  GenerationStats& s = stats ? *stats : local;
+  s = {};
+
+  const auto start = Clock::now();
+  sampler_.reset();
+  for (int32_t token : request.prompt) sampler_.accept(token);
+  s.n_cached = evaluate_prompt(request.prompt);
+  s.n_prompt = int64_t(request.prompt.size()) - s.n_cached;
+  s.prompt_ms = ms_since(start);
+
+  StreamDecoder decoder(tokenizer_);
+  StopFilter stop_filter(request.stops, sink);
+  FinishReason reason = FinishReason::Length;
+  Clock::time_point first_token_time;
+  for (;;) {
+    if (request.max_tokens >= 0 && s.n_generated >= request.max_tokens) break;
+    if (interrupt_) {
+      reason = FinishReason::Interrupted;
+      break;
+    }
+    const int32_t token = sampler_.sample(logits_.data());
+    if (s.n_generated == 0) {
+      first_token_time = Clock::now();
+      s.first_token_ms = ms_since(start);
+    }
+    ++s.n_generated;
+    if (tokenizer_.is_eog(token)) {
+      reason = FinishReason::EndOfTurn;
+      break;
+    }
+    sampler_.accept(token);
+    if (stop_filter.push(decoder.push(token))) {
+      reason = FinishReason::StopString;
+      break;
+    }
+    if (int64_t(context_.size()) >= n_ctx) {
+      reason = FinishReason::ContextFull;
+      break;
+    }
+    backend_.forward(&token, 1, int64_t(context_.size()), logits_.data(), false);
+    context_.push_back(token);
+  }
+  if (reason != FinishReason::StopString) {
+    stop_filter.push(decoder.flush());
+    stop_filter.flush();
+  }
+  if (s.n_generated > 0) s.generate_ms = ms_since(first_token_time);
+  return reason;
+}
+
+}  // namespace kiln

@@ -1,0 +1,84 @@
+#include "main/model_options.h"
+
+#include <random>
+
+#include "engine/error.h"
+
+namespace kiln {
+
+void add_model_options(cxxopts::Options& options) {
+  options.add_options("model")("m,model", "the .kiln model file", cxxopts::value<std::string>())(
+      "c,ctx-size", "context size in tokens (0: the model's, at most 4096)",
+      cxxopts::value<int64_t>()->default_value("0"))(
+      "t,threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))(
+      "device", "cpu or cuda", cxxopts::value<std::string>()->default_value("cpu"))(
+      "ngl,n-gpu-layers", "accepted for llama.cpp compatibility; kiln runs every layer on the chosen device",
+      cxxopts::value<int>()->default_value("-1"));
+}
+
+void add_sampling_options(cxxopts::Options& options) {
+  options.add_options("sampling")("temp", "temperature; 0 is greedy", cxxopts::value<float>()->default_value("0.8"))(
+      "top-k", "keep the k most likely tokens (0: off)", cxxopts::value<int>()->default_value("40"))(
+      "top-p", "keep the smallest set with this probability (1: off)", cxxopts::value<float>()->default_value("0.95"))(
+      "min-p", "drop tokens less likely than this times the best (0: off)",
+      cxxopts::value<float>()->default_value("0.05"))(
+      "repeat-penalty", "penalise repeated tokens (1: off)", cxxopts::value<float>()->default_value("1.0"))(
+      "repeat-last-n", "tokens the penalties look back over", cxxopts::value<int>()->default_value("64"))(
+      "frequency-penalty", "subtract per occurrence", cxxopts::value<float>()->default_value("0"))(
+      "presence-penalty", "subtract once if present", cxxopts::value<float>()->default_value("0"))(
+      "s,seed", "random seed (-1: random)", cxxopts::value<int64_t>()->default_value("-1"));
+}
+
+void add_chat_options(cxxopts::Options& options) {
+  options.add_options("chat")("sys,system", "system prompt", cxxopts::value<std::string>())(
+      "chat-template", "chatml, llama2, llama3, zephyr or mistral (default: the model's)",
+      cxxopts::value<std::string>());
+}
+
+SamplerParams sampling_from(const cxxopts::ParseResult& args) {
+  SamplerParams p;
+  p.temperature = args["temp"].as<float>();
+  p.top_k = args["top-k"].as<int>();
+  p.top_p = args["top-p"].as<float>();
+  p.min_p = args["min-p"].as<float>();
+  p.repeat_penalty = args["repeat-penalty"].as<float>();
+  p.penalty_last_n = args["repeat-last-n"].as<int>();
+  p.frequency_penalty = args["frequency-penalty"].as<float>();
+  p.presence_penalty = args["presence-penalty"].as<float>();
+  const int64_t seed = args["seed"].as<int64_t>();
+  p.seed = seed < 0 ? std::random_device{}() : uint64_t(seed);
+  p.validate();
+  return p;
+}
+
+LoadedModel load_model(const cxxopts::ParseResult& args) {
+  KILN_CHECK(args.count("model"), "give the model: -m MODEL.kiln (convert one with `kiln convert`)");
+  const std::string device = args["device"].as<std::string>();
+  KILN_CHECK(device == "cpu" || device == "cuda", "--device '{}' is not cpu or cuda", device);
+  KILN_CHECK(device == "cpu", "this kiln has no CUDA backend yet: use --device cpu");
+  const int64_t n_ctx = args["ctx-size"].as<int64_t>();
+  KILN_CHECK(n_ctx >= 0, "-c {} must be 0 (the model's) or a positive token count", n_ctx);
+  const int threads = args["threads"].as<int>();
+  KILN_CHECK(threads >= 0 && threads <= 1024, "-t {} must be 0 (all cores) or a thread count", threads);
+
+  LoadedModel model{KilnFile::open(args["model"].as<std::string>()), nullptr, nullptr, ""};
+  const TokenizerData tokenizer = model.file.tokenizer_data();
+  model.tokenizer = make_tokenizer(tokenizer);
+  model.chat_template = tokenizer.chat_template;
+  BackendOptions options;
+  options.n_ctx = n_ctx;
+  options.n_threads = threads;
+  model.backend = make_cpu_backend(model.file, options);
+  return model;
+}
+
+ChatTemplate chat_template_from(const cxxopts::ParseResult& args, const LoadedModel& model) {
+  ChatTemplate t = args.count("chat-template") ? chat_template_by_name(args["chat-template"].as<std::string>())
+                                               : detect_chat_template(model.chat_template);
+  const Tokenizer& tok = *model.tokenizer;
+  if (tok.bos_id() >= 0) t.bos_token = tok.token_to_piece(tok.bos_id());
+  if (tok.eos_id() >= 0) t.eos_token = tok.token_to_piece(tok.eos_id());
+  return t;
+}
+
+}  // namespace kiln

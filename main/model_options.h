@@ -1,0 +1,35 @@
+// The flags every model-running command shares (llama.cpp's names), declared once, and the loading of a
+// model with them: the file, its tokenizer and a backend.
+#pragma once
+
+#include <cxxopts.hpp>
+#include <memory>
+
+#include "engine/backend.h"
+#include "engine/kiln_file.h"
+#include "engine/sampler.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kiln {
+
+void add_model_options(cxxopts::Options& options);     // -m -c -t --device -ngl
+void add_sampling_options(cxxopts::Options& options);  // --temp --top-k ... -s
+void add_chat_options(cxxopts::Options& options);      // -sys --chat-template
+
+[[nodiscard]] SamplerParams sampling_from(const cxxopts::ParseResult& args);
+
+struct LoadedModel {
+  KilnFile file;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Backend> backend;
+  std::string chat_template;  // the model's template text, verbatim
+};
+
+// Opens -m, builds the tokenizer and the backend. Throws kiln::Error with what to do.
+[[nodiscard]] LoadedModel load_model(const cxxopts::ParseResult& args);
+
+// The chat template: --chat-template NAME, else the one the model's template string names.
+[[nodiscard]] ChatTemplate chat_template_from(const cxxopts::ParseResult& args, const LoadedModel& model);
+
+}  // namespace kiln
