@@ -41,7 +41,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
     out.push_back({blk + "attn_qkv.weight", {c.qkv_dim(), c.dim}});
     if (c.attention_bias) out.push_back({blk + "attn_qkv.bias", {c.qkv_dim()}});
     out.push_back({blk + "attn_out.weight", {c.dim, c.q_dim()}});
-    if (c.attention_bias) out.push_back({blk + "attn_out.bias", {c.dim}});
+    // attn_out.bias is optional even with attention_bias: Qwen2 has biases on Q, K and V only.
     if (!c.shared_layer_norm) norm(blk + "ffn_norm");
     out.push_back({blk + "ffn_up.weight", {up_rows, c.dim}});
     if (c.mlp_bias) out.push_back({blk + "ffn_up.bias", {up_rows}});

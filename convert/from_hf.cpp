@@ -61,12 +61,35 @@ SourceTensor stacked(const HfFolder& folder, std::string name, const std::vector
   return t;
 }
 
+// Rotary settings: transformers 5 writes a "rope_parameters" object, older versions top-level
+// "rope_theta" and "rope_scaling".
+void read_rope(const HfFolder& folder, ModelConfig& c) {
+  const auto& config = folder.config();
+  nlohmann::json rope = nlohmann::json::object();
+  if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) rope = *it;
+  if (auto it = config.find("rope_scaling"); it != config.end() && it->is_object()) rope.update(*it);
+  try {
+    c.rope_theta = rope.value("rope_theta", config_value_or<float>(folder, "rope_theta", 10000.0f));
+    const std::string type = rope.value("rope_type", rope.value("type", std::string("default")));
+    if (type == "linear") {
+      c.rope_scale = rope.value("factor", 1.0f);
+    } else {
+      KILN_CHECK(type == "default", "'{}': rope type '{}' is not supported (default and linear are)",
+                 folder.dir().string(), type);
+    }
+    const float partial = rope.value("partial_rotary_factor", config_value_or<float>(folder, "partial_rotary_factor", 1.0f));
+    c.rotary_dim = int64_t(float(c.head_dim) * partial) / 2 * 2;
+  } catch (const nlohmann::json::exception& e) {
+    fail("'{}/config.json': unexpected rope settings: {}", folder.dir().string(), e.what());
+  }
+}
+
 }  // namespace
 
 Conversion conversion_from_hf(const HfFolder& folder) {
   const std::string model_type = config_value<std::string>(folder, "model_type");
-  KILN_CHECK(model_type == "llama" || model_type == "mistral",
-             "'{}': model_type '{}' is not supported yet (supported: llama, mistral)", folder.dir().string(),
+  KILN_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2",
+             "'{}': model_type '{}' is not supported yet (supported: llama, mistral, qwen2)", folder.dir().string(),
              model_type);
   Conversion conv;
   ModelConfig& c = conv.config;
@@ -84,19 +107,14 @@ Conversion conversion_from_hf(const HfFolder& folder) {
   c.norm_eps = config_value_or<float>(folder, "rms_norm_eps", 1e-6f);
   c.position = PositionKind::Rotary;
   c.rotary_style = RotaryStyle::Half;
-  c.rotary_dim = c.head_dim;
-  c.rope_theta = config_value_or<float>(folder, "rope_theta", 10000.0f);
-  if (auto it = folder.config().find("rope_scaling"); it != folder.config().end() && !it->is_null()) {
-    const std::string type = it->value("rope_type", it->value("type", std::string("none")));
-    KILN_CHECK(type == "linear", "'{}': rope_scaling type '{}' is not supported (linear is)", folder.dir().string(),
-               type);
-    c.rope_scale = it->value("factor", 1.0f);
-  }
+  read_rope(folder, c);
   c.mlp = MlpKind::SiluGated;
-  c.attention_bias = config_value_or<bool>(folder, "attention_bias", false);
+  // Qwen2 always has Q, K and V biases (and no output bias).
+  c.attention_bias = model_type == "qwen2" || config_value_or<bool>(folder, "attention_bias", false);
   c.mlp_bias = config_value_or<bool>(folder, "mlp_bias", false);
   c.tied_embeddings = config_value_or<bool>(folder, "tie_word_embeddings", false);
-  c.sliding_window = model_type == "mistral" ? config_value_or<int64_t>(folder, "sliding_window", 0) : 0;
+  const bool uses_window = model_type == "mistral" || config_value_or<bool>(folder, "use_sliding_window", false);
+  c.sliding_window = uses_window ? config_value_or<int64_t>(folder, "sliding_window", 0) : 0;
   c.validate();
 
   conv.tokenizer = tokenizer_from_hf(folder);
@@ -111,7 +129,8 @@ Conversion conversion_from_hf(const HfFolder& folder) {
     if (c.attention_bias) {
       out.push_back(stacked(folder, dst + "attn_qkv.bias",
                                  {src + "self_attn.q_proj.bias", src + "self_attn.k_proj.bias", src + "self_attn.v_proj.bias"}));
-      out.push_back(stacked(folder, dst + "attn_out.bias", {src + "self_attn.o_proj.bias"}));
+      if (folder.find(src + "self_attn.o_proj.bias"))
+        out.push_back(stacked(folder, dst + "attn_out.bias", {src + "self_attn.o_proj.bias"}));
     }
     out.push_back(stacked(folder, dst + "attn_out.weight", {src + "self_attn.o_proj.weight"}));
     out.push_back(stacked(folder, dst + "ffn_norm.weight", {src + "post_attention_layernorm.weight"}));

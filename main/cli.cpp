@@ -14,6 +14,17 @@ bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::Pa
   return true;
 }
 
+std::vector<std::string> split_list(const std::vector<std::string>& values) {
+  std::vector<std::string> out;
+  for (const auto& value : values) {
+    size_t start = 0;
+    for (size_t comma; (comma = value.find(',', start)) != std::string::npos; start = comma + 1)
+      out.push_back(value.substr(start, comma - start));
+    out.push_back(value.substr(start));
+  }
+  return out;
+}
+
 std::string format_bytes(uint64_t bytes) {
   if (bytes < 1000) return fmt::format("{} B", bytes);
   const char* units[] = {"kB", "MB", "GB", "TB"};

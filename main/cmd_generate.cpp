@@ -15,7 +15,7 @@ namespace kiln {
 namespace {
 
 std::atomic<bool>* g_interrupt = nullptr;
-extern "C" void on_sigint(int) {
+void on_generate_sigint(int) {
   if (g_interrupt) g_interrupt->store(true);
 }
 
@@ -68,7 +68,7 @@ int cmd_generate(int argc, char** argv) {
 
   Generator generator(*model.backend, *model.tokenizer, sampling);
   g_interrupt = &generator.interrupt();
-  ::signal(SIGINT, on_sigint);
+  ::signal(SIGINT, on_generate_sigint);
   GenerationStats stats;
   const FinishReason reason = generator.generate(request, [](std::string_view text) {
     fmt::print("{}", text);

@@ -2,10 +2,10 @@
 #include <fmt/format.h>
 
 #include <cstring>
-#include <cxxopts.hpp>
 #include <string>
 
 #include "engine/error.h"
+#include "main/cli.h"
 #include "main/commands.h"
 
 namespace {

@@ -2,8 +2,9 @@
 // model with them: the file, its tokenizer and a backend.
 #pragma once
 
-#include <cxxopts.hpp>
 #include <memory>
+
+#include "main/cli.h"
 
 #include "engine/backend.h"
 #include "engine/kiln_file.h"

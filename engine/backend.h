@@ -1,0 +1,56 @@
+// The one interface every backend implements, chosen once at start-up. A backend owns its weights'
+// binding, workspace and KV cache; the caller owns the model file and keeps it open.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+#include "engine/model_config.h"
+
+namespace kiln {
+
+class KilnFile;
+struct Weights;
+
+// Receives each named intermediate as its stage ends, in this order: "token_embd" (layer -1); per layer
+// "attn_norm", "qkv", "q" and "k" (after rotary), "attn", "attn_out" (projection, before bias and
+// residual), "ffn_norm", "ffn_act", "layer_out" (the residual stream); then "result_norm" and "logits"
+// (layer -1, only for the rows whose logits are asked for). data: [n_tokens, width] f32, valid during the
+// call.
+using TensorCallback = std::function<void(std::string_view name, int layer, const float* data, int64_t n)>;
+
+struct BackendOptions {
+  int64_t n_ctx = 0;        // KV cache positions; 0: the model's training context, at most 4096
+  int n_threads = 0;        // <= 0: all cores
+  int64_t max_batch = 512;  // tokens per forward step; longer inputs run in chunks
+  uint64_t max_kv_bytes = uint64_t(32) << 30;  // refuse a larger KV cache rather than swap
+  TensorCallback on_tensor;  // optional debugging hook; slows the forward when set
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual int64_t n_ctx() const = 0;
+  virtual int64_t n_past() const = 0;  // positions filled in the KV cache
+
+  // Runs tokens at positions [first_position, first_position + n_tokens), after the cache holds positions
+  // [0, first_position) (first_position <= n_past(); a smaller one rewinds). tokens: [n_tokens].
+  // logits: [n_tokens, n_vocab] when all_logits, else [n_vocab] for the last token; nullptr only fills the
+  // KV cache (prefill). Throws kiln::Error for a token outside the vocabulary or a full context.
+  virtual void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
+                       bool all_logits) = 0;
+
+  // Forgets every cached position.
+  virtual void reset() = 0;
+};
+
+[[nodiscard]] std::unique_ptr<Backend> make_cpu_backend(const KilnFile& file, const BackendOptions& options);
+// The weights' views must outlive the backend (a test can bind them to memory it owns).
+[[nodiscard]] std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& config, const Weights& weights,
+                                                        const BackendOptions& options);
+
+}  // namespace kiln

@@ -1,0 +1,154 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/error.h"
+
+namespace kiln {
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+void SamplerParams::validate() const {
+  KILN_CHECK(std::isfinite(temperature) && temperature >= 0, "temperature {} must be >= 0 (0 is greedy)",
+             temperature);
+  KILN_CHECK(top_k >= 0, "top-k {} must be >= 0 (0 turns it off)", top_k);
+  KILN_CHECK(std::isfinite(top_p) && top_p > 0 && top_p <= 1, "top-p {} must be in (0, 1] (1 turns it off)", top_p);
+  KILN_CHECK(std::isfinite(min_p) && min_p >= 0 && min_p <= 1, "min-p {} must be in [0, 1] (0 turns it off)", min_p);
+  KILN_CHECK(std::isfinite(repeat_penalty) && repeat_penalty > 0, "repeat penalty {} must be > 0 (1 turns it off)",
+             repeat_penalty);
+  KILN_CHECK(std::isfinite(frequency_penalty), "frequency penalty {} must be a finite number", frequency_penalty);
+  KILN_CHECK(std::isfinite(presence_penalty), "presence penalty {} must be a finite number", presence_penalty);
+  KILN_CHECK(penalty_last_n >= 0 && penalty_last_n <= (1 << 20),
+             "penalty window {} must be in [0, 1048576] (0 turns the penalties off)", penalty_last_n);
+}
+
+Rng::Rng(uint64_t seed) : state(splitmix64(seed)) {
+  if (state == 0) state = 0x9e3779b97f4a7c15ull;  // xorshift never leaves zero
+}
+
+uint64_t Rng::next() {
+  state ^= state >> 12;
+  state ^= state << 25;
+  state ^= state >> 27;
+  return state * 0x2545f4914f6cdd1dull;
+}
+
+double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
+
+Sampler::Sampler(const SamplerParams& params, int64_t n_vocab) : params_(params), n_vocab_(n_vocab), rng_(params.seed) {
+  params_.validate();
+  KILN_CHECK(n_vocab >= 1 && n_vocab <= (int64_t(1) << 24), "vocabulary size {} is invalid", n_vocab);
+  candidates_.resize(size_t(n_vocab));
+  probs_.resize(size_t(n_vocab));
+  recent_.resize(size_t(params_.penalty_last_n));
+  counts_.assign(size_t(n_vocab), 0);
+}
+
+void Sampler::accept(int32_t token) {
+  KILN_CHECK(token >= 0 && token < n_vocab_, "token {} is outside the vocabulary of {}", token, n_vocab_);
+  if (recent_.empty()) return;  // penalties off
+  recent_[recent_next_] = token;
+  recent_next_ = (recent_next_ + 1) % recent_.size();
+  recent_size_ = std::min(recent_size_ + 1, recent_.size());
+}
+
+void Sampler::reset() {
+  recent_next_ = 0;
+  recent_size_ = 0;
+  rng_ = Rng(params_.seed);
+}
+
+void Sampler::apply_penalties() {
+  const SamplerParams& p = params_;
+  if (recent_size_ == 0 || (p.repeat_penalty == 1 && p.frequency_penalty == 0 && p.presence_penalty == 0)) return;
+  for (size_t i = 0; i < recent_size_; ++i) ++counts_[size_t(recent_[i])];
+  for (size_t i = 0; i < recent_size_; ++i) {
+    const auto id = size_t(recent_[i]);
+    const int32_t count = counts_[id];
+    if (count == 0) continue;  // already penalised
+    float& logit = candidates_[id].logit;
+    logit = logit > 0 ? logit / p.repeat_penalty : logit * p.repeat_penalty;
+    logit -= float(count) * p.frequency_penalty + p.presence_penalty;
+    counts_[id] = 0;
+  }
+}
+
+// Keeps the k best candidates, sorted best first; sorts all of them when top-k is off.
+size_t Sampler::top_k(size_t n) {
+  // Ties go to the lower id, so the order (and the draw) never depends on the sort's implementation.
+  auto better = [](const Candidate& a, const Candidate& b) {
+    return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+  };
+  const size_t k = params_.top_k > 0 ? std::min(n, size_t(params_.top_k)) : n;
+  std::partial_sort(candidates_.begin(), candidates_.begin() + ptrdiff_t(k), candidates_.begin() + ptrdiff_t(n),
+                    better);
+  return k;
+}
+
+// Nucleus: the shortest prefix whose probability (at temperature 1) reaches top_p; then min-p: tokens at
+// least min_p times as likely as the best. Both keep at least one token.
+size_t Sampler::top_p_and_min_p(size_t n) {
+  const double max_logit = candidates_[0].logit;
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += probs_[i] = std::exp(double(candidates_[i].logit) - max_logit);
+  if (params_.top_p < 1) {
+    double cumulative = 0;
+    for (size_t i = 0; i < n; ++i) {
+      cumulative += probs_[i] / total;
+      if (cumulative >= params_.top_p) {
+        n = i + 1;
+        break;
+      }
+    }
+  }
+  if (params_.min_p > 0) {
+    size_t keep = 1;
+    while (keep < n && probs_[keep] >= double(params_.min_p)) ++keep;  // probs_[0] is 1
+    n = keep;
+  }
+  return n;
+}
+
+int32_t Sampler::sample(const float* logits) {
+  const size_t n_vocab = size_t(n_vocab_);
+  for (size_t i = 0; i < n_vocab; ++i) {
+    KILN_CHECK(!std::isnan(logits[i]) && logits[i] != INFINITY, "logit {} is {}: the model produced invalid output",
+               i, logits[i]);
+    candidates_[i] = {logits[i], int32_t(i)};
+  }
+  apply_penalties();
+
+  if (params_.temperature == 0) {
+    size_t best = 0;
+    for (size_t i = 1; i < n_vocab; ++i)
+      if (candidates_[i].logit > candidates_[best].logit) best = i;
+    return candidates_[best].id;
+  }
+
+  size_t n = top_k(n_vocab);
+  if (candidates_[0].logit == -INFINITY) return candidates_[0].id;  // every token masked: nothing to weigh
+  n = top_p_and_min_p(n);
+
+  // temperature, then one draw
+  const double inv_t = 1.0 / double(params_.temperature);
+  const double max_logit = candidates_[0].logit;
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += probs_[i] = std::exp((double(candidates_[i].logit) - max_logit) * inv_t);
+  double target = rng_.uniform() * total;
+  for (size_t i = 0; i < n; ++i) {
+    target -= probs_[i];
+    if (target < 0) return candidates_[i].id;
+  }
+  return candidates_[n - 1].id;  // rounding left a sliver past the end
+}
+
+}  // namespace kiln

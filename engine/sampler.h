@@ -1,0 +1,67 @@
+// Picks the next token from logits: penalties over recent tokens, then top-k, top-p, min-p, temperature
+// and a draw from an explicit RNG state, so a seed fixes the output. Temperature 0 is greedy.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace kiln {
+
+struct SamplerParams {
+  float temperature = 0.8f;      // 0: greedy (argmax after penalties)
+  int top_k = 40;                // 0: off
+  float top_p = 0.95f;           // in (0, 1]; 1: off
+  float min_p = 0.05f;           // in [0, 1]: drop tokens less likely than min_p times the best; 0: off
+  float repeat_penalty = 1.0f;   // > 0; 1: off. Divides positive logits, multiplies negative ones
+  float frequency_penalty = 0;   // subtracted once per occurrence in the window
+  float presence_penalty = 0;    // subtracted once if present in the window
+  int penalty_last_n = 64;       // window of recent tokens the penalties look at; 0: off
+  uint64_t seed = 0;
+
+  // Throws kiln::Error naming the first invalid parameter.
+  void validate() const;
+};
+
+// A small, fast generator with its whole state in one word (xorshift64*), seeded through splitmix64.
+struct Rng {
+  uint64_t state = 0;
+  explicit Rng(uint64_t seed);
+  uint64_t next();
+  double uniform();  // [0, 1)
+};
+
+class Sampler {
+ public:
+  Sampler(const SamplerParams& params, int64_t n_vocab);  // validates
+
+  // logits: [n_vocab], read only (-inf masks a token). Throws kiln::Error for a NaN or +inf logit.
+  int32_t sample(const float* logits);
+  // Records a token (prompt or generated) for the penalty window.
+  void accept(int32_t token);
+  // Forgets the recent tokens and re-seeds the RNG.
+  void reset();
+
+  const SamplerParams& params() const { return params_; }
+
+ private:
+  struct Candidate {
+    float logit;
+    int32_t id;
+  };
+  void apply_penalties();
+  size_t top_k(size_t n);
+  size_t top_p_and_min_p(size_t n);
+
+  SamplerParams params_;
+  int64_t n_vocab_;
+  Rng rng_;
+  std::vector<Candidate> candidates_;  // [n_vocab]
+  std::vector<double> probs_;          // [n_vocab]
+  std::vector<int32_t> recent_;        // [penalty_last_n] ring buffer
+  std::vector<int32_t> counts_;        // [n_vocab] occurrences in the window, zero between calls
+  size_t recent_next_ = 0;
+  size_t recent_size_ = 0;
+};
+
+}  // namespace kiln

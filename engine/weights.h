@@ -1,0 +1,54 @@
+// The model's weights as non-owning views, bound once by name and checked for dtype and shape. The views
+// point into a mapped .kiln file or into memory a test owns; whoever provides them keeps them alive.
+#pragma once
+
+#include <functional>
+#include <string_view>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "engine/tensor.h"
+
+namespace kiln {
+
+class KilnFile;
+
+// Matrices are TensorViews of any weight dtype (f32, f16, bf16, int8); vectors are f32 and may be absent.
+struct LayerWeights {
+  const float* attn_norm = nullptr;       // [dim]
+  const float* attn_norm_bias = nullptr;  // [dim] LayerNorm only
+  TensorView attn_qkv;                    // [q_dim + 2 * kv_dim, dim]: Q rows, then K, then V
+  const float* attn_qkv_bias = nullptr;   // [q_dim + 2 * kv_dim] or nullptr
+  TensorView attn_out;                    // [dim, q_dim]
+  const float* attn_out_bias = nullptr;   // [dim] or nullptr
+  const float* ffn_norm = nullptr;        // [dim]; nullptr when shared_layer_norm
+  const float* ffn_norm_bias = nullptr;   // [dim] or nullptr
+  TensorView ffn_up;                      // gated: [2 * ffn_dim, dim] (gate rows, then up); else [ffn_dim, dim]
+  const float* ffn_up_bias = nullptr;     // [rows of ffn_up] or nullptr
+  TensorView ffn_down;                    // [dim, ffn_dim]
+  const float* ffn_down_bias = nullptr;   // [dim] or nullptr
+};
+
+struct Weights {
+  TensorView token_embd;                        // [n_vocab, dim]
+  TensorView pos_embd;                          // [n_positions, dim]; learned positions only (else empty)
+  const float* token_embd_norm = nullptr;       // [dim] or nullptr (BLOOM)
+  const float* token_embd_norm_bias = nullptr;  // [dim] or nullptr
+  std::vector<LayerWeights> layers;             // [n_layers]
+  const float* output_norm = nullptr;           // [dim]
+  const float* output_norm_bias = nullptr;      // [dim] LayerNorm only
+  TensorView output;                            // [n_vocab, dim]; a copy of token_embd's view when tied
+  const float* output_bias = nullptr;           // [n_vocab] or nullptr (GPT-J)
+
+  int64_t n_positions() const { return pos_embd.data ? pos_embd.dims[0] : 0; }
+};
+
+// Finds a tensor by its .kiln name; nullptr when absent. The view must outlive the Weights.
+using TensorLookup = std::function<const TensorView*(std::string_view name)>;
+
+// Binds every tensor the config calls for. Throws kiln::Error naming the tensor when one is missing or
+// has the wrong dtype or shape.
+[[nodiscard]] Weights bind_weights(const ModelConfig& config, const TensorLookup& lookup);
+[[nodiscard]] Weights bind_weights(const KilnFile& file);
+
+}  // namespace kiln

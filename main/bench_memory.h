@@ -1,0 +1,26 @@
+// What the bench needs to state bandwidth: bytes a decode step reads, and what the memory delivers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/kiln_file.h"
+
+namespace kiln {
+
+struct ModelBytes {
+  uint64_t per_token = 0;  // weights read by one decode step (embeddings: one row, unless tied)
+  std::string main_dtype;  // the dtype of most weight bytes
+};
+ModelBytes model_bytes(const KilnFile& file);
+
+// K and V of every layer for one cached position (f32 cache).
+uint64_t kv_bytes_per_position(const ModelConfig& config);
+
+// GB/s of a plain read of a buffer much larger than the caches, with n_threads (0: all cores).
+double streaming_read_gbs(int n_threads);
+
+// The process's resident set, from /proc/self/statm; 0 where unknown.
+uint64_t resident_bytes();
+
+}  // namespace kiln

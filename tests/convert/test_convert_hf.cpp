@@ -1,0 +1,111 @@
+// Hugging Face folder -> .kiln -> CPU forward, end to end, against the transformers reference logits of
+// the tiny models (tests/engine/make_tiny_models.py): the converter's tensor mapping (Q/K/V and gate/up
+// fusion, biases, rope settings of both config.json dialects) must reproduce the reference exactly in f32.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "convert/from_hf.h"
+#include "engine/backend.h"
+#include "engine/error.h"
+#include "engine/kiln_file.h"
+#include "tests/convert/kiln_file_fixture.h"
+#include "tests/engine/tiny_model.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A byte-level BPE tokenizer.json with the 256 byte tokens and no merges: enough for a model whose
+// test drives it by token ids.
+void write_byte_tokenizer(const fs::path& dir) {
+  nlohmann::json vocab = nlohmann::json::object();
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    const int code = printable ? b : next++;
+    std::string piece;
+    if (code < 0x80) {
+      piece = char(code);
+    } else {
+      piece = {char(0xC0 | (code >> 6)), char(0x80 | (code & 0x3F))};
+    }
+    vocab[piece] = b;
+  }
+  const nlohmann::json tokenizer = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+                                    {"added_tokens", nlohmann::json::array()},
+                                    {"pre_tokenizer", {{"type", "ByteLevel"}}}};
+  std::ofstream(dir / "tokenizer.json") << tokenizer.dump();
+}
+
+class ConvertHf : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ConvertHf, ConvertedModelMatchesTransformers) {
+  testing::TempDir dir;
+  const fs::path source = fs::path(KILN_SOURCE_DIR) / "tests/data" / (std::string("tiny_") + GetParam());
+  const fs::path folder = dir.path() / "model";
+  fs::create_directories(folder);
+  for (const char* name : {"config.json", "model.safetensors"}) fs::copy_file(source / name, folder / name);
+  write_byte_tokenizer(folder);
+
+  const HfFolder hf = HfFolder::open(folder.string());
+  const Conversion conversion = conversion_from_hf(hf);
+  ConvertOptions options;
+  options.weight_dtype = DType::F32;
+  write_conversion(conversion, dir.file("tiny.kiln"), options);
+  const KilnFile file = KilnFile::open(dir.file("tiny.kiln"));
+
+  // The converter's mapping equals the test's own (tests/engine/tiny_model.cpp), tensor for tensor.
+  const test::TinyModel tiny = test::load_tiny_model(GetParam());
+  EXPECT_EQ(model_config_to_json(file.config()), model_config_to_json(tiny.config));
+  for (const auto& [name, expected] : tiny.tensors) {
+    const TensorView* t = file.find(name);
+    ASSERT_NE(t, nullptr) << name;
+    ASSERT_EQ(t->numel(), int64_t(expected.values.size())) << name;
+    EXPECT_EQ(std::memcmp(t->data, expected.values.data(), t->bytes), 0) << name;
+  }
+
+  BackendOptions backend_options;
+  auto backend = make_cpu_backend(file, backend_options);
+  const int64_t n_vocab = file.config().n_vocab;
+  for (const auto& ref : test::load_reference(GetParam())) {
+    std::vector<float> logits(ref.tokens.size() * size_t(n_vocab));
+    backend->reset();
+    backend->forward(ref.tokens.data(), int64_t(ref.tokens.size()), 0, logits.data(), true);
+    float max_error = 0;
+    for (size_t m = 0; m < ref.positions.size(); ++m)
+      for (int64_t v = 0; v < n_vocab; ++v)
+        max_error = std::max(max_error, std::fabs(logits[size_t(ref.positions[m] * n_vocab + v)] -
+                                                  ref.logits[m * size_t(n_vocab) + size_t(v)]));
+    EXPECT_LE(max_error, 1e-4f) << ref.tokens.size() << " tokens";  // f32 rounding only
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, ConvertHf,
+                         ::testing::Values("llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2"));
+
+TEST(ConvertHfErrors, NamesWhatIsMissing) {
+  testing::TempDir dir;
+  const fs::path source = fs::path(KILN_SOURCE_DIR) / "tests/data/tiny_llama_mha";
+  const fs::path folder = dir.path() / "model";
+  fs::create_directories(folder);
+  for (const char* name : {"config.json", "model.safetensors"}) fs::copy_file(source / name, folder / name);
+  try {
+    (void)conversion_from_hf(HfFolder::open(folder.string()));
+    ADD_FAILURE() << "a folder without tokenizer files converted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("neither tokenizer.json nor tokenizer.model"), std::string::npos) << e.what();
+  }
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(folder / "config.json"));
+  config["model_type"] = "mamba";
+  std::ofstream(folder / "config.json") << config.dump();
+  write_byte_tokenizer(folder);
+  EXPECT_THROW((void)conversion_from_hf(HfFolder::open(folder.string())), Error);
+}
+
+}  // namespace
+}  // namespace kiln

@@ -1,0 +1,66 @@
+// Test helper: loads a tiny Hugging Face model fixture (tests/data/tiny_<name>/, made by
+// make_tiny_models.py), maps its tensors to .kiln names (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, GPT-J, BLOOM: q/k/v fused
+// into attn_qkv in Q, K, V row order, gate/up into ffn_up, GPT-2's [in, out] matrices transposed),
+// stores the matrices in any weight dtype with a naive quantizer, and reads the reference logits.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "engine/tensor.h"
+#include "engine/weights.h"
+
+namespace kiln::test {
+
+struct FloatTensor {
+  std::vector<int64_t> shape;  // outermost first
+  std::vector<float> values;
+};
+
+struct TinyModel {
+  ModelConfig config;
+  std::map<std::string, FloatTensor> tensors;  // by .kiln name, f32
+};
+
+// Throws kiln::Error when the fixture is missing or malformed.
+TinyModel load_tiny_model(const std::string& name);
+
+// Owns the tensors of a TinyModel in one storage dtype (matrices only; 1-D tensors stay f32) and hands out
+// views. int8 is symmetric with one fp16 scale per group along a row, as docs/FORMAT.md specifies; a
+// group is max_group_size values, halved until it divides the row.
+class TensorStore {
+ public:
+  TensorStore(const TinyModel& model, DType matrix_dtype, uint32_t max_group_size = 32);
+  TensorStore(const TensorStore&) = delete;
+  TensorStore& operator=(const TensorStore&) = delete;
+
+  const TensorView* find(std::string_view name) const;
+  TensorLookup lookup() const {
+    return [this](std::string_view name) { return find(name); };
+  }
+  // Drops a tensor or replaces its view, to test the binder's checks.
+  void erase(const std::string& name) { views_.erase(name); }
+  TensorView& view(const std::string& name) { return views_.at(name); }
+
+ private:
+  std::deque<std::vector<uint8_t>> storage_;  // a deque never moves what it holds
+  std::map<std::string, TensorView, std::less<>> views_;
+};
+
+struct PromptReference {
+  std::vector<int32_t> tokens;     // [n]
+  std::vector<int32_t> positions;  // [m] positions whose full logits are kept
+  std::vector<float> logits;       // [m, n_vocab]
+  std::vector<float> max;          // [n] largest logit per position
+  std::vector<int32_t> argmax;     // [n]
+  std::vector<float> logsumexp;    // [n]
+};
+
+std::vector<PromptReference> load_reference(const std::string& name);
+
+}  // namespace kiln::test
