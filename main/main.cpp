@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::strcmp(argv[1], "--version") == 0) {
-    fmt::print("kiln {}\n", KILN_VERSION);
+    fmt::print("kiln {} (git {})\ncompiler: {}\nbackends: {}\n", KILN_VERSION, KILN_GIT_HASH, KILN_COMPILER,
+               KILN_BACKENDS);
     return 0;
   }
   for (const auto& command : kiln::kCommands) {
