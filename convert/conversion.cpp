@@ -33,7 +33,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
     out.push_back({name + ".weight", {c.dim}});
     if (layer_norm) out.push_back({name + ".bias", {c.dim}});
   };
-  out.push_back({"token_embd.weight", {c.n_vocab, c.dim}});
+  out.push_back({"token_embd.weight", {c.n_vocab, c.embd_dim()}});
+  if (c.projects_embedding()) out.push_back({"token_embd_proj.weight", {c.dim, c.embd_dim()}});
+  if (c.position == PositionKind::Learned) out.push_back({"pos_embd.weight", {c.n_ctx_train + c.position_offset, c.dim}});
+  if (c.n_token_types > 0) out.push_back({"token_type_embd.weight", {c.n_token_types, c.dim}});
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string blk = fmt::format("blk.{}.", i);
     const int64_t up_rows = c.mlp == MlpKind::SiluGated || c.mlp == MlpKind::GeluGated ? 2 * c.ffn_dim : c.ffn_dim;
@@ -48,8 +51,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
     out.push_back({blk + "ffn_down.weight", {c.dim, c.ffn_dim}});
     if (c.mlp_bias) out.push_back({blk + "ffn_down.bias", {c.dim}});
   }
-  norm("output_norm");
-  if (!c.tied_embeddings) out.push_back({"output.weight", {c.n_vocab, c.dim}});
+  if (c.final_norm) norm("output_norm");
+  if (c.lm_head && c.projects_embedding()) out.push_back({"output_proj.weight", {c.embd_dim(), c.dim}});
+  if (c.lm_head && !c.tied_embeddings) out.push_back({"output.weight", {c.n_vocab, c.embd_dim()}});
   return out;
 }
 

@@ -1,5 +1,5 @@
-// Hugging Face folder (config.json, safetensors, tokenizer files) -> Conversion.
-// Supports model_type llama and mistral now; the rest of the families map through the same path.
+// Hugging Face folder (config.json, safetensors, tokenizer files) -> Conversion. model_type llama, mistral,
+// qwen2, gpt2, gptj, gpt_neox, bloom, opt and bert, each mapped by one function (convert/hf_mapping.h).
 #pragma once
 
 #include "convert/conversion.h"
@@ -10,7 +10,8 @@ namespace kiln {
 // The returned conversion reads tensors from `folder`, which must outlive it.
 Conversion conversion_from_hf(const HfFolder& folder);
 
-// tokenizer.json (byte-level BPE) or tokenizer.model (SentencePiece), plus tokenizer_config.json.
+// tokenizer.json (byte-level BPE or WordPiece), tokenizer.model (SentencePiece) or vocab.txt (WordPiece),
+// plus tokenizer_config.json.
 TokenizerData tokenizer_from_hf(const HfFolder& folder);
 
 }  // namespace kiln

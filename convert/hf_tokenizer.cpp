@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "convert/from_hf.h"
@@ -51,6 +52,7 @@ std::string pre_tokenizer_name(const nlohmann::json& pre) {
   if (pattern.empty()) return digits ? "smollm" : "gpt2";
   if (pattern.find("\\p{N}{1,3}") != std::string::npos) return "llama-bpe";
   if (pattern.find("\\p{N}|") != std::string::npos) return "qwen2";
+  if (pattern == " ?[^(\\s|[.,!?…。，、।۔،])]+") return "bloom";
   fail("tokenizer.json: the pre-tokenizer split pattern is not one kiln knows: {}", pattern);
 }
 
@@ -60,6 +62,16 @@ std::string special_text(const nlohmann::json& config, const char* key) {
   if (it == config.end() || it->is_null()) return "";
   if (it->is_string()) return it->get<std::string>();
   return it->value("content", "");
+}
+
+// Token types from added_tokens: special ones are control tokens, the rest user-defined.
+void read_added_types(const nlohmann::json& tok, TokenizerData& d) {
+  d.token_types.assign(d.tokens.size(), int32_t(TokenType::Normal));
+  for (const auto& added : tok.value("added_tokens", nlohmann::json::array())) {
+    const int64_t id = added.at("id").get<int64_t>();
+    KILN_CHECK(id >= 0 && id < int64_t(d.tokens.size()), "tokenizer.json: added token id {} is out of range", id);
+    d.token_types[size_t(id)] = int32_t(added.value("special", false) ? TokenType::Control : TokenType::UserDefined);
+  }
 }
 
 void read_bpe(const nlohmann::json& tok, TokenizerData& d) {
@@ -74,10 +86,7 @@ void read_bpe(const nlohmann::json& tok, TokenizerData& d) {
   KILN_CHECK(!by_id.empty() && by_id.begin()->first == 0 && by_id.rbegin()->first == int64_t(by_id.size()) - 1,
              "tokenizer.json: token ids are not 0..{} without gaps", by_id.size() - 1);
   for (auto& [id, piece] : by_id) d.tokens.push_back(std::move(piece));
-  d.token_types.assign(d.tokens.size(), int32_t(TokenType::Normal));
-  for (const auto& added : tok.value("added_tokens", nlohmann::json::array()))
-    d.token_types[size_t(added.at("id").get<int64_t>())] =
-        int32_t(added.value("special", false) ? TokenType::Control : TokenType::UserDefined);
+  read_added_types(tok, d);
   for (const auto& merge : model.at("merges")) {
     if (merge.is_string()) {
       d.merges.push_back(merge.get<std::string>());
@@ -86,6 +95,97 @@ void read_bpe(const nlohmann::json& tok, TokenizerData& d) {
     }
   }
   d.pre_tokenizer = pre_tokenizer_name(tok.value("pre_tokenizer", nlohmann::json()));
+}
+
+// The WordPiece text rules kiln knows, as a pre_tokenizer name: the BERT normalizer (clean-up, CJK
+// characters apart, optional lower-casing and accent stripping) and split. Accents are stripped when
+// lower-casing unless the source says otherwise; the two exceptions have their own names.
+std::string bert_rule_name(bool lowercase, bool strip_accents) {
+  if (strip_accents == lowercase) return "bert";
+  return strip_accents ? "bert-strip-accents" : "bert-keep-accents";
+}
+
+int32_t id_of_piece(const TokenizerData& d, const std::string& piece) {
+  for (size_t i = 0; i < d.tokens.size(); ++i)
+    if (d.tokens[i] == piece) return int32_t(i);
+  return -1;
+}
+
+void read_wordpiece(const nlohmann::json& tok, TokenizerData& d) {
+  const auto& model = tok.at("model");
+  d.kind = TokenizerKind::WordPiece;
+  KILN_CHECK(model.value("continuing_subword_prefix", "##") == "##" && model.value("max_input_chars_per_word", 100) == 100,
+             "tokenizer.json: WordPiece with a continuation prefix other than '##' or a word limit other than 100 "
+             "characters is not supported");
+  std::map<int64_t, std::string> by_id;
+  for (const auto& [piece, id] : model.at("vocab").items()) by_id[id.get<int64_t>()] = piece;
+  for (const auto& added : tok.value("added_tokens", nlohmann::json::array()))
+    by_id[added.at("id").get<int64_t>()] = added.at("content").get<std::string>();
+  KILN_CHECK(!by_id.empty() && by_id.begin()->first == 0 && by_id.rbegin()->first == int64_t(by_id.size()) - 1,
+             "tokenizer.json: token ids are not 0..{} without gaps", by_id.size() - 1);
+  for (auto& [id, piece] : by_id) d.tokens.push_back(std::move(piece));
+  read_added_types(tok, d);
+  d.unk_id = id_of_piece(d, model.value("unk_token", "[UNK]"));
+
+  const auto& norm = tok.value("normalizer", nlohmann::json());
+  KILN_CHECK(norm.is_object() && norm.value("type", "") == "BertNormalizer",
+             "tokenizer.json: a WordPiece normalizer other than BertNormalizer is not supported");
+  KILN_CHECK(norm.value("clean_text", true) && norm.value("handle_chinese_chars", true),
+             "tokenizer.json: BertNormalizer without clean_text or handle_chinese_chars is not supported");
+  d.lowercase = norm.value("lowercase", true);
+  const auto strip = norm.find("strip_accents");
+  const bool strip_accents = strip == norm.end() || strip->is_null() ? d.lowercase : strip->get<bool>();
+  d.pre_tokenizer = bert_rule_name(d.lowercase, strip_accents);
+  KILN_CHECK(tok.value("pre_tokenizer", nlohmann::json()).value("type", "") == "BertPreTokenizer",
+             "tokenizer.json: a WordPiece pre-tokenizer other than BertPreTokenizer is not supported");
+
+  // [CLS] text [SEP]: the template's first and last special tokens frame every text.
+  const auto& post = tok.value("post_processor", nlohmann::json());
+  if (post.is_object() && post.value("type", "") == "TemplateProcessing") {
+    const auto& single = post.at("single");
+    KILN_CHECK(single.size() == 3 && single[0].contains("SpecialToken") && single[2].contains("SpecialToken"),
+               "tokenizer.json: a WordPiece template other than [CLS] $A [SEP] is not supported");
+    d.bos_id = id_of_piece(d, single[0]["SpecialToken"].at("id").get<std::string>());
+    d.eos_id = id_of_piece(d, single[2]["SpecialToken"].at("id").get<std::string>());
+  } else if (post.is_object() && post.value("type", "") == "BertProcessing") {
+    d.bos_id = id_of_piece(d, post.at("cls").at(0).get<std::string>());
+    d.eos_id = id_of_piece(d, post.at("sep").at(0).get<std::string>());
+  }
+  d.add_bos = d.bos_id >= 0;
+}
+
+// vocab.txt (one piece per line, the line number is the id) with BertTokenizer's settings from
+// tokenizer_config.json.
+void read_vocab_txt(const std::filesystem::path& path, const std::optional<std::filesystem::path>& config_path,
+                    TokenizerData& d) {
+  d.kind = TokenizerKind::WordPiece;
+  std::istringstream lines(read_file(path));
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    d.tokens.push_back(line);
+  }
+  KILN_CHECK(!d.tokens.empty(), "'{}' holds no tokens", path.string());
+  const nlohmann::json config = config_path ? read_json(*config_path) : nlohmann::json::object();
+  KILN_CHECK(config.value("tokenize_chinese_chars", true) && config.value("do_basic_tokenize", true),
+             "'{}': BertTokenizer without tokenize_chinese_chars or do_basic_tokenize is not supported",
+             path.string());
+  d.lowercase = config.value("do_lower_case", true);
+  const auto strip = config.find("strip_accents");
+  const bool strip_accents = strip == config.end() || strip->is_null() ? d.lowercase : strip->get<bool>();
+  d.pre_tokenizer = bert_rule_name(d.lowercase, strip_accents);
+  d.token_types.assign(d.tokens.size(), int32_t(TokenType::Normal));
+  auto special = [&](const char* key, const char* fallback) {
+    std::string text = special_text(config, key);
+    const int32_t id = id_of_piece(d, text.empty() ? fallback : text);
+    if (id >= 0) d.token_types[size_t(id)] = int32_t(TokenType::Control);
+    return id;
+  };
+  d.unk_id = special("unk_token", "[UNK]");
+  d.bos_id = special("cls_token", "[CLS]");
+  d.eos_id = special("sep_token", "[SEP]");
+  d.pad_id = special("pad_token", "[PAD]");
+  special("mask_token", "[MASK]");
+  d.add_bos = d.bos_id >= 0;
 }
 
 void read_sentencepiece(const std::filesystem::path& path, TokenizerData& d) {
@@ -117,12 +217,20 @@ void read_sentencepiece(const std::filesystem::path& path, TokenizerData& d) {
 TokenizerData tokenizer_from_hf(const HfFolder& folder) {
   TokenizerData d;
   try {
+    const std::filesystem::path vocab_txt = folder.dir() / "vocab.txt";
     if (folder.tokenizer_model()) {
       read_sentencepiece(*folder.tokenizer_model(), d);
+    } else if (folder.tokenizer_json()) {
+      const nlohmann::json tok = read_json(*folder.tokenizer_json());
+      if (tok.at("model").value("type", "") == "WordPiece") {
+        read_wordpiece(tok, d);
+      } else {
+        read_bpe(tok, d);
+      }
     } else {
-      KILN_CHECK(folder.tokenizer_json().has_value(), "'{}' has neither tokenizer.json nor tokenizer.model",
-                 folder.dir().string());
-      read_bpe(read_json(*folder.tokenizer_json()), d);
+      KILN_CHECK(std::filesystem::is_regular_file(vocab_txt),
+                 "'{}' has neither tokenizer.json nor tokenizer.model (nor a WordPiece vocab.txt)", folder.dir().string());
+      read_vocab_txt(vocab_txt, folder.tokenizer_config(), d);
     }
     if (folder.tokenizer_config()) {
       const nlohmann::json config = read_json(*folder.tokenizer_config());

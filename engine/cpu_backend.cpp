@@ -92,7 +92,7 @@ void CpuBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_
     const int64_t n = std::min(ws_.max_tokens, n_tokens - start);
     const bool last = start + n == n_tokens;
     float* out = logits == nullptr ? nullptr
-                 : all_logits      ? logits + start * config_.n_vocab
+                 : all_logits      ? logits + start * config_.output_width()
                  : last            ? logits
                                    : nullptr;
     forward_chunk(tokens + start, n, first_position + start, out, all_logits);
@@ -107,12 +107,24 @@ void CpuBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t 
   for (int64_t layer = 0; layer < config_.n_layers; ++layer) layer_forward(layer, n_tokens, first_position);
   if (logits == nullptr) return;  // prefill: the cache is filled
 
-  // output norm + LM head
+  // output norm + LM head (an encoder returns the hidden states)
   const int64_t rows = all_logits ? n_tokens : 1;
   const float* last = ws_.x.data() + (n_tokens - rows) * dim;
-  norm(last, weights_.output_norm, weights_.output_norm_bias, ws_.xn.data(), rows);
-  emit("result_norm", -1, ws_.xn.data(), rows * dim);
-  matmul(weights_.output, ws_.xn.data(), logits, rows, pool_);
+  const float* hidden = last;
+  if (config_.final_norm) {
+    norm(last, weights_.output_norm, weights_.output_norm_bias, ws_.xn.data(), rows);
+    hidden = ws_.xn.data();
+  }
+  emit("result_norm", -1, hidden, rows * dim);
+  if (!config_.lm_head) {
+    std::copy_n(hidden, rows * dim, logits);
+    return;
+  }
+  if (config_.projects_embedding()) {
+    matmul(weights_.output_proj, hidden, ws_.embd.data(), rows, pool_);
+    hidden = ws_.embd.data();
+  }
+  matmul(weights_.output, hidden, logits, rows, pool_);
   add_bias(logits, weights_.output_bias, rows, config_.n_vocab);
   emit("logits", -1, logits, rows * config_.n_vocab);
 }
@@ -120,11 +132,22 @@ void CpuBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t 
 void CpuBackend::embed(const int32_t* tokens, int64_t n_tokens, int64_t first_position) {
   const int64_t dim = config_.dim;
   float* x = ws_.x.data();
+  if (config_.projects_embedding()) {  // narrow rows, then the projection in
+    const int64_t embd_dim = config_.embd_dim();
+    for (int64_t t = 0; t < n_tokens; ++t) dequantize_row(weights_.token_embd, tokens[t], ws_.embd.data() + t * embd_dim);
+    matmul(weights_.token_embd_proj, ws_.embd.data(), x, n_tokens, pool_);
+  } else {
+    for (int64_t t = 0; t < n_tokens; ++t) dequantize_row(weights_.token_embd, tokens[t], x + t * dim);
+  }
+  // Every token has type 0; its row is added before the position, in the order the reference adds them.
+  float* type0 = ws_.attn_proj.data();  // free until the first attention
+  if (config_.n_token_types > 0) dequantize_row(weights_.token_type_embd, 0, type0);
   for (int64_t t = 0; t < n_tokens; ++t) {
     float* row = x + t * dim;
-    dequantize_row(weights_.token_embd, tokens[t], row);
     if (config_.embedding_scale != 1.0f)
       for (int64_t i = 0; i < dim; ++i) row[i] *= config_.embedding_scale;
+    if (config_.n_token_types > 0)
+      for (int64_t i = 0; i < dim; ++i) row[i] += type0[i];
     if (config_.position == PositionKind::Learned) {
       float* pos = ws_.xn.data();  // free until the first norm
       dequantize_row(weights_.pos_embd, first_position + t + config_.position_offset, pos);
@@ -157,10 +180,14 @@ void CpuBackend::layer_forward(int64_t layer, int64_t n, int64_t first_position)
   float* k = ws_.k.data();
   float* att = ws_.att.data();
 
-  // fused norm + QKV GEMM
-  norm(x, w.attn_norm, w.attn_norm_bias, xn, n);
-  emit("attn_norm", layer, xn, n * dim);
-  matmul(w.attn_qkv, xn, qkv, n, pool_);
+  // fused norm + QKV GEMM (a post-norm layer reads the residual stream as it is)
+  const float* attn_in = x;
+  if (!c.post_norm) {
+    norm(x, w.attn_norm, w.attn_norm_bias, xn, n);
+    emit("attn_norm", layer, xn, n * dim);
+    attn_in = xn;
+  }
+  matmul(w.attn_qkv, attn_in, qkv, n, pool_);
   add_bias(qkv, w.attn_qkv_bias, n, qkv_dim);
   emit("qkv", layer, qkv, n * qkv_dim);
 
@@ -199,12 +226,20 @@ void CpuBackend::layer_forward(int64_t layer, int64_t n, int64_t first_position)
   matmul(w.attn_out, att, attn_proj, n, pool_);
   emit("attn_out", layer, attn_proj, n * dim);
   if (!c.parallel_residual) residual_add_bias(x, attn_proj, w.attn_out_bias, nullptr, nullptr, n, dim);
+  if (c.post_norm) {
+    norm(x, w.attn_norm, w.attn_norm_bias, x, n);
+    emit("attn_norm", layer, x, n * dim);
+  }
 
   // norm + MLP GEMM + activation (with shared_layer_norm the MLP reads the attention's normed input)
-  if (!c.shared_layer_norm) norm(x, w.ffn_norm, w.ffn_norm_bias, xn, n);
-  emit("ffn_norm", layer, xn, n * dim);
+  const float* ffn_in = x;
+  if (!c.post_norm) {
+    if (!c.shared_layer_norm) norm(x, w.ffn_norm, w.ffn_norm_bias, xn, n);
+    emit("ffn_norm", layer, xn, n * dim);
+    ffn_in = xn;
+  }
   float* up = ws_.up.data();
-  matmul(w.ffn_up, xn, up, n, pool_);
+  matmul(w.ffn_up, ffn_in, up, n, pool_);
   float* hidden = up;
   if (is_gated(c.mlp)) {
     add_bias(up, w.ffn_up_bias, n, 2 * ffn);
@@ -222,6 +257,10 @@ void CpuBackend::layer_forward(int64_t layer, int64_t n, int64_t first_position)
     residual_add_bias(x, attn_proj, w.attn_out_bias, ffn_out, w.ffn_down_bias, n, dim);
   else
     residual_add_bias(x, ffn_out, w.ffn_down_bias, nullptr, nullptr, n, dim);
+  if (c.post_norm) {
+    norm(x, w.ffn_norm, w.ffn_norm_bias, x, n);
+    emit("ffn_norm", layer, x, n * dim);
+  }
   emit("layer_out", layer, x, n * dim);
 }
 

@@ -39,6 +39,8 @@ constexpr std::pair<MlpKind, const char*> kMlps[] = {{MlpKind::SiluGated, "silu_
                                                      {MlpKind::Gelu, "gelu"},
                                                      {MlpKind::GeluTanh, "gelu_tanh"},
                                                      {MlpKind::Relu, "relu"}};
+constexpr std::pair<Pooling, const char*> kPoolings[] = {
+    {Pooling::None, "none"}, {Pooling::Mean, "mean"}, {Pooling::Cls, "cls"}, {Pooling::Max, "max"}};
 
 // Reads model[key] as T, or keeps the default when absent; a wrong JSON type is an error.
 template <typename T>
@@ -64,6 +66,7 @@ std::string to_string(NormKind v) { return enum_to_string(v, kNorms); }
 std::string to_string(PositionKind v) { return enum_to_string(v, kPositions); }
 std::string to_string(RotaryStyle v) { return enum_to_string(v, kRotaryStyles); }
 std::string to_string(MlpKind v) { return enum_to_string(v, kMlps); }
+std::string to_string(Pooling v) { return enum_to_string(v, kPoolings); }
 
 void ModelConfig::validate() const {
   constexpr int64_t kMaxDim = int64_t(1) << 20;
@@ -91,12 +94,18 @@ void ModelConfig::validate() const {
   KILN_CHECK(std::isfinite(attention_scale) && attention_scale >= 0, "attention_scale {} is invalid", attention_scale);
   KILN_CHECK(std::isfinite(embedding_scale) && embedding_scale > 0, "embedding_scale {} is invalid", embedding_scale);
   KILN_CHECK(!shared_layer_norm || parallel_residual, "shared_layer_norm needs parallel_residual");
+  in_range("embedding_dim", embedding_dim, 0, kMaxDim);
+  in_range("n_token_types", n_token_types, 0, 1 << 16);
+  in_range("pooling_max_tokens", pooling_max_tokens, 0, int64_t(1) << 24);
+  // A post-norm layer normalises the sum of one branch: a parallel residual has no such sum.
+  KILN_CHECK(!post_norm || !parallel_residual, "post_norm does not combine with parallel_residual");
+  KILN_CHECK(lm_head || !tied_embeddings, "tied_embeddings needs an LM head (lm_head is false)");
 }
 
 ModelConfig model_config_from_json(const nlohmann::json& model) {
   KILN_CHECK(model.is_object(), "model metadata is not a JSON object: convert the model again");
   ModelConfig c;
-  std::string norm = "rms", position = "rotary", rotary_style = "half", mlp = "silu_gated";
+  std::string norm = "rms", position = "rotary", rotary_style = "half", mlp = "silu_gated", pooling = "none";
   require(model, "architecture", c.architecture);
   require(model, "n_vocab", c.n_vocab);
   require(model, "dim", c.dim);
@@ -124,6 +133,15 @@ ModelConfig model_config_from_json(const nlohmann::json& model) {
   read(model, "sliding_window", c.sliding_window);
   read(model, "attention_scale", c.attention_scale);
   read(model, "embedding_scale", c.embedding_scale);
+  read(model, "embedding_dim", c.embedding_dim);
+  read(model, "n_token_types", c.n_token_types);
+  read(model, "post_norm", c.post_norm);
+  read(model, "final_norm", c.final_norm);
+  read(model, "lm_head", c.lm_head);
+  read(model, "pooling", pooling);
+  read(model, "pooling_normalize", c.pooling_normalize);
+  read(model, "pooling_max_tokens", c.pooling_max_tokens);
+  c.pooling = enum_from_string("pooling", pooling, kPoolings);
   c.norm = enum_from_string("norm", norm, kNorms);
   c.position = enum_from_string("position", position, kPositions);
   c.rotary_style = enum_from_string("rotary_style", rotary_style, kRotaryStyles);
@@ -161,6 +179,14 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
       {"sliding_window", c.sliding_window},
       {"attention_scale", c.attention_scale},
       {"embedding_scale", c.embedding_scale},
+      {"embedding_dim", c.embedding_dim},
+      {"n_token_types", c.n_token_types},
+      {"post_norm", c.post_norm},
+      {"final_norm", c.final_norm},
+      {"lm_head", c.lm_head},
+      {"pooling", to_string(c.pooling)},
+      {"pooling_normalize", c.pooling_normalize},
+      {"pooling_max_tokens", c.pooling_max_tokens},
   };
 }
 

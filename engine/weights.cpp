@@ -79,7 +79,9 @@ Weights bind_weights(const ModelConfig& c, const TensorLookup& lookup) {
   const int64_t up_rows = gated ? 2 * c.ffn_dim : c.ffn_dim;
 
   Weights w;
-  w.token_embd = b.matrix("token_embd.weight", {c.n_vocab, c.dim});
+  w.token_embd = b.matrix("token_embd.weight", {c.n_vocab, c.embd_dim()});
+  if (c.projects_embedding()) w.token_embd_proj = b.matrix("token_embd_proj.weight", {c.dim, c.embd_dim()});
+  if (c.n_token_types > 0) w.token_type_embd = b.matrix("token_type_embd.weight", {c.n_token_types, c.dim});
   if (c.position == PositionKind::Learned) {
     const TensorView* pos = b.find("pos_embd.weight");
     KILN_CHECK(pos != nullptr && pos->n_dims == 2,
@@ -112,10 +114,15 @@ Weights bind_weights(const ModelConfig& c, const TensorLookup& lookup) {
     l.ffn_down_bias = b.vector(p + "ffn_down.bias", c.dim, c.mlp_bias);
   }
 
-  w.output_norm = b.vector("output_norm.weight", c.dim, true);
-  w.output_norm_bias = b.vector("output_norm.bias", c.dim, layer_norm);
-  w.output = c.tied_embeddings ? w.token_embd : b.matrix("output.weight", {c.n_vocab, c.dim});
-  w.output_bias = b.vector("output.bias", c.n_vocab, false);
+  if (c.final_norm) {
+    w.output_norm = b.vector("output_norm.weight", c.dim, true);
+    w.output_norm_bias = b.vector("output_norm.bias", c.dim, layer_norm);
+  }
+  if (c.lm_head) {
+    if (c.projects_embedding()) w.output_proj = b.matrix("output_proj.weight", {c.embd_dim(), c.dim});
+    w.output = c.tied_embeddings ? w.token_embd : b.matrix("output.weight", {c.n_vocab, c.embd_dim()});
+    w.output_bias = b.vector("output.bias", c.n_vocab, false);
+  }
   return w;
 }
 

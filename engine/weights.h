@@ -29,15 +29,20 @@ struct LayerWeights {
   const float* ffn_down_bias = nullptr;   // [dim] or nullptr
 };
 
+// embd_dim is config.embd_dim(): dim, except for a projected embedding (OPT).
 struct Weights {
-  TensorView token_embd;                        // [n_vocab, dim]
+  TensorView token_embd;                        // [n_vocab, embd_dim]
+  TensorView token_embd_proj;                   // [dim, embd_dim] when embd_dim != dim (else empty)
   TensorView pos_embd;                          // [n_positions, dim]; learned positions only (else empty)
-  const float* token_embd_norm = nullptr;       // [dim] or nullptr (BLOOM)
+  TensorView token_type_embd;                   // [n_token_types, dim] when n_token_types > 0 (else empty)
+  const float* token_embd_norm = nullptr;       // [dim] or nullptr (BLOOM, BERT)
   const float* token_embd_norm_bias = nullptr;  // [dim] or nullptr
   std::vector<LayerWeights> layers;             // [n_layers]
-  const float* output_norm = nullptr;           // [dim]
+  const float* output_norm = nullptr;           // [dim]; nullptr without final_norm
   const float* output_norm_bias = nullptr;      // [dim] LayerNorm only
-  TensorView output;                            // [n_vocab, dim]; a copy of token_embd's view when tied
+  TensorView output_proj;                       // [embd_dim, dim] when embd_dim != dim (else empty)
+  TensorView output;                            // [n_vocab, embd_dim]; token_embd's view when tied; empty
+                                                // without an LM head
   const float* output_bias = nullptr;           // [n_vocab] or nullptr (GPT-J)
 
   int64_t n_positions() const { return pos_embd.data ? pos_embd.dims[0] : 0; }

@@ -20,6 +20,7 @@ Workspace make_workspace(const ModelConfig& c, int64_t max_tokens) {
   w.up.resize(n * size_t(gated ? 2 * c.ffn_dim : c.ffn_dim));
   w.act.resize(n * size_t(c.ffn_dim));
   w.ffn_out.resize(n * size_t(c.dim));
+  if (c.projects_embedding()) w.embd.resize(n * size_t(c.embd_dim()));
   w.positions.resize(n);
   return w;
 }

@@ -21,6 +21,7 @@ struct Workspace {
   std::vector<float> up;         // [max_tokens, 2 * ffn_dim or ffn_dim] MLP up (and gate) projection
   std::vector<float> act;        // [max_tokens, ffn_dim] activated MLP hidden state
   std::vector<float> ffn_out;    // [max_tokens, dim] down projection
+  std::vector<float> embd;       // [max_tokens, embd_dim] a projected embedding's narrow rows; else empty
   std::vector<int32_t> positions;  // [max_tokens]
 };
 

@@ -19,9 +19,21 @@ int cmd_convert(int argc, char** argv);
 int cmd_info(int argc, char** argv);
 int cmd_verify(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
+int cmd_perplexity(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_detokenize(int argc, char** argv);
+int cmd_embed(int argc, char** argv);
 
 inline constexpr Command kCommands[] = {
     {"generate", "continue one prompt, streamed to stdout", cmd_generate},
+    {"chat", "interactive chat with the model's chat template", cmd_chat},
+    {"perplexity", "perplexity of a text file, llama.cpp-style", cmd_perplexity},
+    {"bench", "measure prompt and generation speed, llama-bench style", cmd_bench},
+    {"tokenize", "print the token ids and pieces of a text", cmd_tokenize},
+    {"detokenize", "print the text of token ids", cmd_detokenize},
+    {"embed", "sentence embeddings of a text file's lines with an encoder (BERT)", cmd_embed},
     {"convert", "convert a GGUF file or Hugging Face folder to a .kiln file", cmd_convert},
     {"info", "print a .kiln file's architecture, hyper-parameters, tokenizer and tensors", cmd_info},
     {"verify", "check every tensor of a .kiln file against its checksum", cmd_verify},

@@ -3,6 +3,9 @@
 #include <random>
 
 #include "engine/error.h"
+#ifdef KILN_HAVE_CUDA
+#include "engine/cuda_backend.h"
+#endif
 
 namespace kiln {
 
@@ -11,7 +14,8 @@ void add_model_options(cxxopts::Options& options) {
       "c,ctx-size", "context size in tokens (0: the model's, at most 4096)",
       cxxopts::value<int64_t>()->default_value("0"))(
       "t,threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))(
-      "device", "cpu or cuda", cxxopts::value<std::string>()->default_value("cpu"))(
+      "device", "cpu or cuda (default: cuda when this kiln has CUDA and a GPU is present, else cpu)",
+      cxxopts::value<std::string>()->default_value(""))(
       "ngl,n-gpu-layers", "accepted for llama.cpp compatibility; kiln runs every layer on the chosen device",
       cxxopts::value<int>()->default_value("-1"));
 }
@@ -53,9 +57,14 @@ SamplerParams sampling_from(const cxxopts::ParseResult& args) {
 
 LoadedModel load_model(const cxxopts::ParseResult& args) {
   KILN_CHECK(args.count("model"), "give the model: -m MODEL.kiln (convert one with `kiln convert`)");
-  const std::string device = args["device"].as<std::string>();
-  KILN_CHECK(device == "cpu" || device == "cuda", "--device '{}' is not cpu or cuda", device);
-  KILN_CHECK(device == "cpu", "this kiln has no CUDA backend yet: use --device cpu");
+  std::string device = args["device"].as<std::string>();
+  KILN_CHECK(device.empty() || device == "cpu" || device == "cuda", "--device '{}' is not cpu or cuda", device);
+#ifdef KILN_HAVE_CUDA
+  if (device.empty()) device = cuda_available() ? "cuda" : "cpu";
+#else
+  KILN_CHECK(device != "cuda", "this kiln was built without CUDA: use --device cpu, or rebuild with -DKILN_CUDA=ON");
+  device = "cpu";
+#endif
   const int64_t n_ctx = args["ctx-size"].as<int64_t>();
   KILN_CHECK(n_ctx >= 0, "-c {} must be 0 (the model's) or a positive token count", n_ctx);
   const int threads = args["threads"].as<int>();
@@ -68,6 +77,12 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   BackendOptions options;
   options.n_ctx = n_ctx;
   options.n_threads = threads;
+#ifdef KILN_HAVE_CUDA
+  if (device == "cuda") {
+    model.backend = make_cuda_backend(model.file, options);
+    return model;
+  }
+#endif
   model.backend = make_cpu_backend(model.file, options);
   return model;
 }

@@ -5,6 +5,7 @@
 #include "engine/error.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/spm_tokenizer.h"
+#include "tokenizer/wordpiece_tokenizer.h"
 #include "tokenizer/utf8.h"
 
 namespace kiln {
@@ -142,10 +143,9 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerData& data) {
     case TokenizerKind::SentencePiece:
       return make_spm_tokenizer(data);
     case TokenizerKind::WordPiece:
-      break;
+      return make_wordpiece_tokenizer(data);
   }
-  fail("this model's tokenizer kind (WordPiece) is not supported for text generation; kiln runs "
-       "byte-level BPE and SentencePiece tokenizers");
+  fail("this model's tokenizer kind ({}) is unknown: convert the model again", int(data.kind));
 }
 
 std::string StreamDecoder::push(int32_t id) {

@@ -21,8 +21,10 @@ CpuLevel cpu_level_from_name(std::string_view name);
 CpuLevel cpu_level_supported();
 // Every level this CPU can run, lowest first (tests run each).
 std::vector<CpuLevel> cpu_levels_supported();
-// The level kernels use by default: cpu_level_supported(), capped by the environment variable
-// KILN_CPU_LEVEL=scalar|avx2|avx512 when set. Read once per process.
+// cpu_level_supported(), capped by a level name ("" caps nothing); throws on an unknown name.
+CpuLevel cpu_level_capped(std::string_view cap);
+// The level kernels use by default: cpu_level_capped(KILN_CPU_LEVEL environment variable), so
+// KILN_CPU_LEVEL=scalar|avx2|avx512 forces a lower level. Read once per process.
 CpuLevel cpu_level_default();
 
 }  // namespace kiln

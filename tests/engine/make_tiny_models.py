@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Builds tiny random Hugging Face causal LMs (Llama; Mistral and Qwen2, which share its tensor names; one
-each of GPT-2, GPT-NeoX, GPT-J and BLOOM for the other family features) and their reference logits for the engine parity tests.
+each of GPT-2, GPT-NeoX, GPT-J and BLOOM for the other family features; OPT with its LayerNorm before and
+after each block) and their reference logits for the engine parity tests, and a tiny BERT encoder with its
+reference hidden states.
 
 For each model, tests/data/tiny_<name>/ receives:
   config.json, model.safetensors   the Hugging Face folder (HF tensor names), as save_pretrained writes it,
@@ -14,21 +16,25 @@ For each model, tests/data/tiny_<name>/ receives:
       prompt<i>.max        F32 [n]           for every position: the largest logit,
       prompt<i>.argmax     I32 [n]           its token,
       prompt<i>.logsumexp  F32 [n]           and the log-sum-exp of the row
+  (BERT, which has no LM head, instead: prompt<i>.tokens I32 [n] and prompt<i>.hidden F32 [n, dim], the
+  encoder's last hidden state)
 
 The reference runs in float64 so it is the exact answer for the stored f32 weights. Needs torch and
 transformers (fixture generation only; the tests read the committed files). Run from anywhere:
-  python3 tests/engine/make_tiny_models.py
+  python3 tests/engine/make_tiny_models.py [NAME...]
+With names, only those fixtures are rebuilt (each model has its own seed, so the others stay as they are).
 """
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM,
+from transformers import (BertConfig, BertModel, BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM,
                           GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          MistralForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 PROMPT_LENGTHS = (5, 37, 320)
@@ -126,6 +132,34 @@ OTHER_MODELS = {
 }
 
 
+OPT_COMMON = dict(COMMON, architecture="opt", n_vocab=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16,
+                  ffn_dim=128, position="learned", position_offset=2, mlp="relu", tied_embeddings=True)
+
+# name: (model class, config, kiln config, seed). Seeds are fixed per model so one can be rebuilt alone.
+NEW_MODELS = {
+    # LayerNorm before each block, ReLU, learned positions offset by 2, tied embeddings.
+    "opt": (OPTForCausalLM,
+            OPTConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                      max_position_embeddings=512, init_std=0.1, do_layer_norm_before=True),
+            dict(OPT_COMMON), 20),
+    # As opt-350m: LayerNorm after each block (so no final norm), and a narrower (48) embedding projected
+    # in and out.
+    "opt_post_ln": (OPTForCausalLM,
+                    OPTConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                              max_position_embeddings=512, init_std=0.1, do_layer_norm_before=False,
+                              word_embed_proj_dim=48),
+                    dict(OPT_COMMON, post_norm=True, final_norm=False, embedding_dim=48), 21),
+    # Bidirectional, LayerNorm after each block and on the embeddings, exact GELU, token types, no LM head.
+    "bert": (BertModel,
+             BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=512, type_vocab_size=2, initializer_range=0.1,
+                        hidden_act="gelu", layer_norm_eps=1e-12),
+             dict(COMMON, architecture="bert", n_vocab=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16,
+                  ffn_dim=128, norm_eps=1e-12, position="learned", mlp="gelu", n_token_types=2, post_norm=True,
+                  final_norm=False, lm_head=False, causal=False, pooling="mean", pooling_normalize=True), 22),
+}
+
+
 def randomize(model: torch.nn.Module) -> None:
     """Moves norm weights away from 1 and biases away from 0, so a stage that ignores them shows."""
     with torch.no_grad():
@@ -150,6 +184,12 @@ def save(name: str, model: torch.nn.Module, kiln: dict, seed: int, dtype=torch.f
     reference = {}
     for i, length in enumerate(PROMPT_LENGTHS):
         tokens = rng.integers(0, kiln["n_vocab"], size=length, dtype=np.int64)
+        if not kiln.get("lm_head", True):
+            with torch.no_grad():
+                hidden = model(torch.from_numpy(tokens)[None]).last_hidden_state[0].numpy()  # [n, dim] f64
+            reference[f"prompt{i}.tokens"] = tokens.astype(np.int32)
+            reference[f"prompt{i}.hidden"] = hidden.astype(np.float32)
+            continue
         with torch.no_grad():
             logits = model(torch.from_numpy(tokens)[None]).logits[0].numpy()  # [n, n_vocab] f64
         kept = sorted({p for p in KEPT_POSITIONS if p < length} | set(range(max(0, length - LAST_KEPT), length)))
@@ -188,15 +228,28 @@ def build_other(name: str, cls, config, kiln: dict, seed: int) -> None:
     save(name, model, kiln, seed, torch.float16 if name == "bloom" else torch.float32)
 
 
-def main() -> None:
+def build_new(name: str) -> None:
+    cls, config, kiln, seed = NEW_MODELS[name]
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    randomize(model)
+    save(name, model, kiln, seed)
+
+
+def main(names: list) -> None:
     seed = 1
     for name, hf in LLAMA_MODELS.items():
-        build_llama(name, hf, seed)
+        if not names or name in names:
+            build_llama(name, hf, seed)
         seed += 1
     for name, (cls, config, kiln) in OTHER_MODELS.items():
-        build_other(name, cls, config, kiln, seed)
+        if not names or name in names:
+            build_other(name, cls, config, kiln, seed)
         seed += 1
+    for name in NEW_MODELS:
+        if not names or name in names:
+            build_new(name)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,8 +1,9 @@
 // The CPU forward against Hugging Face transformers (float64 reference logits of tiny random models,
 // tests/engine/make_tiny_models.py), in f32 and in every quantized storage dtype. Llama models cover GQA,
 // MQA, tied and untied heads and rope variants; Mistral a sliding window, Qwen2 QKV-only biases; one model
-// each of GPT-2, GPT-NeoX, GPT-J and BLOOM covers
-// LayerNorm, biases, learned positions, partial rotary in both styles, parallel residuals and ALiBi.
+// each of GPT-2, GPT-NeoX, GPT-J and BLOOM covers LayerNorm, biases, learned positions, partial rotary in
+// both styles, parallel residuals and ALiBi; two OPT models cover ReLU, offset positions, post-norm blocks
+// and a projected embedding.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,8 +17,8 @@
 namespace kiln::test {
 namespace {
 
-const char* const kModels[] = {"llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2",
-                               "gpt2",           "gptneox",   "gptj",              "bloom"};
+const char* const kModels[] = {"llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2", "gpt2",
+                               "gptneox",        "gptj",      "bloom",             "opt",         "opt_post_ln"};
 
 struct Comparison {
   float kept_max_abs = 0;  // over the positions whose full logits the reference keeps

@@ -163,6 +163,56 @@ void map_gptj(const SafetensorsFile& f, const ModelConfig& c, Tensors& t) {
   t["output.bias"] = read_tensor(f, "lm_head.bias");
 }
 
+// OPT: fused Q, K, V; LayerNorms named per stage; a projected embedding when word_embed_proj_dim differs.
+void map_opt(const SafetensorsFile& f, const ModelConfig& c, Tensors& t) {
+  const std::string d = "model.decoder.";
+  t["token_embd.weight"] = read_tensor(f, d + "embed_tokens.weight");
+  t["pos_embd.weight"] = read_tensor(f, d + "embed_positions.weight");
+  if (c.projects_embedding()) {
+    t["token_embd_proj.weight"] = read_tensor(f, d + "project_in.weight");
+    t["output_proj.weight"] = read_tensor(f, d + "project_out.weight");
+  }
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string hf = d + "layers." + std::to_string(i) + ".", k = "blk." + std::to_string(i) + ".";
+    for (const char* w : {"weight", "bias"}) {
+      t[k + "attn_norm." + w] = read_tensor(f, hf + "self_attn_layer_norm." + w);
+      t[k + "attn_qkv." + w] = concat({read_tensor(f, hf + "self_attn.q_proj." + w),
+                                       read_tensor(f, hf + "self_attn.k_proj." + w),
+                                       read_tensor(f, hf + "self_attn.v_proj." + w)});
+      t[k + "attn_out." + w] = read_tensor(f, hf + "self_attn.out_proj." + w);
+      t[k + "ffn_norm." + w] = read_tensor(f, hf + "final_layer_norm." + w);
+      t[k + "ffn_up." + w] = read_tensor(f, hf + "fc1." + w);
+      t[k + "ffn_down." + w] = read_tensor(f, hf + "fc2." + w);
+    }
+  }
+  if (c.final_norm) {
+    t["output_norm.weight"] = read_tensor(f, d + "final_layer_norm.weight");
+    t["output_norm.bias"] = read_tensor(f, d + "final_layer_norm.bias");
+  }
+}
+
+// BERT: word, position and token-type embeddings with a LayerNorm; each block's LayerNorms follow its
+// residual adds.
+void map_bert(const SafetensorsFile& f, const ModelConfig& c, Tensors& t) {
+  t["token_embd.weight"] = read_tensor(f, "embeddings.word_embeddings.weight");
+  t["pos_embd.weight"] = read_tensor(f, "embeddings.position_embeddings.weight");
+  t["token_type_embd.weight"] = read_tensor(f, "embeddings.token_type_embeddings.weight");
+  for (const char* w : {"weight", "bias"}) {
+    t[std::string("token_embd_norm.") + w] = read_tensor(f, std::string("embeddings.LayerNorm.") + w);
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      const std::string hf = "encoder.layer." + std::to_string(i) + ".", k = "blk." + std::to_string(i) + ".";
+      t[k + "attn_qkv." + w] = concat({read_tensor(f, hf + "attention.self.query." + w),
+                                       read_tensor(f, hf + "attention.self.key." + w),
+                                       read_tensor(f, hf + "attention.self.value." + w)});
+      t[k + "attn_out." + w] = read_tensor(f, hf + "attention.output.dense." + w);
+      t[k + "attn_norm." + w] = read_tensor(f, hf + "attention.output.LayerNorm." + w);
+      t[k + "ffn_up." + w] = read_tensor(f, hf + "intermediate.dense." + w);
+      t[k + "ffn_down." + w] = read_tensor(f, hf + "output.dense." + w);
+      t[k + "ffn_norm." + w] = read_tensor(f, hf + "output.LayerNorm." + w);
+    }
+  }
+}
+
 template <typename T>
 std::vector<T> read_raw(const SafetensorsFile& file, const std::string& name, SafetensorsDtype dtype) {
   const SafetensorsTensor& t = file.tensor(name);
@@ -188,6 +238,8 @@ TinyModel load_tiny_model(const std::string& name) {
   else if (arch == "gptneox") map_gptneox(file, model.config, model.tensors);
   else if (arch == "gptj") map_gptj(file, model.config, model.tensors);
   else if (arch == "bloom") map_bloom(file, model.config, model.tensors);
+  else if (arch == "opt") map_opt(file, model.config, model.tensors);
+  else if (arch == "bert") map_bert(file, model.config, model.tensors);
   else fail("fixture {} has architecture '{}', which the test helper cannot map", dir, arch);
   return model;
 }
@@ -252,6 +304,18 @@ std::vector<PromptReference> load_reference(const std::string& name) {
     r.argmax = read_raw<int32_t>(file, p + "argmax", SafetensorsDtype::I32);
     r.logsumexp = read_raw<float>(file, p + "logsumexp", SafetensorsDtype::F32);
     prompts.push_back(std::move(r));
+  }
+  KILN_CHECK(!prompts.empty(), "no prompts in the reference of {}", name);
+  return prompts;
+}
+
+std::vector<HiddenReference> load_hidden_reference(const std::string& name) {
+  const SafetensorsFile file = SafetensorsFile::open(fixture_dir(name) + "/reference.safetensors");
+  std::vector<HiddenReference> prompts;
+  for (int i = 0; file.find("prompt" + std::to_string(i) + ".tokens"); ++i) {
+    const std::string p = "prompt" + std::to_string(i) + ".";
+    prompts.push_back({read_raw<int32_t>(file, p + "tokens", SafetensorsDtype::I32),
+                       read_raw<float>(file, p + "hidden", SafetensorsDtype::F32)});
   }
   KILN_CHECK(!prompts.empty(), "no prompts in the reference of {}", name);
   return prompts;

@@ -1,7 +1,8 @@
 // Test helper: loads a tiny Hugging Face model fixture (tests/data/tiny_<name>/, made by
-// make_tiny_models.py), maps its tensors to .kiln names (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, GPT-J, BLOOM: q/k/v fused
-// into attn_qkv in Q, K, V row order, gate/up into ffn_up, GPT-2's [in, out] matrices transposed),
-// stores the matrices in any weight dtype with a naive quantizer, and reads the reference logits.
+// make_tiny_models.py), maps its tensors to .kiln names (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, GPT-J,
+// BLOOM, OPT, BERT: q/k/v fused into attn_qkv in Q, K, V row order, gate/up into ffn_up, GPT-2's [in, out]
+// matrices transposed), stores the matrices in any weight dtype with a naive quantizer, and reads the
+// reference logits (hidden states for BERT).
 #pragma once
 
 #include <cstdint>
@@ -62,5 +63,13 @@ struct PromptReference {
 };
 
 std::vector<PromptReference> load_reference(const std::string& name);
+
+// An encoder's reference (no LM head): the last hidden state at every position.
+struct HiddenReference {
+  std::vector<int32_t> tokens;  // [n]
+  std::vector<float> hidden;    // [n, dim]
+};
+
+std::vector<HiddenReference> load_hidden_reference(const std::string& name);
 
 }  // namespace kiln::test

@@ -1,0 +1,237 @@
+// Every family the converter imports, end to end: a tiny Hugging Face folder (tests/engine/make_tiny_models.py)
+// -> .kiln -> CPU forward against the transformers reference (logits, or hidden states for BERT), the
+// converter's tensors equal to the test's own mapping (tests/engine/tiny_model.cpp); `kiln generate` for
+// every decoder and `kiln embed` for BERT through the binary; and the refusals that name what is wrong.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "convert/from_hf.h"
+#include "engine/backend.h"
+#include "engine/error.h"
+#include "engine/kiln_file.h"
+#include "tests/convert/kiln_file_fixture.h"
+#include "tests/convert/tiny_hf_folder.h"
+#include "tests/engine/tiny_model.h"
+#include "tests/run_process.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Converts tiny_<name> (with a byte tokenizer, or a WordPiece vocab.txt for BERT) to an f32 .kiln file.
+std::string convert_tiny(const testing::TempDir& dir, const std::string& name) {
+  const fs::path folder = testing::copy_tiny_model(dir.path(), name);
+  if (name == "bert") {
+    testing::write_vocab_txt(folder, 256);
+  } else {
+    testing::write_byte_tokenizer(folder);
+  }
+  const HfFolder hf = HfFolder::open(folder.string());
+  ConvertOptions options;
+  options.weight_dtype = DType::F32;
+  write_conversion(conversion_from_hf(hf), dir.file(name + ".kiln"), options);
+  return dir.file(name + ".kiln");
+}
+
+// The converted config and tensors equal the test's own mapping of the same fixture, bit for bit.
+void expect_same_mapping(const KilnFile& file, const std::string& name) {
+  const test::TinyModel tiny = test::load_tiny_model(name);
+  nlohmann::json got = model_config_to_json(file.config()), want = model_config_to_json(tiny.config);
+  if (name == "bloom") {  // ALiBi: config.json names no length, so the converter takes BLOOM's 2048
+    EXPECT_EQ(got["n_ctx_train"], 2048);
+    got["n_ctx_train"] = want["n_ctx_train"];
+  }
+  EXPECT_EQ(got, want);
+  for (const auto& [tensor, expected] : tiny.tensors) {
+    const TensorView* t = file.find(tensor);
+    ASSERT_NE(t, nullptr) << tensor;
+    ASSERT_EQ(t->numel(), int64_t(expected.values.size())) << tensor;
+    EXPECT_EQ(std::memcmp(t->data, expected.values.data(), t->bytes), 0) << tensor;
+  }
+}
+
+class DecoderFamily : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(DecoderFamily, ConvertedModelMatchesTransformers) {
+  testing::TempDir dir;
+  const KilnFile file = KilnFile::open(convert_tiny(dir, GetParam()));
+  expect_same_mapping(file, GetParam());
+
+  BackendOptions options;
+  options.n_ctx = 512;
+  auto backend = make_cpu_backend(file, options);
+  const int64_t n_vocab = file.config().n_vocab;
+  for (const auto& ref : test::load_reference(GetParam())) {
+    std::vector<float> logits(ref.tokens.size() * size_t(n_vocab));
+    backend->reset();
+    backend->forward(ref.tokens.data(), int64_t(ref.tokens.size()), 0, logits.data(), true);
+    float max_error = 0;
+    for (size_t m = 0; m < ref.positions.size(); ++m)
+      for (int64_t v = 0; v < n_vocab; ++v)
+        max_error = std::max(max_error, std::fabs(logits[size_t(ref.positions[m] * n_vocab + v)] -
+                                                  ref.logits[m * size_t(n_vocab) + size_t(v)]));
+    EXPECT_LE(max_error, 1e-4f) << ref.tokens.size() << " tokens";  // f32 rounding only
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, DecoderFamily,
+                         ::testing::Values("gpt2", "gptj", "gptneox", "bloom", "opt", "opt_post_ln"));
+
+TEST(EncoderFamily, ConvertedBertMatchesTransformers) {
+  testing::TempDir dir;
+  const KilnFile file = KilnFile::open(convert_tiny(dir, "bert"));
+  expect_same_mapping(file, "bert");
+  EXPECT_EQ(file.tokenizer_data().kind, TokenizerKind::WordPiece);
+
+  BackendOptions options;
+  auto backend = make_cpu_backend(file, options);
+  const int64_t dim = file.config().dim;
+  for (const auto& ref : test::load_hidden_reference("bert")) {
+    std::vector<float> hidden(ref.tokens.size() * size_t(dim));
+    backend->reset();
+    backend->forward(ref.tokens.data(), int64_t(ref.tokens.size()), 0, hidden.data(), true);
+    float max_error = 0;
+    for (size_t i = 0; i < hidden.size(); ++i) max_error = std::max(max_error, std::fabs(hidden[i] - ref.hidden[i]));
+    EXPECT_LE(max_error, 2e-5f) << ref.tokens.size() << " tokens";
+  }
+}
+
+// `kiln embed` prints, per input line, the mean of the encoder's hidden states scaled to unit length,
+// computed here from the backend directly.
+TEST(EncoderFamily, EmbedPrintsPooledNormalizedRows) {
+  testing::TempDir dir;
+  const std::string model = convert_tiny(dir, "bert");
+  const std::vector<std::string> texts = {"hello world", "the quick brown fox", "", "kiln, kiln!"};
+  {
+    std::ofstream out(dir.file("texts.txt"));
+    for (const auto& t : texts) out << t << "\n";
+  }
+  const auto r = testing::run_kiln({"embed", "-m", model, "-f", dir.file("texts.txt")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  const KilnFile file = KilnFile::open(model);
+  const auto tokenizer = make_tokenizer(file.tokenizer_data());
+  BackendOptions options;
+  auto backend = make_cpu_backend(file, options);
+  const int64_t dim = file.config().dim;
+  std::istringstream lines(r.out);
+  size_t i = 0;
+  for (std::string line; std::getline(lines, line); ++i) {
+    ASSERT_LT(i, texts.size());
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j.at("index").get<size_t>(), i);
+    const auto got = j.at("embedding").get<std::vector<double>>();
+    ASSERT_EQ(int64_t(got.size()), dim);
+
+    std::vector<int32_t> ids = tokenizer->encode(texts[i], true);
+    ids.push_back(tokenizer->eos_id());
+    EXPECT_EQ(ids.front(), 2) << "[CLS]";
+    std::vector<float> hidden(ids.size() * size_t(dim));
+    backend->reset();
+    backend->forward(ids.data(), int64_t(ids.size()), 0, hidden.data(), true);
+    std::vector<double> want(size_t(dim), 0.0);
+    double norm = 0;
+    for (int64_t d = 0; d < dim; ++d) {
+      for (size_t t = 0; t < ids.size(); ++t) want[size_t(d)] += hidden[t * size_t(dim) + size_t(d)];
+      want[size_t(d)] /= double(ids.size());
+      norm += want[size_t(d)] * want[size_t(d)];
+    }
+    for (int64_t d = 0; d < dim; ++d) EXPECT_NEAR(got[size_t(d)], want[size_t(d)] / std::sqrt(norm), 1e-6) << d;
+  }
+  EXPECT_EQ(i, texts.size());
+}
+
+// A decoder refuses `kiln embed`, naming what it is.
+TEST(EncoderFamily, EmbedRefusesALanguageModel) {
+  testing::TempDir dir;
+  const std::string model = convert_tiny(dir, "gpt2");
+  std::ofstream(dir.file("texts.txt")) << "hello\n";
+  const auto r = testing::run_kiln({"embed", "-m", model, "-f", dir.file("texts.txt")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("not an embedding model"), std::string::npos) << r.err;
+}
+
+// `kiln convert` then `kiln generate` for every decoder family, through the binary: greedy decoding
+// prints the tokens the backend's argmax picks, computed here in-process.
+class GenerateFamily : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GenerateFamily, GreedyGenerationRuns) {
+  testing::TempDir dir;
+  const fs::path folder = testing::copy_tiny_model(dir.path(), GetParam());
+  const nlohmann::json config = nlohmann::json::parse(std::ifstream(folder / "config.json"));
+  testing::write_byte_tokenizer(folder, config.at("vocab_size").get<int>());  // a token for every row
+  const std::string model = dir.file("model.kiln");
+  auto r = testing::run_kiln({"convert", folder.string(), "-o", model, "--type", "f32", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = testing::run_kiln({"generate", "-m", model, "-p", "hi", "-n", "5", "--temp", "0", "--no-stats", "-t", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  const KilnFile file = KilnFile::open(model);
+  const auto tokenizer = make_tokenizer(file.tokenizer_data());
+  BackendOptions options;
+  options.n_threads = 2;  // as the command ran
+  auto backend = make_cpu_backend(file, options);
+  std::vector<int32_t> ids = tokenizer->encode("hi", true);
+  ASSERT_EQ(ids, (std::vector<int32_t>{'h', 'i'}));
+  std::vector<float> logits(size_t(file.config().n_vocab));
+  std::vector<int32_t> generated;
+  backend->forward(ids.data(), int64_t(ids.size()), 0, logits.data(), false);
+  for (int k = 0; k < 5; ++k) {
+    const auto best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    generated.push_back(best);
+    backend->forward(&best, 1, int64_t(ids.size() + generated.size() - 1), logits.data(), false);
+  }
+  EXPECT_EQ(r.out, utf8_sanitize(tokenizer->decode(generated)) + "\n");
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, GenerateFamily,
+                         ::testing::Values("llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2",
+                                           "gpt2", "gptj", "gptneox", "bloom", "opt", "opt_post_ln"));
+
+// Converting a folder whose config.json is edited: the error names the setting.
+void expect_refused(const std::string& name, const nlohmann::json& patch, const std::string& message) {
+  testing::TempDir dir;
+  const fs::path folder = testing::copy_tiny_model(dir.path(), name);
+  testing::write_byte_tokenizer(folder);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(folder / "config.json"));
+  config.merge_patch(patch);
+  std::ofstream(folder / "config.json") << config.dump();
+  try {
+    (void)conversion_from_hf(HfFolder::open(folder.string()));
+    ADD_FAILURE() << name << " converted with " << patch.dump();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+  }
+}
+
+TEST(ConvertFamilyErrors, NameWhatIsNotSupported) {
+  expect_refused("gpt2", {{"scale_attn_by_inverse_layer_idx", true}}, "scale_attn_by_inverse_layer_idx");
+  expect_refused("gpt2", {{"activation_function", "swish"}}, "activation 'swish'");
+  expect_refused("bloom", {{"apply_residual_connection_post_layernorm", true}},
+                 "apply_residual_connection_post_layernorm");
+  expect_refused("bert", {{"position_embedding_type", "relative_key"}}, "relative_key");
+  expect_refused("bert", {{"is_decoder", true}}, "decoder");
+  expect_refused("opt", {{"word_embed_proj_dim", 32}}, "project_in.weight");  // the checkpoint has none
+  expect_refused("gptneox", {{"model_type", "mamba"}}, "supported: llama, mistral, qwen2, gpt2");
+}
+
+TEST(ConvertFamilyErrors, PickleOnlyFolderAsksForSafetensors) {
+  testing::TempDir dir;
+  const fs::path folder = testing::copy_tiny_model(dir.path(), "gpt2");
+  fs::rename(folder / "model.safetensors", folder / "pytorch_model.bin");
+  try {
+    (void)HfFolder::open(folder.string());
+    ADD_FAILURE() << "a folder with only pytorch_model.bin opened";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("safetensors"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln

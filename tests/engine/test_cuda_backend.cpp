@@ -1,0 +1,308 @@
+// The CUDA forward against the CPU forward and the Hugging Face references (tests/data/tiny_*), for
+// every family the CPU backend runs (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, GPT-J, BLOOM, OPT with
+// post-norm blocks and a projected embedding, the BERT encoder): f32 logits, every quantized storage
+// dtype, greedy tokens, decode against one pass, the captured decode graph against plain launches, and
+// the named intermediates. Skips itself without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/cuda_backend.h"
+#include "engine/error.h"
+#include "engine/weights.h"
+#include "tests/engine/tiny_model.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace kiln::test {
+namespace {
+
+const char* const kModels[] = {"llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2", "gpt2",
+                               "gptneox",        "gptj",      "bloom",             "opt",         "opt_post_ln"};
+
+BackendOptions options_with(int64_t max_batch) {
+  BackendOptions o;
+  o.n_ctx = 512;
+  o.n_threads = 2;
+  o.max_batch = max_batch;
+  return o;
+}
+
+std::vector<float> run_all(Backend& backend, const std::vector<int32_t>& tokens) {
+  std::vector<float> logits(tokens.size() * size_t(backend.config().n_vocab));
+  backend.forward(tokens.data(), int64_t(tokens.size()), 0, logits.data(), true);
+  return logits;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  return a.size() == b.size() ? worst : INFINITY;
+}
+
+// Largest error against the reference's kept logits, and the positions whose top-1 token agrees.
+struct Versus {
+  float kept_max_abs = 0;
+  int top1_agree = 0;
+};
+Versus versus_reference(const PromptReference& ref, const std::vector<float>& logits, int64_t n_vocab) {
+  Versus v;
+  for (size_t m = 0; m < ref.positions.size(); ++m)
+    for (int64_t i = 0; i < n_vocab; ++i)
+      v.kept_max_abs = std::max(v.kept_max_abs, std::fabs(logits[size_t(ref.positions[m] * n_vocab + i)] -
+                                                          ref.logits[m * size_t(n_vocab) + size_t(i)]));
+  for (size_t p = 0; p < ref.tokens.size(); ++p) {
+    const float* row = logits.data() + p * size_t(n_vocab);
+    v.top1_agree += (std::max_element(row, row + n_vocab) - row) == ref.argmax[p];
+  }
+  return v;
+}
+
+// Greedy continuation of n_gen tokens after prompt, one decode step at a time; the logits of every
+// step are appended to *all_logits when given.
+std::vector<int32_t> greedy(Backend& backend, const std::vector<int32_t>& prompt, int n_gen,
+                            std::vector<float>* all_logits = nullptr) {
+  const int64_t n_vocab = backend.config().n_vocab;
+  std::vector<float> logits(static_cast<size_t>(n_vocab));
+  backend.forward(prompt.data(), int64_t(prompt.size()), 0, logits.data(), false);
+  std::vector<int32_t> out;
+  for (int i = 0; i < n_gen; ++i) {
+    if (all_logits) all_logits->insert(all_logits->end(), logits.begin(), logits.end());
+    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    out.push_back(next);
+    backend.forward(&next, 1, int64_t(prompt.size()) + i, logits.data(), false);
+  }
+  return out;
+}
+
+class CudaParity : public ::testing::TestWithParam<const char*> {};
+
+// f32 weights: both backends are f32 throughout, within 1e-4 of the float64 reference and of each other.
+// max_batch 48 runs the 320-token prompt in chunks; 8 runs every chunk through the GEMV path.
+TEST_P(CudaParity, F32MatchesCpuAndHuggingFace) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const auto refs = load_reference(GetParam());
+  auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+  for (int64_t max_batch : {512, 48, 8}) {
+    auto gpu = make_cuda_backend(model.config, weights, options_with(max_batch));
+    for (const auto& ref : refs) {
+      SCOPED_TRACE(testing::Message() << "max_batch " << max_batch << ", prompt of " << ref.tokens.size());
+      const auto g = run_all(*gpu, ref.tokens);
+      EXPECT_LE(max_abs_diff(g, run_all(*cpu, ref.tokens)), 1e-4f);
+      const Versus v = versus_reference(ref, g, model.config.n_vocab);
+      EXPECT_LE(v.kept_max_abs, 1e-4f);
+    }
+  }
+}
+
+struct QuantCase {
+  DType dtype;
+  float max_abs_ref;  // against the f32 reference (the CPU backend's bounds)
+  float max_abs_cpu;  // against the CPU backend with the same weights
+  float min_top1;
+};
+
+// The GEMM rounds x to f16 (bf16 for bf16 weights) and the CPU's int8 path quantizes activations, so
+// the backends part by about the weights' own rounding; the bounds are the CPU test's.
+TEST_P(CudaParity, QuantizedWeightsStayClose) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const auto refs = load_reference(GetParam());
+  for (const QuantCase& q : {QuantCase{DType::F16, 1e-2f, 1e-2f, 0.98f}, QuantCase{DType::BF16, 8e-2f, 8e-2f, 0.95f},
+                             QuantCase{DType::I8, 3.5e-1f, 3.5e-1f, 0.9f}}) {
+    SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(q.dtype));
+    const TensorStore store(model, q.dtype, 32);
+    const Weights weights = bind_weights(model.config, store.lookup());
+    auto gpu = make_cuda_backend(model.config, weights, options_with(512));
+    auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+    float worst_ref = 0, worst_cpu = 0;
+    int agree = 0, total = 0;
+    for (const auto& ref : refs) {
+      const auto g = run_all(*gpu, ref.tokens);
+      const Versus v = versus_reference(ref, g, model.config.n_vocab);
+      worst_ref = std::max(worst_ref, v.kept_max_abs);
+      worst_cpu = std::max(worst_cpu, max_abs_diff(g, run_all(*cpu, ref.tokens)));
+      agree += v.top1_agree;
+      total += int(ref.tokens.size());
+    }
+    std::printf("%s %s: max abs %.2e vs reference, %.2e vs CPU, top-1 %d/%d\n", GetParam(),
+                std::string(dtype_name(q.dtype)).c_str(), worst_ref, worst_cpu, agree, total);
+    EXPECT_LE(worst_ref, q.max_abs_ref);
+    EXPECT_LE(worst_cpu, q.max_abs_cpu);
+    EXPECT_GE(float(agree) / float(total), q.min_top1);
+  }
+}
+
+// Greedy decoding gives the CPU's tokens (f32 weights: the logits agree to 1e-5, the models' top-1
+// margins are above 1e-3).
+TEST_P(CudaParity, GreedyTokensEqualTheCpu) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const auto refs = load_reference(GetParam());
+  const std::vector<int32_t> prompt(refs[0].tokens.begin(), refs[0].tokens.begin() + 8);
+  auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+  auto gpu = make_cuda_backend(model.config, weights, options_with(512));
+  EXPECT_EQ(greedy(*gpu, prompt, 40), greedy(*cpu, prompt, 40));
+}
+
+// The captured decode step replays exactly what the launches compute, at every position.
+TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  for (DType dtype : {DType::F16, DType::I8}) {
+    SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(dtype));
+    const TensorStore store(model, dtype, 32);
+    const Weights weights = bind_weights(model.config, store.lookup());
+    const auto refs = load_reference(GetParam());
+    const std::vector<int32_t> prompt(refs[0].tokens.begin(), refs[0].tokens.begin() + 5);
+    CudaOptions launches;
+    launches.use_graph = false;
+    auto with_graph = make_cuda_backend(model.config, weights, options_with(512));
+    auto without = make_cuda_backend(model.config, weights, options_with(512), launches);
+    std::vector<float> a, b;
+    EXPECT_EQ(greedy(*with_graph, prompt, 30, &a), greedy(*without, prompt, 30, &b));
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(max_abs_diff(a, b), 0.0f);
+  }
+}
+
+// Prefill of k tokens (cache only), then one token at a time, gives the logits of one pass over all
+// tokens (GEMM and GEMV sum in different orders: 5e-5); rewinding recomputes from the earlier position.
+TEST_P(CudaParity, DecodeMatchesOnePass) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const auto refs = load_reference(GetParam());
+  const int64_t n_vocab = model.config.n_vocab;
+  auto backend = make_cuda_backend(model.config, weights, options_with(64));
+  for (const auto& ref : refs) {
+    const auto& tokens = ref.tokens;
+    const int64_t n = int64_t(tokens.size());
+    const std::vector<float> all = run_all(*backend, tokens);
+    std::vector<float> last(static_cast<size_t>(n_vocab));
+    if (!model.config.causal) continue;
+    const int64_t k = n / 2;
+    backend->forward(tokens.data(), k, 0, nullptr, false);
+    float worst = 0;
+    for (int64_t p = k; p < n; ++p) {
+      backend->forward(tokens.data() + p, 1, p, last.data(), false);
+      for (int64_t v = 0; v < n_vocab; ++v)
+        worst = std::max(worst, std::fabs(last[size_t(v)] - all[size_t(p * n_vocab + v)]));
+    }
+    EXPECT_LE(worst, 5e-5f) << "prompt of " << n;
+    if (n > 2) {
+      backend->forward(tokens.data() + 1, 1, 1, last.data(), false);
+      EXPECT_EQ(backend->n_past(), 2);
+      for (int64_t v = 0; v < n_vocab; ++v) ASSERT_NEAR(last[size_t(v)], all[size_t(n_vocab + v)], 5e-5f);
+    }
+  }
+}
+
+// Both forwards report the same named intermediates in the same order, with the same values.
+TEST_P(CudaParity, NamedIntermediatesMatchTheCpu) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const auto refs = load_reference(GetParam());
+  struct Seen {
+    std::string name;
+    int layer;
+    std::vector<float> values;
+  };
+  auto record = [](std::vector<Seen>& out) {
+    return [&out](std::string_view name, int layer, const float* data, int64_t n) {
+      out.push_back({std::string(name), layer, std::vector<float>(data, data + n)});
+    };
+  };
+  std::vector<Seen> cpu_seen, gpu_seen;
+  BackendOptions o = options_with(512);
+  o.on_tensor = record(cpu_seen);
+  auto cpu = make_cpu_backend(model.config, weights, o);
+  o.on_tensor = record(gpu_seen);
+  auto gpu = make_cuda_backend(model.config, weights, o);
+  const std::vector<int32_t> tokens(refs[0].tokens.begin(), refs[0].tokens.begin() + 12);
+  run_all(*cpu, tokens);
+  run_all(*gpu, tokens);
+  ASSERT_EQ(cpu_seen.size(), gpu_seen.size());
+  for (size_t i = 0; i < cpu_seen.size(); ++i) {
+    SCOPED_TRACE(testing::Message() << cpu_seen[i].name << " layer " << cpu_seen[i].layer);
+    EXPECT_EQ(gpu_seen[i].name, cpu_seen[i].name);
+    EXPECT_EQ(gpu_seen[i].layer, cpu_seen[i].layer);
+    float scale = 1;
+    for (float v : cpu_seen[i].values) scale = std::max(scale, std::fabs(v));
+    EXPECT_LE(max_abs_diff(gpu_seen[i].values, cpu_seen[i].values), 1e-4f * scale);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, CudaParity, ::testing::ValuesIn(kModels));
+
+// The bidirectional encoder (no LM head: forward returns hidden states) against the float64 reference
+// and the CPU backend, with the CPU test's bounds.
+TEST(CudaBackend, EncoderMatchesCpuAndHuggingFace) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model("bert");
+  const auto refs = load_hidden_reference("bert");
+  const int64_t dim = model.config.dim;
+  for (const auto& [dtype, bound] : {std::pair{DType::F32, 2e-5f}, std::pair{DType::F16, 1e-2f},
+                                     std::pair{DType::BF16, 3e-2f}, std::pair{DType::I8, 1.5e-1f}}) {
+    SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(dtype));
+    const TensorStore store(model, dtype, 32);
+    const Weights weights = bind_weights(model.config, store.lookup());
+    auto gpu = make_cuda_backend(model.config, weights, options_with(512));
+    auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+    float worst_ref = 0, worst_cpu = 0;
+    for (const auto& ref : refs) {
+      const auto n = int64_t(ref.tokens.size());
+      std::vector<float> g(size_t(n * dim)), c(size_t(n * dim));
+      gpu->reset();
+      gpu->forward(ref.tokens.data(), n, 0, g.data(), true);
+      cpu->reset();
+      cpu->forward(ref.tokens.data(), n, 0, c.data(), true);
+      worst_ref = std::max(worst_ref, max_abs_diff(g, ref.hidden));
+      worst_cpu = std::max(worst_cpu, max_abs_diff(g, c));
+    }
+    std::printf("bert %s: max abs %.2e vs reference, %.2e vs CPU\n", std::string(dtype_name(dtype)).c_str(), worst_ref,
+                worst_cpu);
+    EXPECT_LE(worst_ref, bound);
+    EXPECT_LE(worst_cpu, bound);
+  }
+}
+
+TEST(CudaBackend, RejectsBadInputAndTooLargeContexts) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model("llama_mha");
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  auto gpu = make_cuda_backend(model.config, weights, options_with(16));
+  const int32_t bad = int32_t(model.config.n_vocab);
+  std::vector<float> logits(size_t(model.config.n_vocab));
+  EXPECT_THROW(gpu->forward(&bad, 1, 0, logits.data(), false), Error);
+  const int32_t ok = 3;
+  EXPECT_THROW(gpu->forward(&ok, 1, 5, logits.data(), false), Error);  // a gap in the cache
+
+  // A cache larger than the GPU: the message gives the bytes needed and free.
+  BackendOptions huge = options_with(16);
+  huge.n_ctx = int64_t(1) << 30;
+  huge.max_kv_bytes = ~uint64_t(0);
+  try {
+    auto too_big = make_cuda_backend(model.config, weights, huge);
+    FAIL() << "a 1G-position cache was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("free"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("KV cache"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln::test
