@@ -35,7 +35,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
   };
   out.push_back({"token_embd.weight", {c.n_vocab, c.embd_dim()}});
   if (c.projects_embedding()) out.push_back({"token_embd_proj.weight", {c.dim, c.embd_dim()}});
-  if (c.position == PositionKind::Learned) out.push_back({"pos_embd.weight", {c.n_ctx_train + c.position_offset, c.dim}});
+  if (c.position == PositionKind::Learned)
+    out.push_back({"pos_embd.weight", {c.n_ctx_train + c.position_offset, c.dim}});
   if (c.n_token_types > 0) out.push_back({"token_type_embd.weight", {c.n_token_types, c.dim}});
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string blk = fmt::format("blk.{}.", i);

@@ -57,10 +57,12 @@ void map_llama(const HfFolder& folder, Conversion& conv) {
     const std::string src = fmt::format("model.layers.{}.", i), dst = fmt::format("blk.{}.", i);
     out.push_back(same(folder, dst + "attn_norm.weight", src + "input_layernorm.weight"));
     out.push_back(stacked(folder, dst + "attn_qkv.weight",
-                          {src + "self_attn.q_proj.weight", src + "self_attn.k_proj.weight", src + "self_attn.v_proj.weight"}));
+                          {src + "self_attn.q_proj.weight", src + "self_attn.k_proj.weight",
+                           src + "self_attn.v_proj.weight"}));
     if (c.attention_bias) {
       out.push_back(stacked(folder, dst + "attn_qkv.bias",
-                            {src + "self_attn.q_proj.bias", src + "self_attn.k_proj.bias", src + "self_attn.v_proj.bias"}));
+                            {src + "self_attn.q_proj.bias", src + "self_attn.k_proj.bias",
+                             src + "self_attn.v_proj.bias"}));
       if (folder.find(src + "self_attn.o_proj.bias"))
         out.push_back(same(folder, dst + "attn_out.bias", src + "self_attn.o_proj.bias"));
     }

@@ -52,7 +52,8 @@ void read_pooling(const HfFolder& folder, ModelConfig& c) {
         if (type.ends_with(".Normalize")) {
           c.pooling_normalize = true;
         } else if (type.ends_with(".Pooling")) {
-          KILN_CHECK(path.find("..") == std::string::npos, "modules.json names a folder outside the model: '{}'", path);
+          KILN_CHECK(path.find("..") == std::string::npos && !std::filesystem::path(path).has_root_path(),
+                     "modules.json names a folder outside the model: '{}'", path);
           const auto config = read_optional_json(folder, path + "/config.json");
           KILN_CHECK(config.has_value(), "'{}' lacks {}/config.json, which modules.json names", folder.dir().string(),
                      path);

@@ -23,7 +23,8 @@ void read_common(const HfFolder& folder, ModelConfig& c, const char* architectur
 }
 
 // A LayerNorm's weight and bias.
-void layer_norm(const HfFolder& folder, std::vector<SourceTensor>& out, const std::string& dst, const std::string& src) {
+void layer_norm(const HfFolder& folder, std::vector<SourceTensor>& out, const std::string& dst,
+                const std::string& src) {
   out.push_back(same(folder, dst + ".weight", src + ".weight"));
   out.push_back(same(folder, dst + ".bias", src + ".bias"));
 }

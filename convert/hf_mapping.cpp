@@ -58,7 +58,8 @@ void read_rope(const HfFolder& folder, ModelConfig& c) {
   }
 }
 
-std::string find_prefix(const HfFolder& folder, std::initializer_list<const char*> candidates, const std::string& probe) {
+std::string find_prefix(const HfFolder& folder, std::initializer_list<const char*> candidates,
+                        const std::string& probe) {
   for (const char* prefix : candidates)
     if (folder.find(prefix + probe)) return prefix;
   fail("'{}' has no tensor '{}' (under any of the prefixes this family uses): is it a complete checkpoint?",

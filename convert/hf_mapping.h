@@ -56,7 +56,8 @@ void read_rope(const HfFolder& folder, ModelConfig& c);
 
 // The prefix the checkpoint puts before its tensor names ("transformer.", "model.decoder.", ""):
 // the first candidate for which prefix + probe exists. Throws naming the probe when none does.
-std::string find_prefix(const HfFolder& folder, std::initializer_list<const char*> candidates, const std::string& probe);
+std::string find_prefix(const HfFolder& folder, std::initializer_list<const char*> candidates,
+                        const std::string& probe);
 
 // A kiln tensor made by stacking HF tensors: matrices by rows (q, k, v -> attn_qkv), vectors end to end.
 SourceTensor stacked(const HfFolder& folder, std::string name, const std::vector<std::string>& parts);

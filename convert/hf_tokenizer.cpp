@@ -114,7 +114,8 @@ int32_t id_of_piece(const TokenizerData& d, const std::string& piece) {
 void read_wordpiece(const nlohmann::json& tok, TokenizerData& d) {
   const auto& model = tok.at("model");
   d.kind = TokenizerKind::WordPiece;
-  KILN_CHECK(model.value("continuing_subword_prefix", "##") == "##" && model.value("max_input_chars_per_word", 100) == 100,
+  KILN_CHECK(model.value("continuing_subword_prefix", "##") == "##" &&
+                 model.value("max_input_chars_per_word", 100) == 100,
              "tokenizer.json: WordPiece with a continuation prefix other than '##' or a word limit other than 100 "
              "characters is not supported");
   std::map<int64_t, std::string> by_id;
@@ -229,7 +230,8 @@ TokenizerData tokenizer_from_hf(const HfFolder& folder) {
       }
     } else {
       KILN_CHECK(std::filesystem::is_regular_file(vocab_txt),
-                 "'{}' has neither tokenizer.json nor tokenizer.model (nor a WordPiece vocab.txt)", folder.dir().string());
+                 "'{}' has neither tokenizer.json nor tokenizer.model (nor a WordPiece vocab.txt)",
+                 folder.dir().string());
       read_vocab_txt(vocab_txt, folder.tokenizer_config(), d);
     }
     if (folder.tokenizer_config()) {

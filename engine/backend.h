@@ -33,6 +33,7 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
+  virtual std::string_view name() const = 0;  // "CPU", "CUDA": for reports
   virtual const ModelConfig& config() const = 0;
   virtual int64_t n_ctx() const = 0;
   virtual int64_t n_past() const = 0;  // positions filled in the KV cache

@@ -79,6 +79,10 @@ void CpuBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_
              "{} tokens at position {} do not fit the context of {} positions: start a new conversation or use a "
              "larger context size",
              n_tokens, first_position, cache_.n_ctx);
+  // An encoder's output is every token's hidden state, never a next-token prediction.
+  KILN_CHECK(config_.lm_head || logits == nullptr || all_logits,
+             "this {} model is an encoder without an LM head: it embeds text (kiln embed) and cannot generate",
+             config_.architecture);
   // A bidirectional layer needs every token of the sequence in one step.
   KILN_CHECK(config_.causal || (first_position == 0 && n_tokens <= ws_.max_tokens),
              "this {} model attends both ways: run the whole input (at most {} tokens) in one call",
@@ -134,7 +138,8 @@ void CpuBackend::embed(const int32_t* tokens, int64_t n_tokens, int64_t first_po
   float* x = ws_.x.data();
   if (config_.projects_embedding()) {  // narrow rows, then the projection in
     const int64_t embd_dim = config_.embd_dim();
-    for (int64_t t = 0; t < n_tokens; ++t) dequantize_row(weights_.token_embd, tokens[t], ws_.embd.data() + t * embd_dim);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      dequantize_row(weights_.token_embd, tokens[t], ws_.embd.data() + t * embd_dim);
     matmul(weights_.token_embd_proj, ws_.embd.data(), x, n_tokens, pool_);
   } else {
     for (int64_t t = 0; t < n_tokens; ++t) dequantize_row(weights_.token_embd, tokens[t], x + t * dim);

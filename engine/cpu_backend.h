@@ -19,6 +19,7 @@ class CpuBackend final : public Backend {
 
   const ModelConfig& config() const override { return config_; }
   int64_t n_ctx() const override { return cache_.n_ctx; }
+  std::string_view name() const override { return "CPU"; }
   int64_t n_past() const override { return n_past_; }
   void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                bool all_logits) override;

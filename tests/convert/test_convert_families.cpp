@@ -102,24 +102,49 @@ TEST(EncoderFamily, ConvertedBertMatchesTransformers) {
   }
 }
 
-// `kiln embed` prints, per input line, the mean of the encoder's hidden states scaled to unit length,
-// computed here from the backend directly.
-TEST(EncoderFamily, EmbedPrintsPooledNormalizedRows) {
+struct PoolingCase {
+  const char* name;
+  nlohmann::json modules;        // modules.json, or null for none
+  nlohmann::json pooling;        // 1_Pooling/config.json
+  int64_t max_seq_length = 0;    // sentence_bert_config.json when > 0
+  Pooling mode;
+  bool normalize;
+};
+
+class EmbedPooling : public ::testing::TestWithParam<PoolingCase> {};
+
+// `kiln embed` prints, per input line, the pooled hidden states of [CLS] text [SEP] (cut to the
+// sentence-transformers length), normalized when the model says so, computed here from the backend.
+TEST_P(EmbedPooling, PrintsPooledRows) {
+  const PoolingCase& pc = GetParam();
   testing::TempDir dir;
-  const std::string model = convert_tiny(dir, "bert");
+  const fs::path folder = testing::copy_tiny_model(dir.path(), "bert");
+  testing::write_vocab_txt(folder, 256);
+  if (!pc.modules.is_null()) {
+    std::ofstream(folder / "modules.json") << pc.modules.dump();
+    fs::create_directories(folder / "1_Pooling");
+    std::ofstream(folder / "1_Pooling/config.json") << pc.pooling.dump();
+  }
+  if (pc.max_seq_length > 0)
+    std::ofstream(folder / "sentence_bert_config.json") << nlohmann::json{{"max_seq_length", pc.max_seq_length}}.dump();
+  const std::string model = dir.file("bert.kiln");
+  auto r = testing::run_kiln({"convert", folder.string(), "-o", model, "--type", "f32", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::vector<std::string> texts = {"hello world", "the quick brown fox", "", "kiln, kiln!"};
   {
     std::ofstream out(dir.file("texts.txt"));
     for (const auto& t : texts) out << t << "\n";
   }
-  const auto r = testing::run_kiln({"embed", "-m", model, "-f", dir.file("texts.txt")});
+  r = testing::run_kiln({"embed", "-m", model, "-f", dir.file("texts.txt")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   const KilnFile file = KilnFile::open(model);
+  EXPECT_EQ(file.config().pooling, pc.mode);
+  EXPECT_EQ(file.config().pooling_normalize, pc.normalize);
   const auto tokenizer = make_tokenizer(file.tokenizer_data());
   BackendOptions options;
   auto backend = make_cpu_backend(file, options);
-  const int64_t dim = file.config().dim;
+  const auto dim = size_t(file.config().dim);
   std::istringstream lines(r.out);
   size_t i = 0;
   for (std::string line; std::getline(lines, line); ++i) {
@@ -127,25 +152,49 @@ TEST(EncoderFamily, EmbedPrintsPooledNormalizedRows) {
     const nlohmann::json j = nlohmann::json::parse(line);
     EXPECT_EQ(j.at("index").get<size_t>(), i);
     const auto got = j.at("embedding").get<std::vector<double>>();
-    ASSERT_EQ(int64_t(got.size()), dim);
+    ASSERT_EQ(got.size(), dim);
 
     std::vector<int32_t> ids = tokenizer->encode(texts[i], true);
-    ids.push_back(tokenizer->eos_id());
     EXPECT_EQ(ids.front(), 2) << "[CLS]";
-    std::vector<float> hidden(ids.size() * size_t(dim));
+    if (pc.max_seq_length > 0 && int64_t(ids.size()) >= pc.max_seq_length) ids.resize(size_t(pc.max_seq_length - 1));
+    ids.push_back(tokenizer->eos_id());
+    std::vector<float> hidden(ids.size() * dim);
     backend->reset();
     backend->forward(ids.data(), int64_t(ids.size()), 0, hidden.data(), true);
-    std::vector<double> want(size_t(dim), 0.0);
+    std::vector<double> want(dim, pc.mode == Pooling::Max ? -1e30 : 0.0);
+    const size_t rows = pc.mode == Pooling::Cls ? 1 : ids.size();
+    for (size_t t = 0; t < rows; ++t)
+      for (size_t d = 0; d < dim; ++d) {
+        const double v = hidden[t * dim + d];
+        want[d] = pc.mode == Pooling::Max ? std::max(want[d], v) : want[d] + v;
+      }
     double norm = 0;
-    for (int64_t d = 0; d < dim; ++d) {
-      for (size_t t = 0; t < ids.size(); ++t) want[size_t(d)] += hidden[t * size_t(dim) + size_t(d)];
-      want[size_t(d)] /= double(ids.size());
-      norm += want[size_t(d)] * want[size_t(d)];
+    for (size_t d = 0; d < dim; ++d) {
+      if (pc.mode == Pooling::Mean) want[d] /= double(rows);
+      norm += want[d] * want[d];
     }
-    for (int64_t d = 0; d < dim; ++d) EXPECT_NEAR(got[size_t(d)], want[size_t(d)] / std::sqrt(norm), 1e-6) << d;
+    for (size_t d = 0; d < dim; ++d)
+      EXPECT_NEAR(got[d], pc.normalize ? want[d] / std::sqrt(norm) : want[d], 1e-6) << d;
   }
   EXPECT_EQ(i, texts.size());
 }
+
+const nlohmann::json kTransformer = {{"idx", 0}, {"name", "0"}, {"path", ""},
+                                     {"type", "sentence_transformers.models.Transformer"}};
+const nlohmann::json kPooling = {{"idx", 1}, {"name", "1"}, {"path", "1_Pooling"},
+                                 {"type", "sentence_transformers.models.Pooling"}};
+const nlohmann::json kNormalize = {{"idx", 2}, {"name", "2"}, {"path", "2_Normalize"},
+                                   {"type", "sentence_transformers.models.Normalize"}};
+
+INSTANTIATE_TEST_SUITE_P(
+    TinyBert, EmbedPooling,
+    ::testing::Values(PoolingCase{"default_mean_normalized", nullptr, nullptr, 0, Pooling::Mean, true},
+                      PoolingCase{"cls_normalized", {kTransformer, kPooling, kNormalize},
+                                  {{"pooling_mode_cls_token", true}, {"pooling_mode_mean_tokens", false}}, 0,
+                                  Pooling::Cls, true},
+                      PoolingCase{"max_cut_to_5", {kTransformer, kPooling}, {{"pooling_mode_max_tokens", true}}, 5,
+                                  Pooling::Max, false}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 // A decoder refuses `kiln embed`, naming what it is.
 TEST(EncoderFamily, EmbedRefusesALanguageModel) {
@@ -157,11 +206,11 @@ TEST(EncoderFamily, EmbedRefusesALanguageModel) {
   EXPECT_NE(r.err.find("not an embedding model"), std::string::npos) << r.err;
 }
 
-// `kiln convert` then `kiln generate` for every decoder family, through the binary: greedy decoding
-// prints the tokens the backend's argmax picks, computed here in-process.
+// `kiln convert`, `kiln generate` and `kiln chat` for every decoder family, through the binary: greedy
+// decoding prints the tokens the backend's argmax picks, computed here in-process.
 class GenerateFamily : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(GenerateFamily, GreedyGenerationRuns) {
+TEST_P(GenerateFamily, GenerateAndChatRun) {
   testing::TempDir dir;
   const fs::path folder = testing::copy_tiny_model(dir.path(), GetParam());
   const nlohmann::json config = nlohmann::json::parse(std::ifstream(folder / "config.json"));
@@ -188,6 +237,15 @@ TEST_P(GenerateFamily, GreedyGenerationRuns) {
     backend->forward(&best, 1, int64_t(ids.size() + generated.size() - 1), logits.data(), false);
   }
   EXPECT_EQ(r.out, utf8_sanitize(tokenizer->decode(generated)) + "\n");
+
+  // Two chat turns (the second reuses the first's cache) with a named template, from standard input.
+  r = testing::run_kiln({"chat", "-m", model, "--chat-template", "chatml", "-n", "4", "--temp", "0", "-t", "2"},
+                        "hello\nhow are you?\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  size_t replies = 0;
+  for (size_t at = r.err.find("| reply 4 tokens"); at != std::string::npos; at = r.err.find("| reply 4 tokens", at + 1))
+    ++replies;
+  EXPECT_EQ(replies, 2u) << r.err;
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, GenerateFamily,

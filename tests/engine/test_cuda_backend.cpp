@@ -79,6 +79,14 @@ std::vector<int32_t> greedy(Backend& backend, const std::vector<int32_t>& prompt
   return out;
 }
 
+// The first n tokens of the longest reference prompt.
+std::vector<int32_t> prompt_prefix(const std::vector<PromptReference>& refs, size_t n) {
+  const auto& longest = std::max_element(refs.begin(), refs.end(), [](const auto& a, const auto& b) {
+                          return a.tokens.size() < b.tokens.size();
+                        })->tokens;
+  return {longest.begin(), longest.begin() + long(std::min(n, longest.size()))};
+}
+
 class CudaParity : public ::testing::TestWithParam<const char*> {};
 
 // f32 weights: both backends are f32 throughout, within 1e-4 of the float64 reference and of each other.
@@ -148,7 +156,7 @@ TEST_P(CudaParity, GreedyTokensEqualTheCpu) {
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
-  const std::vector<int32_t> prompt(refs[0].tokens.begin(), refs[0].tokens.begin() + 8);
+  const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
   auto cpu = make_cpu_backend(model.config, weights, options_with(512));
   auto gpu = make_cuda_backend(model.config, weights, options_with(512));
   EXPECT_EQ(greedy(*gpu, prompt, 40), greedy(*cpu, prompt, 40));
@@ -163,7 +171,7 @@ TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
     const TensorStore store(model, dtype, 32);
     const Weights weights = bind_weights(model.config, store.lookup());
     const auto refs = load_reference(GetParam());
-    const std::vector<int32_t> prompt(refs[0].tokens.begin(), refs[0].tokens.begin() + 5);
+    const std::vector<int32_t> prompt = prompt_prefix(refs, 5);
     CudaOptions launches;
     launches.use_graph = false;
     auto with_graph = make_cuda_backend(model.config, weights, options_with(512));
@@ -231,7 +239,7 @@ TEST_P(CudaParity, NamedIntermediatesMatchTheCpu) {
   auto cpu = make_cpu_backend(model.config, weights, o);
   o.on_tensor = record(gpu_seen);
   auto gpu = make_cuda_backend(model.config, weights, o);
-  const std::vector<int32_t> tokens(refs[0].tokens.begin(), refs[0].tokens.begin() + 12);
+  const std::vector<int32_t> tokens = prompt_prefix(refs, 12);
   run_all(*cpu, tokens);
   run_all(*gpu, tokens);
   ASSERT_EQ(cpu_seen.size(), gpu_seen.size());

@@ -74,7 +74,8 @@ TEST(EncoderParity, QuantizedWeightsStayClose) {
 }
 
 // Attending both ways needs the whole input at once: a longer input than one batch, or a second call
-// that continues the first, is refused rather than computed wrongly.
+// that continues the first, is refused rather than computed wrongly; so is asking an encoder for the last
+// token's logits (generation).
 TEST(EncoderParity, RefusesPiecewiseInput) {
   const TinyModel model = load_tiny_model("bert");
   const TensorStore store(model, DType::F32);
@@ -86,6 +87,7 @@ TEST(EncoderParity, RefusesPiecewiseInput) {
   EXPECT_THROW(backend->forward(tokens.data(), int64_t(tokens.size()), 0, hidden.data(), true), Error);
   backend->forward(tokens.data(), 4, 0, hidden.data(), true);
   EXPECT_THROW(backend->forward(tokens.data() + 4, 4, 4, hidden.data(), true), Error);
+  EXPECT_THROW(backend->forward(tokens.data(), 4, 0, hidden.data(), false), Error);
 }
 
 // A missing token-type table is named when the weights are bound.

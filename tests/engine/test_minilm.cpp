@@ -110,7 +110,8 @@ TEST_F(MiniLm, TokenIdsMatchTheReference) {
 // int8 activations) 0.9974. The bound, 0.9999, holds for f32 and the default f16.
 TEST_F(MiniLm, EmbeddingsMatchSentenceTransformers) {
   const nlohmann::json ref = reference();
-  for (const auto& [type, min_cosine] : {std::pair{"f32", 0.99999}, std::pair{"f16", 0.9999}, std::pair{"int8", 0.995}}) {
+  for (const auto& [type, min_cosine] :
+       {std::pair{"f32", 0.99999}, std::pair{"f16", 0.9999}, std::pair{"int8", 0.995}}) {
     const auto got = embed(type);
     ASSERT_EQ(got.size(), ref.at("embeddings").size()) << type;
     double worst = 1;

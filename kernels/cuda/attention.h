@@ -1,0 +1,47 @@
+// Attention of new query tokens over the KV cache (f32): GQA, causal or bidirectional mask, ALiBi,
+// local window, any number of keys. A tiled flash-style kernel keeps a running softmax per query row;
+// the keys are split across blocks (split-K, flash-decoding) when the query rows alone would not fill
+// the GPU, and a second kernel merges the partial softmaxes. The CUDA twin of kernels/cpu/attention.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kiln::cuda {
+
+inline constexpr int kAttentionMaxHeadDim = 256;
+inline constexpr int kAttentionMaxSplits = 32;
+
+struct AttentionArgs {
+  const float* q = nullptr;        // [n_tokens, n_heads, head_dim]
+  const float* k_cache = nullptr;  // [n_kv_heads, kv_stride, head_dim], positions [0, first_position + n_tokens) filled
+  const float* v_cache = nullptr;  // [n_kv_heads, kv_stride, head_dim]
+  float* out = nullptr;            // [n_tokens, n_heads, head_dim]
+  const int32_t* first_position = nullptr;  // device scalar: position of the first query token
+  int64_t n_tokens = 1;
+  int n_heads = 1;
+  int n_kv_heads = 1;              // query head h reads kv head h / (n_heads / n_kv_heads)
+  int head_dim = 64;               // <= kAttentionMaxHeadDim
+  int64_t kv_stride = 0;           // positions per head in the cache
+  float scale = 0.125f;
+  bool causal = true;              // false: every query sees every key in [0, first_position + n_tokens)
+  int64_t window = 0;              // > 0: a query at p sees keys in (p - window, p] (bidirectional: |key - p| < window)
+  const float* alibi_slopes = nullptr;  // device [n_heads] or nullptr: score += slope[h] * (key - p)
+  int n_splits = 1;                // from attention_splits
+  float* partial = nullptr;        // attention_partial_floats(n_splits, ...) floats when n_splits > 1
+  cudaStream_t stream = nullptr;
+};
+
+// How many key ranges to split the work into: enough blocks for the GPU's multiprocessors, for a cache
+// that holds up to max_keys keys. It depends on max_keys, not on the keys filled so far, so a captured
+// decode step stays valid at every position and replays what an uncaptured step computes.
+int attention_splits(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim, int64_t max_keys,
+                     int n_multiprocessors);
+// Floats of the partial-result buffer for n_splits > 1 (0 for one split).
+size_t attention_partial_floats(int n_splits, int64_t n_tokens, int n_heads, int head_dim);
+
+void attention(const AttentionArgs& args);
+
+}  // namespace kiln::cuda

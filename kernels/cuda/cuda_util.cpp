@@ -1,0 +1,77 @@
+#include "kernels/cuda/cuda_util.h"
+
+#include "engine/error.h"
+
+namespace kiln::cuda {
+
+void fail_cuda(cudaError_t error, const char* call, const char* file, int line) {
+  fail("CUDA error {} ({}) in `{}` at {}:{}", cudaGetErrorName(error), cudaGetErrorString(error), call, file, line);
+}
+
+bool device_available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no driver" error
+    return false;
+  }
+  return count > 0;
+}
+
+int multiprocessor_count() {
+  int device = 0, count = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) KILN_CUDA_CHECK(cudaMalloc(&data_, bytes));
+}
+
+void DeviceBuffer::release() {
+  if (data_ != nullptr) cudaFree(data_);
+  data_ = nullptr;
+}
+
+PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) KILN_CUDA_CHECK(cudaMallocHost(&data_, bytes));
+}
+
+void PinnedBuffer::release() {
+  if (data_ != nullptr) cudaFreeHost(data_);
+  data_ = nullptr;
+}
+
+CudaStream::CudaStream() { KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+
+CudaStream::~CudaStream() {
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+void CudaStream::synchronize() const { KILN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaGraph::begin_capture(cudaStream_t stream) {
+  KILN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+}
+
+void CudaGraph::end_capture(cudaStream_t stream) {
+  KILN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
+  KILN_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+}
+
+void CudaGraph::abort_capture(cudaStream_t stream) {
+  cudaGraph_t partial = nullptr;
+  if (cudaStreamEndCapture(stream, &partial) == cudaSuccess && partial != nullptr) cudaGraphDestroy(partial);
+  (void)cudaGetLastError();
+}
+
+void CudaGraph::launch(cudaStream_t stream) const { KILN_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+
+void CudaGraph::release() {
+  if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+  if (graph_ != nullptr) cudaGraphDestroy(graph_);
+  exec_ = nullptr;
+  graph_ = nullptr;
+}
+
+}  // namespace kiln::cuda

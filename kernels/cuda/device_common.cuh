@@ -1,0 +1,56 @@
+// Device-side helpers shared by the CUDA kernels: reductions and the widening of every weight dtype.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "engine/kiln_format.h"
+
+namespace kiln::cuda {
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// scratch: 32 floats of shared memory, free again when this returns.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? scratch[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float fp16_bits_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) {
+  return __uint_as_float(uint32_t(bits) << 16);
+}
+
+// Element (row, col) of a row-major weight as f32. scales/group_size: int8 only.
+template <DType kDType>
+__device__ __forceinline__ float weight_value(const void* data, const uint16_t* scales, int64_t group_size,
+                                              int64_t cols, int64_t row, int64_t col) {
+  const int64_t i = row * cols + col;
+  if constexpr (kDType == DType::F32) return static_cast<const float*>(data)[i];
+  else if constexpr (kDType == DType::F16) return fp16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
+  else if constexpr (kDType == DType::BF16) return bf16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
+  else {
+    const float scale = fp16_bits_to_float(scales[row * (cols / group_size) + col / group_size]);
+    return float(static_cast<const int8_t*>(data)[i]) * scale;
+  }
+}
+
+}  // namespace kiln::cuda

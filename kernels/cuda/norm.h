@@ -1,0 +1,26 @@
+// RMSNorm and LayerNorm over the last dimension (f32): the CUDA twin of kernels/cpu/norm.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "engine/model_config.h"
+
+namespace kiln::cuda {
+
+struct NormArgs {
+  NormKind kind = NormKind::Rms;
+  const float* x = nullptr;       // [n_tokens, dim]
+  const float* weight = nullptr;  // [dim]
+  const float* bias = nullptr;    // [dim] or nullptr; RMSNorm adds it after scaling (as the CPU forward does)
+  float* y = nullptr;             // [n_tokens, dim]; may equal x
+  int64_t n_tokens = 0;
+  int64_t dim = 0;
+  float eps = 1e-5f;
+  cudaStream_t stream = nullptr;
+};
+
+void norm(const NormArgs& args);
+
+}  // namespace kiln::cuda

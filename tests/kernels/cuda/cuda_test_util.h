@@ -1,0 +1,36 @@
+// Helpers shared by the CUDA tests: the skip when no GPU is present, and copies to and from the device.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "kernels/cuda/cuda_util.h"
+
+// Skips the test, with the reason, when cudaGetDeviceCount fails or finds no device.
+#define KILN_REQUIRE_GPU()                                                                                       \
+  if (!::kiln::cuda::device_available())                                                                      \
+  GTEST_SKIP() << "no CUDA GPU here (cudaGetDeviceCount failed or found none): the CUDA tests run on a GPU "  \
+                  "machine, see scripts/gpu-test"
+
+namespace kiln::test {
+
+template <typename T>
+cuda::DeviceBuffer to_device(const std::vector<T>& host) {
+  cuda::DeviceBuffer buffer(host.size() * sizeof(T));
+  if (!host.empty()) KILN_CUDA_CHECK(cudaMemcpy(buffer.data(), host.data(), buffer.bytes(), cudaMemcpyHostToDevice));
+  return buffer;
+}
+
+template <typename T>
+std::vector<T> to_host(const cuda::DeviceBuffer& buffer, size_t n) {
+  std::vector<T> host(n);
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+  if (n > 0) KILN_CUDA_CHECK(cudaMemcpy(host.data(), buffer.data(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// A device int32 scalar (the first position the kernels read from device memory).
+inline cuda::DeviceBuffer device_scalar(int32_t value) { return to_device(std::vector<int32_t>{value}); }
+
+}  // namespace kiln::test
