@@ -114,7 +114,8 @@ class TerminalReader final : public LineReader {
     el_source(editor_, nullptr);  // the user's ~/.editrc
     // Ctrl-C at the prompt is a key, not a signal, so it can discard the line without unwinding libedit.
     el_set(editor_, EL_SETTY, "-d", "-isig", nullptr);
-    el_set(editor_, EL_ADDFN, "kiln-interrupt", "discard the line", &TerminalReader::on_ctrl_c);
+    // The wide call: the narrow one copies the two names and never frees them.
+    el_wset(editor_, EL_ADDFN, L"kiln-interrupt", L"discard the line", &TerminalReader::on_ctrl_c);
     el_set(editor_, EL_BIND, "^C", "kiln-interrupt", nullptr);
   }
 

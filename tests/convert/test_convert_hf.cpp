@@ -13,34 +13,13 @@
 #include "engine/error.h"
 #include "engine/kiln_file.h"
 #include "tests/convert/kiln_file_fixture.h"
+#include "tests/convert/tiny_hf_folder.h"
 #include "tests/engine/tiny_model.h"
 
 namespace kiln {
 namespace {
 
 namespace fs = std::filesystem;
-
-// A byte-level BPE tokenizer.json with the 256 byte tokens and no merges: enough for a model whose
-// test drives it by token ids.
-void write_byte_tokenizer(const fs::path& dir) {
-  nlohmann::json vocab = nlohmann::json::object();
-  int next = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-    const int code = printable ? b : next++;
-    std::string piece;
-    if (code < 0x80) {
-      piece = char(code);
-    } else {
-      piece = {char(0xC0 | (code >> 6)), char(0x80 | (code & 0x3F))};
-    }
-    vocab[piece] = b;
-  }
-  const nlohmann::json tokenizer = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
-                                    {"added_tokens", nlohmann::json::array()},
-                                    {"pre_tokenizer", {{"type", "ByteLevel"}}}};
-  std::ofstream(dir / "tokenizer.json") << tokenizer.dump();
-}
 
 class ConvertHf : public ::testing::TestWithParam<const char*> {};
 
@@ -50,7 +29,7 @@ TEST_P(ConvertHf, ConvertedModelMatchesTransformers) {
   const fs::path folder = dir.path() / "model";
   fs::create_directories(folder);
   for (const char* name : {"config.json", "model.safetensors"}) fs::copy_file(source / name, folder / name);
-  write_byte_tokenizer(folder);
+  testing::write_byte_tokenizer(folder);
 
   const HfFolder hf = HfFolder::open(folder.string());
   const Conversion conversion = conversion_from_hf(hf);
@@ -103,7 +82,7 @@ TEST(ConvertHfErrors, NamesWhatIsMissing) {
   nlohmann::json config = nlohmann::json::parse(std::ifstream(folder / "config.json"));
   config["model_type"] = "mamba";
   std::ofstream(folder / "config.json") << config.dump();
-  write_byte_tokenizer(folder);
+  testing::write_byte_tokenizer(folder);
   EXPECT_THROW((void)conversion_from_hf(HfFolder::open(folder.string())), Error);
 }
 
