@@ -2,11 +2,18 @@
 
 #include <fmt/format.h>
 
+#include <string_view>
+
 namespace kiln {
 
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& result) {
   options.add_options()("h,help", "show this help");
-  result = options.parse(argc, argv);
+  // llama.cpp's multi-letter short flag: cxxopts would read "-sys" as "-s ys" (the seed).
+  std::vector<char*> args(argv, argv + argc);
+  static char system_flag[] = "--system";
+  for (auto& arg : args)
+    if (std::string_view(arg) == "-sys") arg = system_flag;
+  result = options.parse(argc, args.data());
   if (result.count("help")) {
     fmt::print("{}\n", options.help());
     return false;

@@ -58,6 +58,13 @@ TEST_F(Generate, StopsAtAStopStringAndAtTheEndOfTurn) {
   EXPECT_NE(r.err.find("| stop]"), std::string::npos) << "the reply ends at the end of turn: " << r.err;
 }
 
+TEST_F(Generate, TakesLlamaCppsSysFlag) {
+  const auto r = run_kiln({"generate", "-m", model(), "--chat", "-sys", "Answer in one word.", "-p", "Hi", "-n", "4",
+                           "--temp", "0"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+}
+
 TEST_F(Generate, SameSeedSameText) {
   std::vector<std::string> args = {"generate", "-m", model(), "-p", "Once upon a time", "-n", "12", "-s", "42"};
   const auto a = run_kiln(args), b = run_kiln(args);
