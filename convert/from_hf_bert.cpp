@@ -75,18 +75,9 @@ void read_pooling(const HfFolder& folder, ModelConfig& c) {
 
 void map_bert(const HfFolder& folder, Conversion& conv) {
   ModelConfig& c = conv.config;
-  c.architecture = "bert";
-  c.n_vocab = value<int64_t>(folder, "vocab_size");
-  c.dim = value<int64_t>(folder, "hidden_size");
-  c.n_layers = value<int64_t>(folder, "num_hidden_layers");
-  c.n_heads = value<int64_t>(folder, "num_attention_heads");
-  KILN_CHECK(c.n_heads > 0 && c.dim % c.n_heads == 0, "'{}': {} heads do not divide the width {}",
-             folder.dir().string(), c.n_heads, c.dim);
-  c.n_kv_heads = c.n_heads;
-  c.head_dim = c.dim / c.n_heads;
+  read_layer_norm_shape(folder, c, "bert");
   c.ffn_dim = value<int64_t>(folder, "intermediate_size");
   c.n_ctx_train = value<int64_t>(folder, "max_position_embeddings");
-  c.norm = NormKind::Layer;
   c.norm_eps = value_or<float>(folder, "layer_norm_eps", 1e-12f);
   const std::string positions = value_or<std::string>(folder, "position_embedding_type", "absolute");
   KILN_CHECK(positions == "absolute", "'{}': position_embedding_type '{}' is not supported (absolute is)",

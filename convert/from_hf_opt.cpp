@@ -24,18 +24,9 @@ void opt_layer_norm(const HfFolder& folder, std::vector<SourceTensor>& out, cons
 
 void map_opt(const HfFolder& folder, Conversion& conv) {
   ModelConfig& c = conv.config;
-  c.architecture = "opt";
-  c.n_vocab = value<int64_t>(folder, "vocab_size");
-  c.dim = value<int64_t>(folder, "hidden_size");
-  c.n_layers = value<int64_t>(folder, "num_hidden_layers");
-  c.n_heads = value<int64_t>(folder, "num_attention_heads");
-  KILN_CHECK(c.n_heads > 0 && c.dim % c.n_heads == 0, "'{}': {} heads do not divide the width {}",
-             folder.dir().string(), c.n_heads, c.dim);
-  c.n_kv_heads = c.n_heads;
-  c.head_dim = c.dim / c.n_heads;
+  read_layer_norm_shape(folder, c, "opt");
   c.ffn_dim = value<int64_t>(folder, "ffn_dim");
   c.n_ctx_train = value<int64_t>(folder, "max_position_embeddings");
-  c.norm = NormKind::Layer;
   c.norm_eps = 1e-5f;  // torch's LayerNorm default: OPT configs do not name it
   c.position = PositionKind::Learned;
   c.position_offset = 2;

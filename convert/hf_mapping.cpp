@@ -148,4 +148,17 @@ SourceTensor filled(std::string name, int64_t n, float value) {
   return t;
 }
 
+void read_layer_norm_shape(const HfFolder& folder, ModelConfig& c, const char* architecture) {
+  c.architecture = architecture;
+  c.n_vocab = value<int64_t>(folder, "vocab_size");
+  c.dim = value_any<int64_t>(folder, {"n_embd", "hidden_size", "n_embed"});
+  c.n_layers = value_any<int64_t>(folder, {"n_layer", "num_hidden_layers"});
+  c.n_heads = value_any<int64_t>(folder, {"n_head", "num_attention_heads"});
+  KILN_CHECK(c.n_heads > 0 && c.dim % c.n_heads == 0, "'{}': {} heads do not divide the width {}",
+             folder.dir().string(), c.n_heads, c.dim);
+  c.n_kv_heads = c.n_heads;
+  c.head_dim = c.dim / c.n_heads;
+  c.norm = NormKind::Layer;
+}
+
 }  // namespace kiln::hf

@@ -54,6 +54,10 @@ MlpKind activation(const HfFolder& folder, const char* key, const std::string& f
 // rope_scale and rotary_dim (from head_dim and the partial rotary factor).
 void read_rope(const HfFolder& folder, ModelConfig& c);
 
+// The shape every multi-head LayerNorm family names alike (GPT-2, GPT-J, NeoX, BLOOM, OPT, BERT), under
+// either spelling: architecture, vocabulary, width, layers, heads (no GQA), LayerNorm.
+void read_layer_norm_shape(const HfFolder& folder, ModelConfig& c, const char* architecture);
+
 // The prefix the checkpoint puts before its tensor names ("transformer.", "model.decoder.", ""):
 // the first candidate for which prefix + probe exists. Throws naming the probe when none does.
 std::string find_prefix(const HfFolder& folder, std::initializer_list<const char*> candidates,
