@@ -135,7 +135,8 @@ TEST_P(EmbedPooling, PrintsPooledRows) {
     std::ofstream out(dir.file("texts.txt"));
     for (const auto& t : texts) out << t << "\n";
   }
-  r = testing::run_kiln({"embed", "-m", model, "-f", dir.file("texts.txt")});
+  // The CPU backend is the reference below, so the command runs there too (a GPU would default to CUDA).
+  r = testing::run_kiln({"embed", "-m", model, "-f", dir.file("texts.txt"), "--device", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   const KilnFile file = KilnFile::open(model);
