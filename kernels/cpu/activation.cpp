@@ -37,7 +37,8 @@ void gated_activation(const float* gate_up, float* out, int64_t n_tokens, int64_
                       CpuLevel level) {
   check_args("gated_activation", gate_up, out, n_tokens, ffn, level);
   switch (level) {
-    case CpuLevel::Avx512: return activation_detail::gated_avx512(gate_up, out, n_tokens, ffn, act);
+    case CpuLevel::Avx512:
+    case CpuLevel::Amx: return activation_detail::gated_avx512(gate_up, out, n_tokens, ffn, act);
     case CpuLevel::Avx2: return activation_detail::gated_avx2(gate_up, out, n_tokens, ffn, act);
     case CpuLevel::Scalar: return gated_activation_impl<OpsScalar>(gate_up, out, n_tokens, ffn, act);
   }
@@ -46,7 +47,8 @@ void gated_activation(const float* gate_up, float* out, int64_t n_tokens, int64_
 void bias_activation(float* x, const float* bias, int64_t n_tokens, int64_t dim, Activation act, CpuLevel level) {
   check_args("bias_activation", x, x, n_tokens, dim, level);
   switch (level) {
-    case CpuLevel::Avx512: return activation_detail::bias_avx512(x, bias, n_tokens, dim, act);
+    case CpuLevel::Avx512:
+    case CpuLevel::Amx: return activation_detail::bias_avx512(x, bias, n_tokens, dim, act);
     case CpuLevel::Avx2: return activation_detail::bias_avx2(x, bias, n_tokens, dim, act);
     case CpuLevel::Scalar: return bias_activation_impl<OpsScalar>(x, bias, n_tokens, dim, act);
   }

@@ -61,7 +61,8 @@ void merge_splits(const AttentionJob& job) {
 
 attention_detail::AttentionItemsFn items_for(CpuLevel level) {
   switch (level) {
-    case CpuLevel::Avx512: return attention_detail::attention_items_avx512;
+    case CpuLevel::Avx512:
+    case CpuLevel::Amx: return attention_detail::attention_items_avx512;
     case CpuLevel::Avx2: return attention_detail::attention_items_avx2;
     case CpuLevel::Scalar: break;
   }

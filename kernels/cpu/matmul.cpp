@@ -52,6 +52,7 @@ float weight_at(const TensorView& w, int64_t row, int64_t col) {
 
 MatmulPlan plan_for(CpuLevel level, const MatmulJob& job) {
   switch (level) {
+    case CpuLevel::Amx: return matmul_detail::plan_amx(job);
     case CpuLevel::Avx512: return matmul_detail::plan_avx512(job);
     case CpuLevel::Avx2: return matmul_detail::plan_avx2(job);
     case CpuLevel::Scalar: break;
@@ -89,6 +90,14 @@ void matmul(const TensorView& weight, const float* x, float* y, int64_t n_tokens
       pool.parallel_for(n_tokens,
                         [&](int64_t begin, int64_t end) { quantize_activation_tokens(x, job.xq, begin, end, level); });
     }
+  }
+
+  if (level == CpuLevel::Amx && matmul_detail::amx_takes(job)) {
+    void* buffer = pool.shared_scratch(matmul_detail::split_activations_bytes(n_tokens, job.n_in));
+    job.xs = matmul_detail::split_activations_layout(n_tokens, job.n_in, buffer);
+    pool.parallel_for(job.xs.m_pad, [&](int64_t begin, int64_t end) {
+      matmul_detail::split_activation_rows(x, n_tokens, job.n_in, job.xs, begin, end);
+    });
   }
 
   const MatmulPlan plan = plan_for(level, job);

@@ -10,6 +10,15 @@
 
 namespace kiln::matmul_detail {
 
+// AMX: x as the sum of two bf16 matrices, hi = bf16(x) and lo = bf16(x - hi), rows padded with zeros to
+// whole 16-token tiles and columns to whole 32-column tile steps.
+struct SplitActivations {
+  int64_t m_pad = 0;       // n_tokens rounded up to 16
+  int64_t k_pad = 0;       // n_in rounded up to 32: the row stride of hi and lo
+  uint16_t* hi = nullptr;  // bf16 [m_pad, k_pad]
+  uint16_t* lo = nullptr;  // bf16 [m_pad, k_pad]
+};
+
 struct MatmulJob {
   DType dtype = DType::F32;
   const void* w = nullptr;            // [n_out, n_in] of dtype
@@ -20,6 +29,7 @@ struct MatmulJob {
   int64_t n_tokens = 0;
   const float* x = nullptr;           // [n_tokens, n_in]
   QuantizedActivations xq;            // int8: x quantized in groups of group_size
+  SplitActivations xs;                // AMX plans only
   float* y = nullptr;                 // [n_tokens, n_out]
 };
 
@@ -37,5 +47,16 @@ MatmulPlan plan_avx2(const MatmulJob& job);    // only where cpu_level_supported
 MatmulPlan plan_avx512(const MatmulJob& job);  // only where cpu_level_supported() == Avx512
 // The AVX-512 plan for many tokens: weights packed per panel of rows, reused over tiles of tokens.
 MatmulPlan plan_avx512_gemm(const MatmulJob& job);
+
+// AMX (kernels/cpu/matmul_amx.cpp): f16 and bf16 weights for prompts of at least kAmxMinTokens tokens;
+// other jobs go to plan_avx512. A job for the AMX plan needs job.xs filled first.
+constexpr int64_t kAmxMinTokens = 16;
+bool amx_takes(const MatmulJob& job);
+size_t split_activations_bytes(int64_t n_tokens, int64_t n_in);
+SplitActivations split_activations_layout(int64_t n_tokens, int64_t n_in, void* buffer);
+// Fills rows [row_begin, row_end) of xs (rows past the tokens with zeros); x: [n_tokens, n_in].
+void split_activation_rows(const float* x, int64_t n_tokens, int64_t n_in, const SplitActivations& xs,
+                           int64_t row_begin, int64_t row_end);
+MatmulPlan plan_amx(const MatmulJob& job);  // only where cpu_level_supported() == Amx
 
 }  // namespace kiln::matmul_detail

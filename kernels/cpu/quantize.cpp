@@ -114,7 +114,7 @@ void quantize_tokens_scalar(const float* x, const QuantizedActivations& qa, int6
 
 void quantize_activation_tokens(const float* x, const QuantizedActivations& qa, int64_t token_begin,
                                 int64_t token_end, CpuLevel level) {
-  if (level == CpuLevel::Avx512) return quantize_detail::quantize_tokens_avx512(x, qa, token_begin, token_end);
+  if (level >= CpuLevel::Avx512) return quantize_detail::quantize_tokens_avx512(x, qa, token_begin, token_end);
   quantize_detail::quantize_tokens_scalar(x, qa, token_begin, token_end);
 }
 

@@ -183,7 +183,7 @@ void BM_StreamRead(benchmark::State& state) {
   std::memset(buffer.get(), 1, bytes);
   auto sum = sum_portable;
 #if defined(__x86_64__)
-  if (cpu_level_default() == CpuLevel::Avx512) sum = sum_avx512;
+  if (cpu_level_default() >= CpuLevel::Avx512) sum = sum_avx512;
 #endif
   const int64_t n_blocks = int64_t(bytes / 4096);
   std::vector<uint64_t> sums(64 * 8);  // a cache line per thread

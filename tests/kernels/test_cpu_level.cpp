@@ -7,9 +7,10 @@ namespace kiln {
 namespace {
 
 TEST(CpuLevel, NamesRoundTrip) {
-  for (CpuLevel level : {CpuLevel::Scalar, CpuLevel::Avx2, CpuLevel::Avx512})
+  for (CpuLevel level : {CpuLevel::Scalar, CpuLevel::Avx2, CpuLevel::Avx512, CpuLevel::Amx})
     EXPECT_EQ(cpu_level_from_name(cpu_level_name(level)), level);
   EXPECT_EQ(cpu_level_name(CpuLevel::Avx512), "avx512");
+  EXPECT_EQ(cpu_level_name(CpuLevel::Amx), "amx");
 }
 
 TEST(CpuLevel, UnknownNameIsAnError) {
@@ -28,7 +29,8 @@ TEST(CpuLevel, SupportedLevelsStartAtScalarAndEndAtTheBest) {
 TEST(CpuLevel, CapLowersButNeverRaises) {
   EXPECT_EQ(cpu_level_capped(""), cpu_level_supported());
   EXPECT_EQ(cpu_level_capped("scalar"), CpuLevel::Scalar);
-  EXPECT_EQ(cpu_level_capped("avx512"), cpu_level_supported());
+  EXPECT_EQ(cpu_level_capped("amx"), cpu_level_supported());
+  EXPECT_EQ(cpu_level_capped("avx512"), std::min(CpuLevel::Avx512, cpu_level_supported()));
   EXPECT_EQ(cpu_level_capped("avx2"), std::min(CpuLevel::Avx2, cpu_level_supported()));
   EXPECT_LE(cpu_level_default(), cpu_level_supported());
 }

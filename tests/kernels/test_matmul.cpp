@@ -7,6 +7,8 @@
 //     |y - ref| <= Q = sum_g (scale_x_g / 2) sum_{k in g} |w_k|, plus rounding (n_in + 4) u (S + Q).
 //   int8, SIMD level against the scalar level: both sum the same exact integer products, so they differ
 //     only in f32 rounding: 2 (n_in + 8) u (S + Q).
+//   AMX level, f16 and bf16 weights, 16 tokens or more: each product is within 2^-15 of w x
+//     (kernels/cpu/matmul_amx.cpp), so additionally 2^-15 S.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -119,9 +121,12 @@ void check_against_reference(CpuLevel level, DType dtype, int64_t group_size, co
     matmul_reference(w.view, x.data(), want.data(), n_tokens);
     matmul(w.view, x.data(), got.data(), n_tokens, pool, level);
     const Bounds b = bounds_for(w.view, x, n_tokens);
+    const bool split_products = level == CpuLevel::Amx && (dtype == DType::F16 || dtype == DType::BF16) && n_tokens >= 16;
+    const double product_error = split_products ? std::ldexp(1.0, -15) : 0.0;
     int failures = 0;
     for (size_t i = 0; i < want.size() && failures < 5; ++i) {
-      const double tol = b.quant[i] * (1 + 1e-4) + double(n_in + 4) * test::kU * (b.abs_sum[i] + b.quant[i]) + 1e-30;
+      const double tol = b.quant[i] * (1 + 1e-4) + double(n_in + 4) * test::kU * (b.abs_sum[i] + b.quant[i]) +
+                         product_error * b.abs_sum[i] + 1e-30;
       if (!(std::fabs(double(got[i]) - double(want[i])) <= tol)) {
         ++failures;
         ADD_FAILURE() << dtype_name(dtype) << " group " << group_size << " " << shape_string(shape) << " output "
@@ -150,6 +155,37 @@ TEST_P(MatmulLevel, FloatWeights) {
   for (DType dtype : {DType::F32, DType::F16, DType::BF16})
     check_against_reference(GetParam(), dtype, 0,
                             shapes(kRows, {1, 7, 16, 33, 100, 577}, kTokens, shapes({577}, {7, 100}, kTokens)));
+}
+
+// Prompts: whole and partial 16-token AMX tiles, columns around its 32-column steps.
+TEST_P(MatmulLevel, FloatWeightsManyTokens) {
+  for (DType dtype : {DType::F16, DType::BF16})
+    check_against_reference(GetParam(), dtype, 0, shapes({1, 31, 64, 65}, {1, 31, 32, 33, 200}, {16, 31, 48}));
+}
+
+// The AMX split keeps f16 weights exact: extreme f16 magnitudes (tiny subnormals, the largest normals)
+// still give f32-accurate products.
+TEST_P(MatmulLevel, F16ExtremesManyTokens) {
+  ThreadPool pool(2);
+  const int64_t n_out = 33, n_in = 64, n_tokens = 20;
+  std::vector<uint16_t> data(size_t(n_out * n_in));
+  for (size_t i = 0; i < data.size(); ++i)
+    data[i] = uint16_t((i % 3 == 0 ? 0x0001 + i % 0x3ff : i % 3 == 1 ? 0x7bff - i % 0x400 : 0x3c00 + i % 0x3ff) |
+                       (i % 2 ? 0x8000 : 0));
+  TensorView w;
+  w.name = "extremes";
+  w.dtype = DType::F16;
+  w.n_dims = 2;
+  w.dims = {n_out, n_in, 1, 1};
+  w.data = data.data();
+  w.bytes = data.size() * 2;
+  const auto x = test::random_floats(size_t(n_tokens * n_in), 5, -2.0f, 2.0f);
+  std::vector<float> want(size_t(n_tokens * n_out)), got(want.size());
+  matmul_reference(w, x.data(), want.data(), n_tokens);
+  matmul(w, x.data(), got.data(), n_tokens, pool, GetParam());
+  const Bounds b = bounds_for(w, x, n_tokens);
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], (double(n_in + 4) * test::kU + std::ldexp(1.0, -15)) * b.abs_sum[i]) << i;
 }
 
 TEST_P(MatmulLevel, Int8Weights) {
