@@ -62,7 +62,12 @@ TokenizerData tokenizer_from_gguf(const GgufFile& gguf) {
     d.token_types.assign(types->begin(), types->end());
   if (auto scores = gguf.get_float_array("tokenizer.ggml.scores")) d.scores = std::move(*scores);
   if (auto merges = gguf.get_string_array("tokenizer.ggml.merges")) d.merges = std::move(*merges);
-  auto id = [&](const char* key) { return int32_t(gguf.get_int(key).value_or(-1)); };
+  auto id = [&](const char* key) {
+    const int64_t value = gguf.get_int(key).value_or(-1);
+    KILN_CHECK(value >= -1 && value < int64_t(d.tokens.size()), "'{}': {} = {} is not a token id (vocabulary {})",
+               gguf.path(), key, value, d.tokens.size());
+    return int32_t(value);
+  };
   d.bos_id = id("tokenizer.ggml.bos_token_id");
   d.eos_id = id("tokenizer.ggml.eos_token_id");
   d.pad_id = id("tokenizer.ggml.padding_token_id");

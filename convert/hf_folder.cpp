@@ -3,33 +3,18 @@
 #include <algorithm>
 #include <fstream>
 #include <set>
-#include <sstream>
 
 #include "engine/error.h"
+#include "engine/json_input.h"
 
 namespace kiln {
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr uintmax_t kMaxJsonBytes = uintmax_t(64) << 20;
+constexpr uint64_t kMaxJsonBytes = uint64_t(64) << 20;  // config.json and the shard index
 
-nlohmann::json read_json_file(const fs::path& path) {
-  std::error_code error;
-  const uintmax_t size = fs::file_size(path, error);
-  KILN_CHECK(!error, "cannot read '{}': {}", path.string(), error.message());
-  KILN_CHECK(size <= kMaxJsonBytes, "'{}' is {} bytes, over the {}-byte limit for a JSON file", path.string(), size,
-             kMaxJsonBytes);
-  std::ifstream in(path, std::ios::binary);
-  KILN_CHECK(in.good(), "cannot open '{}'", path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& parse_error) {
-    fail("'{}' is not valid JSON: {}", path.string(), parse_error.what());
-  }
-}
+nlohmann::json read_json_file(const fs::path& path) { return read_bounded_json(path, kMaxJsonBytes); }
 
 std::optional<fs::path> existing_file(const fs::path& path) {
   std::error_code error;
@@ -67,6 +52,24 @@ fs::path checked_shard_path(const fs::path& dir, const nlohmann::json& shard, co
 }
 
 }  // namespace
+
+std::string read_bounded_file(const fs::path& path, uint64_t max_bytes) {
+  std::error_code error;
+  const uintmax_t size = fs::file_size(path, error);
+  KILN_CHECK(!error, "cannot read '{}': {}", path.string(), error.message());
+  KILN_CHECK(size <= max_bytes, "'{}' is {} bytes, over the {}-byte limit for this file", path.string(), size,
+             max_bytes);
+  std::ifstream in(path, std::ios::binary);
+  KILN_CHECK(in.good(), "cannot open '{}'", path.string());
+  std::string text(size_t(size), '\0');
+  in.read(text.data(), std::streamsize(size));
+  text.resize(size_t(in.gcount()));  // a file that shrank meanwhile gives what it still has
+  return text;
+}
+
+nlohmann::json read_bounded_json(const fs::path& path, uint64_t max_bytes) {
+  return parse_json_input(read_bounded_file(path, max_bytes), fmt::format("'{}'", path.string()));
+}
 
 HfFolder HfFolder::open(const std::string& dir_name) {
   HfFolder folder;

@@ -14,6 +14,11 @@
 
 namespace kiln {
 
+// The whole file, refused by its size, before any of it is read, when it is over max_bytes.
+[[nodiscard]] std::string read_bounded_file(const std::filesystem::path& path, uint64_t max_bytes);
+// The file's JSON: read_bounded_file, then parse_json_input (nesting bounded).
+[[nodiscard]] nlohmann::json read_bounded_json(const std::filesystem::path& path, uint64_t max_bytes);
+
 // One tensor and the shard that holds it.
 struct HfTensorRef {
   const SafetensorsFile* file = nullptr;

@@ -1,8 +1,6 @@
 #include "convert/hf_mapping.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 namespace kiln::hf {
 
@@ -11,16 +9,7 @@ std::optional<nlohmann::json> read_optional_json(const HfFolder& folder, const s
   const std::filesystem::path path = folder.dir() / relative;
   std::error_code error;
   if (!std::filesystem::is_regular_file(path, error)) return std::nullopt;
-  const uintmax_t size = std::filesystem::file_size(path, error);
-  KILN_CHECK(!error && size <= kMaxBytes, "cannot read '{}' (unreadable or over {} bytes)", path.string(), kMaxBytes);
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    fail("'{}' is not valid JSON: {}", path.string(), e.what());
-  }
+  return read_bounded_json(path, kMaxBytes);
 }
 
 MlpKind activation(const HfFolder& folder, const char* key, const std::string& fallback) {
@@ -39,19 +28,27 @@ void read_rope(const HfFolder& folder, ModelConfig& c) {
   nlohmann::json rope = nlohmann::json::object();
   if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) rope = *it;
   if (auto it = config.find("rope_scaling"); it != config.end() && it->is_object()) rope.update(*it);
+  // rope[key] as a float, else the fallback.
+  const auto rope_float = [&](const char* key, float fallback) {
+    const auto it = rope.find(key);
+    if (it == rope.end() || it->is_null()) return fallback;
+    return json_float(*it, fmt::format("'{}/config.json': rope '{}'", folder.dir().string(), key));
+  };
   try {
     const float theta = value_or<float>(folder, "rope_theta", value_or<float>(folder, "rotary_emb_base", 10000.0f));
-    c.rope_theta = rope.value("rope_theta", theta);
+    c.rope_theta = rope_float("rope_theta", theta);
     const std::string type = rope.value("rope_type", rope.value("type", std::string("default")));
     if (type == "linear") {
-      c.rope_scale = rope.value("factor", 1.0f);
+      c.rope_scale = rope_float("factor", 1.0f);
     } else {
       KILN_CHECK(type == "default", "'{}': rope type '{}' is not supported (default and linear are)",
                  folder.dir().string(), type);
     }
     const float top_level =
         value_or<float>(folder, "partial_rotary_factor", value_or<float>(folder, "rotary_pct", 1.0f));
-    const float partial = rope.value("partial_rotary_factor", top_level);
+    const float partial = rope_float("partial_rotary_factor", top_level);
+    KILN_CHECK(partial > 0 && partial <= 1, "'{}/config.json': partial rotary factor {} is not in (0, 1]",
+               folder.dir().string(), partial);
     c.rotary_dim = int64_t(float(c.head_dim) * partial) / 2 * 2;
   } catch (const nlohmann::json::exception& e) {
     fail("'{}/config.json': unexpected rope settings: {}", folder.dir().string(), e.what());

@@ -5,23 +5,37 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "convert/conversion.h"
 #include "convert/hf_folder.h"
 #include "engine/error.h"
+#include "engine/json_input.h"
 
 namespace kiln::hf {
 
-// config.json[key] as T; throws naming the key when it is absent or of the wrong type.
+// Integers in config.json are sizes and counts: far below this, so products of three stay in 64 bits
+// before ModelConfig::validate() bounds each one.
+inline constexpr int64_t kMaxConfigInteger = int64_t(1) << 30;
+
+// config.json[key] as T; throws naming the key when it is absent, of the wrong type or out of range.
 template <typename T>
 T value(const HfFolder& folder, const char* key) {
   const auto& config = folder.config();
   KILN_CHECK(config.contains(key), "'{}/config.json' lacks '{}'", folder.dir().string(), key);
-  try {
-    return config.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail("'{}/config.json': '{}' has the wrong type", folder.dir().string(), key);
+  const nlohmann::json& v = config.at(key);
+  const std::string what = fmt::format("'{}/config.json': '{}'", folder.dir().string(), key);
+  if constexpr (std::is_same_v<T, int64_t>) {
+    return json_integer(v, -kMaxConfigInteger, kMaxConfigInteger, what);
+  } else if constexpr (std::is_same_v<T, float>) {
+    return json_float(v, what);
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      fail("{} has the wrong type", what);
+    }
   }
 }
 

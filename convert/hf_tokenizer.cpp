@@ -2,38 +2,23 @@
 // tokenizer_config.json (specials, BOS policy, chat template) into TokenizerData.
 #include <sentencepiece_processor.h>
 
-#include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
 
 #include "convert/from_hf.h"
 #include "engine/error.h"
+#include "engine/json_input.h"
 
 namespace kiln {
 namespace {
 
 constexpr uint64_t kMaxTokenizerFileBytes = uint64_t(512) << 20;
 
-std::string read_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(path, ec);
-  KILN_CHECK(!ec && size <= kMaxTokenizerFileBytes, "cannot read '{}' (missing or larger than {} bytes)",
-             path.string(), kMaxTokenizerFileBytes);
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  KILN_CHECK(in.good() || in.eof(), "cannot read '{}'", path.string());
-  return text.str();
-}
+std::string read_file(const std::filesystem::path& path) { return read_bounded_file(path, kMaxTokenizerFileBytes); }
 
-nlohmann::json read_json(const std::filesystem::path& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail("'{}' is not valid JSON: {}", path.string(), e.what());
-  }
-}
+nlohmann::json read_json(const std::filesystem::path& path) { return read_bounded_json(path, kMaxTokenizerFileBytes); }
 
 // The regex split rules kiln knows, by the names GGUF files use for them (tokenizer.ggml.pre).
 std::string pre_tokenizer_name(const nlohmann::json& pre) {
@@ -64,13 +49,25 @@ std::string special_text(const nlohmann::json& config, const char* key) {
   return it->value("content", "");
 }
 
-// Token types from added_tokens: special ones are control tokens, the rest user-defined.
-void read_added_types(const nlohmann::json& tok, TokenizerData& d) {
+// A token id as tokenizer.json writes it: a non-negative integer an int32_t holds.
+int64_t token_id(const nlohmann::json& id) {
+  return json_integer(id, 0, std::numeric_limits<int32_t>::max() - 1, "tokenizer.json: a token id");
+}
+
+// The model's vocabulary and the added tokens, by id, which must run 0..n-1; added tokens that are
+// special are control tokens, the others user-defined.
+void read_tokens(const nlohmann::json& tok, const nlohmann::json& model, TokenizerData& d) {
+  std::map<int64_t, std::string> by_id;
+  for (const auto& [piece, id] : model.at("vocab").items()) by_id[token_id(id)] = piece;
+  const nlohmann::json added_tokens = tok.value("added_tokens", nlohmann::json::array());
+  for (const auto& added : added_tokens) by_id[token_id(added.at("id"))] = added.at("content").get<std::string>();
+  KILN_CHECK(!by_id.empty() && by_id.begin()->first == 0 && by_id.rbegin()->first == int64_t(by_id.size()) - 1,
+             "tokenizer.json: the {} token ids are not 0, 1, 2, ... without gaps", by_id.size());
+  for (auto& [id, piece] : by_id) d.tokens.push_back(std::move(piece));
   d.token_types.assign(d.tokens.size(), int32_t(TokenType::Normal));
-  for (const auto& added : tok.value("added_tokens", nlohmann::json::array())) {
-    const int64_t id = added.at("id").get<int64_t>();
-    KILN_CHECK(id >= 0 && id < int64_t(d.tokens.size()), "tokenizer.json: added token id {} is out of range", id);
-    d.token_types[size_t(id)] = int32_t(added.value("special", false) ? TokenType::Control : TokenType::UserDefined);
+  for (const auto& added : added_tokens) {
+    const auto id = size_t(token_id(added.at("id")));
+    d.token_types[id] = int32_t(added.value("special", false) ? TokenType::Control : TokenType::UserDefined);
   }
 }
 
@@ -79,14 +76,7 @@ void read_bpe(const nlohmann::json& tok, TokenizerData& d) {
   KILN_CHECK(model.value("type", "") == "BPE", "tokenizer.json: model type '{}' is not supported (BPE is)",
              model.value("type", ""));
   d.kind = TokenizerKind::BytePairGpt2;
-  std::map<int64_t, std::string> by_id;
-  for (const auto& [piece, id] : model.at("vocab").items()) by_id[id.get<int64_t>()] = piece;
-  for (const auto& added : tok.value("added_tokens", nlohmann::json::array()))
-    by_id[added.at("id").get<int64_t>()] = added.at("content").get<std::string>();
-  KILN_CHECK(!by_id.empty() && by_id.begin()->first == 0 && by_id.rbegin()->first == int64_t(by_id.size()) - 1,
-             "tokenizer.json: token ids are not 0..{} without gaps", by_id.size() - 1);
-  for (auto& [id, piece] : by_id) d.tokens.push_back(std::move(piece));
-  read_added_types(tok, d);
+  read_tokens(tok, model, d);
   for (const auto& merge : model.at("merges")) {
     if (merge.is_string()) {
       d.merges.push_back(merge.get<std::string>());
@@ -114,18 +104,12 @@ int32_t id_of_piece(const TokenizerData& d, const std::string& piece) {
 void read_wordpiece(const nlohmann::json& tok, TokenizerData& d) {
   const auto& model = tok.at("model");
   d.kind = TokenizerKind::WordPiece;
+  const auto limit = model.find("max_input_chars_per_word");
   KILN_CHECK(model.value("continuing_subword_prefix", "##") == "##" &&
-                 model.value("max_input_chars_per_word", 100) == 100,
+                 (limit == model.end() || json_integer(*limit, 0, 1 << 30, "max_input_chars_per_word") == 100),
              "tokenizer.json: WordPiece with a continuation prefix other than '##' or a word limit other than 100 "
              "characters is not supported");
-  std::map<int64_t, std::string> by_id;
-  for (const auto& [piece, id] : model.at("vocab").items()) by_id[id.get<int64_t>()] = piece;
-  for (const auto& added : tok.value("added_tokens", nlohmann::json::array()))
-    by_id[added.at("id").get<int64_t>()] = added.at("content").get<std::string>();
-  KILN_CHECK(!by_id.empty() && by_id.begin()->first == 0 && by_id.rbegin()->first == int64_t(by_id.size()) - 1,
-             "tokenizer.json: token ids are not 0..{} without gaps", by_id.size() - 1);
-  for (auto& [id, piece] : by_id) d.tokens.push_back(std::move(piece));
-  read_added_types(tok, d);
+  read_tokens(tok, model, d);
   d.unk_id = id_of_piece(d, model.value("unk_token", "[UNK]"));
 
   const auto& norm = tok.value("normalizer", nlohmann::json());

@@ -58,9 +58,10 @@ extern "C" void remove_partial_and_exit(int signal) {
 
 class TempFile {
  public:
-  explicit TempFile(std::string path) : path_(std::move(path)) {
+  TempFile(std::string path, const std::string& final_path) : path_(std::move(path)) {
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    KILN_CHECK(fd_ >= 0, "cannot create '{}': {}", path_, std::strerror(errno));
+    KILN_CHECK(fd_ >= 0, "cannot write '{}' (its temporary file '{}' cannot be created: {}): choose a folder you can "
+               "write to", final_path, path_, std::strerror(errno));
     g_partial_path = path_.c_str();
     ::signal(SIGINT, remove_partial_and_exit);
     ::signal(SIGTERM, remove_partial_and_exit);
@@ -176,6 +177,7 @@ void KilnWriter::write(const std::string& path, bool overwrite, const WriteProgr
   std::memcpy(h.magic, kKilnMagic, sizeof h.magic);
   h.version = kKilnVersion;
   h.header_bytes = sizeof(FileHeader);
+  h.flags = flags_;
   h.metadata_offset = sizeof(FileHeader);
   h.metadata_bytes = layout.metadata.size();
   h.table_offset = align_up(h.metadata_offset + h.metadata_bytes, 8);
@@ -185,7 +187,7 @@ void KilnWriter::write(const std::string& path, bool overwrite, const WriteProgr
   h.data_bytes = data_cursor;
   h.file_bytes = h.data_offset + h.data_bytes;
 
-  TempFile out(partial_path(path, int(::getpid())));
+  TempFile out(partial_path(path, int(::getpid())), path);
   std::vector<uint8_t> buffer;
   uint64_t written = 0;
   for (size_t i = 0; i < entries_.size(); ++i) {

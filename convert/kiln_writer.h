@@ -32,6 +32,7 @@ class KilnWriter {
   explicit KilnWriter(nlohmann::json metadata) : metadata_(std::move(metadata)) {}
 
   void add(TensorSpec spec, TensorProducer produce);
+  void set_flags(uint64_t flags) { flags_ = flags; }  // FileHeader::flags (kKilnFlag*)
 
   // Refuses an existing `path` unless `overwrite`. Removes temp files that an earlier, killed run left.
   void write(const std::string& path, bool overwrite, const WriteProgress& progress = {}) const;
@@ -42,6 +43,7 @@ class KilnWriter {
     TensorProducer produce;
   };
   nlohmann::json metadata_;
+  uint64_t flags_ = 0;
   std::vector<Entry> entries_;
 };
 

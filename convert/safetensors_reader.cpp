@@ -10,6 +10,7 @@
 
 #include "engine/error.h"
 #include "engine/half.h"
+#include "engine/json_input.h"
 
 namespace kiln {
 namespace {
@@ -137,8 +138,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     const auto* header_text = reinterpret_cast<const char*>(st.file_.data() + 8);
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(header_text, header_text + header_bytes);
-    } catch (const nlohmann::json::exception& error) {
+      header = parse_json_input(std::string_view(header_text, header_bytes), "it");
+    } catch (const Error& error) {
       fail("the JSON header does not parse: {}", error.what());
     }
     KILN_CHECK(header.is_object(), "the JSON header is not an object");

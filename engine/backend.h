@@ -21,12 +21,23 @@ struct Weights;
 // call.
 using TensorCallback = std::function<void(std::string_view name, int layer, const float* data, int64_t n)>;
 
+// Per-stage timing of forward steps (kiln bench --profile). While `enabled`, the CUDA backend runs each
+// step without its graph, times it with events, then calls on_stage once per stage in order: a stage is
+// named by the on_tensor name that ends it and runs from the end of the stage before (the first, from the
+// step's start). The CPU backend ignores it: its on_tensor calls come as each stage ends, so a host clock
+// there times the stages. The caller owns it and may switch it between steps.
+struct StageTimer {
+  bool enabled = false;
+  std::function<void(std::string_view stage, int layer, double microseconds)> on_stage;
+};
+
 struct BackendOptions {
   int64_t n_ctx = 0;        // KV cache positions; 0: the model's training context, at most 4096
   int n_threads = 0;        // <= 0: all cores
   int64_t max_batch = 512;  // tokens per forward step; longer inputs run in chunks
   uint64_t max_kv_bytes = uint64_t(32) << 30;  // refuse a larger KV cache rather than swap
   TensorCallback on_tensor;  // optional debugging hook; slows the forward when set
+  std::shared_ptr<StageTimer> stage_timer;  // optional; costs nothing while disabled
 };
 
 class Backend {

@@ -14,6 +14,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/residual.h"
@@ -35,20 +36,6 @@ cuda::Activation activation_of(MlpKind mlp) {
     case MlpKind::Relu: return cuda::Activation::Relu;
   }
   return cuda::Activation::Silu;
-}
-
-// The same context choice as the CPU backend.
-int64_t choose_n_ctx(const ModelConfig& c, const Weights& w, int64_t requested) {
-  KILN_CHECK(requested >= 0, "the context size must be positive, got {}", requested);
-  int64_t n_ctx = requested > 0 ? requested : std::min<int64_t>(c.n_ctx_train, 4096);
-  if (c.position == PositionKind::Learned) {
-    const int64_t limit = w.n_positions() - c.position_offset;
-    KILN_CHECK(requested <= limit, "the model has learned positions for {} tokens; a context of {} is too long",
-               limit, requested);
-    n_ctx = std::min(n_ctx, limit);
-  }
-  KILN_CHECK(n_ctx > 0 && n_ctx < (int64_t(1) << 31), "the context size {} is out of range", n_ctx);
-  return n_ctx;
 }
 
 std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1 << 20)); }
@@ -149,6 +136,7 @@ class CudaBackend final : public Backend {
   void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                bool all_logits) override;
   void reset() override { n_past_ = 0; }
+  CudaMemoryUse memory_use() const { return {w_.storage.bytes(), kv_.bytes(), ws_.storage.bytes()}; }
 
  private:
   void forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
@@ -163,6 +151,7 @@ class CudaBackend final : public Backend {
   float* k_layer(int64_t layer) const { return kv_.as<float>() + layer * layer_floats_; }
   float* v_layer(int64_t layer) const { return kv_.as<float>() + (config_.n_layers + layer) * layer_floats_; }
   void emit(const char* name, int64_t layer, const float* device_data, int64_t n);
+  void report_stage_times();
 
   ModelConfig config_;
   CudaOptions cuda_;
@@ -170,6 +159,10 @@ class CudaBackend final : public Backend {
   int n_multiprocessors_;
   int64_t max_tokens_, n_ctx_, layer_floats_;
   TensorCallback on_tensor_;
+  std::shared_ptr<StageTimer> stage_timer_;
+  bool timing_ = false;  // this step marks its stage ends on stage_events_
+  cuda::EventTimer stage_events_;
+  std::vector<std::pair<const char*, int>> stage_names_;  // [marks] each mark's stage and layer
   cuda::CudaStream stream_;
   DeviceWeights w_;
   cuda::DeviceBuffer kv_;  // k: [n_layers, n_kv_heads, n_ctx, head_dim], then v likewise
@@ -197,9 +190,10 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
       device_(select_device(cuda.device)),
       n_multiprocessors_(cuda::multiprocessor_count()),
       max_tokens_(options.max_batch),
-      n_ctx_(choose_n_ctx(config, weights, options.n_ctx)),
+      n_ctx_(context_size(config, weights, options.n_ctx)),
       layer_floats_(config.n_kv_heads * n_ctx_ * config.head_dim),
-      on_tensor_(options.on_tensor) {
+      on_tensor_(options.on_tensor),
+      stage_timer_(options.stage_timer) {
   const ModelConfig& c = config_;
   KILN_CHECK(int64_t(weights.layers.size()) == c.n_layers, "the weights hold {} layers, the config {}",
              weights.layers.size(), c.n_layers);
@@ -343,10 +337,15 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   KILN_CUDA_CHECK(cudaMemcpyAsync(ws_.inputs + max_tokens_, staged + max_tokens_, sizeof(int32_t),
                                   cudaMemcpyHostToDevice, s));
   const bool want_logits = logits != nullptr;
-  if (n_tokens == 1 && want_logits && cuda_.use_graph && !on_tensor_) {
+  timing_ = stage_timer_ && stage_timer_->enabled;
+  if (n_tokens == 1 && want_logits && cuda_.use_graph && !on_tensor_ && !timing_) {
     if (!decode_graph_.captured()) decode_graph_.capture(s, [&] { run(1, true, false); });
     decode_graph_.launch(s);
   } else {
+    if (timing_) {
+      stage_names_.clear();
+      stage_events_.start(s);
+    }
     run(n_tokens, want_logits, all_logits);
   }
   if (want_logits) {
@@ -355,6 +354,14 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
                                     cudaMemcpyDeviceToHost, s));
   }
   stream_.synchronize();  // the staging buffer is reused by the next chunk
+  if (timing_) report_stage_times();
+}
+
+void CudaBackend::report_stage_times() {
+  timing_ = false;
+  const std::vector<float> ms = stage_events_.elapsed_ms();
+  for (size_t i = 0; i < ms.size() && i < stage_names_.size(); ++i)
+    stage_timer_->on_stage(stage_names_[i].first, stage_names_[i].second, double(ms[i]) * 1e3);
 }
 
 void CudaBackend::run(int64_t n_tokens, bool want_logits, bool all_logits) {
@@ -597,6 +604,10 @@ void CudaBackend::layer_forward(int64_t layer, int64_t n) {
 }
 
 void CudaBackend::emit(const char* name, int64_t layer, const float* device_data, int64_t n) {
+  if (timing_) {
+    stage_events_.mark(stream_.get());
+    stage_names_.emplace_back(name, int(layer));
+  }
   if (!on_tensor_) return;
   host_copy_.resize(size_t(n));
   KILN_CUDA_CHECK(cudaMemcpyAsync(host_copy_.data(), device_data, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost,
@@ -608,6 +619,12 @@ void CudaBackend::emit(const char* name, int64_t layer, const float* device_data
 }  // namespace
 
 bool cuda_available() { return cuda::device_available(); }
+
+CudaMemoryUse cuda_memory_use(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  KILN_CHECK(cuda != nullptr, "the {} backend holds no GPU memory", backend.name());
+  return cuda->memory_use();
+}
 
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const Weights& weights,
                                            const BackendOptions& options, const CudaOptions& cuda) {

@@ -19,6 +19,15 @@ struct CudaOptions {
 // True when a CUDA device can be used.
 [[nodiscard]] bool cuda_available();
 
+// The device memory a CUDA backend allocated, by use: what kiln bench sets against what the GPU lost.
+struct CudaMemoryUse {
+  uint64_t weights = 0;
+  uint64_t kv_cache = 0;
+  uint64_t workspace = 0;
+};
+// Throws kiln::Error when `backend` is not a CUDA backend.
+[[nodiscard]] CudaMemoryUse cuda_memory_use(const Backend& backend);
+
 // Throw kiln::Error when no GPU is present or the model does not fit in its free memory (the message
 // gives the bytes needed and free).
 [[nodiscard]] std::unique_ptr<Backend> make_cuda_backend(const KilnFile& file, const BackendOptions& options,

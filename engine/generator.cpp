@@ -4,6 +4,8 @@
 #include <chrono>
 
 #include "engine/error.h"
+#include "engine/nonfinite_check.h"
+#include "engine/stop_filter.h"
 
 namespace kiln {
 namespace {
@@ -12,47 +14,6 @@ using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
-
-// Holds back the tail of the text that could still become a stop string.
-class StopFilter {
- public:
-  StopFilter(const std::vector<std::string>& stops, const TextSink& sink) : stops_(stops), sink_(sink) {}
-
-  // Returns true when a stop string completed; the text before it has been emitted.
-  bool push(std::string_view text) {
-    pending_ += text;
-    for (const auto& stop : stops_) {
-      if (stop.empty()) continue;
-      if (size_t at = pending_.find(stop); at != std::string::npos) {
-        emit(pending_.substr(0, at));
-        pending_.clear();
-        return true;
-      }
-    }
-    size_t keep = 0;  // the longest suffix of pending_ that is a prefix of a stop string
-    for (const auto& stop : stops_)
-      for (size_t n = std::min(stop.size() - (stop.empty() ? 0 : 1), pending_.size()); n > keep; --n)
-        if (pending_.compare(pending_.size() - n, n, stop, 0, n) == 0) {
-          keep = n;
-          break;
-        }
-    emit(pending_.substr(0, pending_.size() - keep));
-    pending_.erase(0, pending_.size() - keep);
-    return false;
-  }
-  void flush() {
-    emit(pending_);
-    pending_.clear();
-  }
-
- private:
-  void emit(const std::string& text) {
-    if (!text.empty() && sink_) sink_(text);
-  }
-  const std::vector<std::string>& stops_;
-  const TextSink& sink_;
-  std::string pending_;
-};
 
 }  // namespace
 
@@ -86,6 +47,7 @@ int64_t Generator::evaluate_prompt(const std::vector<int32_t>& prompt) {
   reused = std::min(reused, prompt.size() - 1);
   context_.assign(prompt.begin(), prompt.end());
   backend_.forward(prompt.data() + reused, int64_t(prompt.size() - reused), int64_t(reused), logits_.data(), false);
+  check_logits_finite(logits_, context_);
   return int64_t(reused);
 }
 
@@ -138,6 +100,7 @@ FinishReason Generator::generate(const GenerationRequest& request, const TextSin
     }
     backend_.forward(&token, 1, int64_t(context_.size()), logits_.data(), false);
     context_.push_back(token);
+    check_logits_finite(logits_, context_);
   }
   if (reason != FinishReason::StopString) {
     stop_filter.push(decoder.flush());

@@ -8,6 +8,7 @@
 
 #include "engine/checksum.h"
 #include "engine/error.h"
+#include "engine/json_input.h"
 #include "engine/tokenizer_metadata.h"
 
 namespace kiln {
@@ -26,6 +27,8 @@ void check_header(const FileHeader& h, uint64_t file_bytes, const std::string& p
              kKilnVersion);
   KILN_CHECK(h.header_bytes == sizeof(FileHeader), "'{}': header size {} is not {}", path, h.header_bytes,
              sizeof(FileHeader));
+  KILN_CHECK((h.flags & ~kKilnKnownFlags) == 0,
+             "'{}' has header flags {:#x} this kiln does not know: it was written by a newer kiln", path, h.flags);
   KILN_CHECK(h.file_bytes == file_bytes,
              "'{}' is {} bytes but its header says {}: the file is truncated or damaged, convert it again", path,
              file_bytes, h.file_bytes);
@@ -114,12 +117,11 @@ KilnFile KilnFile::open(const std::string& path) {
              "'{}': header checksum mismatch (the header, metadata or tensor table is damaged): convert it again",
              path);
   k.version_ = h.version;
+  k.synthetic_ = (h.flags & kKilnFlagSynthetic) != 0;
 
-  try {
-    k.metadata_ = nlohmann::json::parse(base + h.metadata_offset, base + h.metadata_offset + h.metadata_bytes);
-  } catch (const nlohmann::json::exception& e) {
-    fail("'{}': the metadata is not valid JSON ({})", path, e.what());
-  }
+  k.metadata_ = parse_json_input(
+      std::string_view(reinterpret_cast<const char*>(base + h.metadata_offset), h.metadata_bytes),
+      fmt::format("the metadata of '{}'", path));
   KILN_CHECK(k.metadata_.is_object() && k.metadata_.contains("model"), "'{}': the metadata has no 'model' object",
              path);
   k.config_ = model_config_from_json(k.metadata_["model"]);

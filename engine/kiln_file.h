@@ -24,6 +24,8 @@ class KilnFile {
   const std::string& path() const { return file_.path(); }
   uint64_t file_bytes() const { return file_.size(); }
   uint32_t version() const { return version_; }
+  // Random weights at a real model's shape (kiln convert --synthetic): for speed measurements, not text.
+  bool synthetic() const { return synthetic_; }
   const nlohmann::json& metadata() const { return metadata_; }
   const ModelConfig& config() const { return config_; }
   TokenizerData tokenizer_data() const;
@@ -39,6 +41,7 @@ class KilnFile {
  private:
   MappedFile file_;
   uint32_t version_ = 0;
+  bool synthetic_ = false;
   nlohmann::json metadata_;
   ModelConfig config_;
   std::vector<TensorView> tensors_;

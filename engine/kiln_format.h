@@ -15,6 +15,10 @@ inline constexpr uint64_t kKilnPageBytes = 4096;   // the data section starts on
 inline constexpr uint64_t kKilnTensorAlign = 64;   // every tensor (and its scales) starts on 64 bytes
 inline constexpr int kKilnMaxDims = 4;
 
+// FileHeader::flags. Synthetic: random weights at a real model's shape, for speed measurements only.
+inline constexpr uint64_t kKilnFlagSynthetic = uint64_t(1) << 0;
+inline constexpr uint64_t kKilnKnownFlags = kKilnFlagSynthetic;
+
 // Bounds the loader enforces before it allocates anything a header asks for.
 inline constexpr uint64_t kKilnMaxMetadataBytes = uint64_t(256) << 20;
 inline constexpr uint64_t kKilnMaxTensors = 1u << 20;
@@ -67,9 +71,10 @@ struct FileHeader {
   uint64_t file_bytes;         // total size; a shorter file is truncated
   uint32_t header_checksum;    // crc32c of header (this field zero), metadata and table
   uint32_t reserved0;
-  uint64_t reserved[5];
+  uint64_t flags;              // kKilnFlag* bits; the loader refuses bits it does not know
+  uint64_t reserved[4];
 };
-static_assert(sizeof(FileHeader) == 128);
+static_assert(sizeof(FileHeader) == 128 && offsetof(FileHeader, flags) == 88);
 
 // One entry of the tensor table; `name_bytes` bytes of name follow, then zero padding to 8 bytes.
 struct TensorRecord {

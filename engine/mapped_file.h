@@ -1,4 +1,6 @@
-// A read-only memory map of a whole file (RAII). Opening does not read the file.
+// A read-only memory map of a whole file (RAII). Opening does not read the file. A file that shrinks
+// while mapped (truncated or overwritten in place) ends the process with a message naming it and
+// status 1 when a page past its new end is read; one replaced by a rename stays mapped as it was.
 #pragma once
 
 #include <cstddef>

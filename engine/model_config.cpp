@@ -1,9 +1,11 @@
 #include "engine/model_config.h"
 
 #include <cmath>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "engine/json_input.h"
 
 namespace kiln {
 namespace {
@@ -43,12 +45,20 @@ constexpr std::pair<Pooling, const char*> kPoolings[] = {
     {Pooling::None, "none"}, {Pooling::Mean, "mean"}, {Pooling::Cls, "cls"}, {Pooling::Max, "max"}};
 
 // Reads model[key] as T, or keeps the default when absent; a wrong JSON type is an error.
+// Numbers are range-checked before conversion (a float of 1e300 into int64_t or float is undefined);
+// validate() bounds the sizes further.
 template <typename T>
 void read(const nlohmann::json& model, const char* key, T& out) {
   auto it = model.find(key);
   if (it == model.end()) return;
   try {
-    out = it->get<T>();
+    if constexpr (std::is_same_v<T, int64_t>) {
+      out = json_integer(*it, -(int64_t(1) << 62), int64_t(1) << 62, fmt::format("model field '{}'", key));
+    } else if constexpr (std::is_same_v<T, float>) {
+      out = json_float(*it, fmt::format("model field '{}'", key));
+    } else {
+      out = it->get<T>();
+    }
   } catch (const nlohmann::json::exception&) {
     fail("model field '{}' has the wrong type ({}): convert the model again", key, it->type_name());
   }

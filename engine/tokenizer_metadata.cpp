@@ -2,7 +2,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <limits>
+#include <type_traits>
+
 #include "engine/error.h"
+#include "engine/json_input.h"
 
 namespace kiln {
 namespace {
@@ -10,12 +14,34 @@ namespace {
 constexpr std::pair<TokenizerKind, const char*> kKinds[] = {
     {TokenizerKind::BytePairGpt2, "bpe"}, {TokenizerKind::SentencePiece, "spm"}, {TokenizerKind::WordPiece, "wordpiece"}};
 
+// Numbers go through json_integer / json_float, which refuse what their type cannot hold.
+int32_t read_int(const nlohmann::json& value, const char* key) {
+  return int32_t(json_integer(value, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max(),
+                              fmt::format("tokenizer field '{}'", key)));
+}
+
 template <typename T>
 void read(const nlohmann::json& json, const char* key, T& out) {
   auto it = json.find(key);
   if (it == json.end()) return;
   try {
-    out = it->get<T>();
+    if constexpr (std::is_same_v<T, int32_t>) {
+      out = read_int(*it, key);
+    } else if constexpr (std::is_same_v<T, std::vector<int32_t>> || std::is_same_v<T, std::vector<float>>) {
+      KILN_CHECK(it->is_array(), "tokenizer field '{}' must be an array, not {}: convert the model again", key,
+                 it->type_name());
+      out.clear();
+      out.reserve(it->size());
+      for (const nlohmann::json& element : *it) {
+        if constexpr (std::is_same_v<T, std::vector<float>>) {
+          out.push_back(json_float(element, fmt::format("an element of tokenizer field '{}'", key)));
+        } else {
+          out.push_back(read_int(element, key));
+        }
+      }
+    } else {
+      out = it->get<T>();
+    }
   } catch (const nlohmann::json::exception&) {
     fail("tokenizer field '{}' has the wrong type ({}): convert the model again", key, it->type_name());
   }

@@ -1,5 +1,6 @@
 #include "engine/weights.h"
 
+#include <algorithm>
 #include <initializer_list>
 #include <string>
 
@@ -132,6 +133,19 @@ Weights bind_weights(const KilnFile& file) {
   } catch (const Error& e) {
     fail("'{}': {}", file.path(), e.what());
   }
+}
+
+int64_t context_size(const ModelConfig& c, const Weights& w, int64_t requested) {
+  KILN_CHECK(requested >= 0, "the context size must be positive, got {}", requested);
+  int64_t n_ctx = requested > 0 ? requested : std::min<int64_t>(c.n_ctx_train, 4096);
+  if (c.position == PositionKind::Learned) {
+    const int64_t limit = w.n_positions() - c.position_offset;
+    KILN_CHECK(requested <= limit, "the model has learned positions for {} tokens; a context of {} is too long",
+               limit, requested);
+    n_ctx = std::min(n_ctx, limit);
+  }
+  KILN_CHECK(n_ctx > 0 && n_ctx < (int64_t(1) << 31), "the context size {} is out of range", n_ctx);
+  return n_ctx;
 }
 
 }  // namespace kiln

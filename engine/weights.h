@@ -56,4 +56,8 @@ using TensorLookup = std::function<const TensorView*(std::string_view name)>;
 [[nodiscard]] Weights bind_weights(const ModelConfig& config, const TensorLookup& lookup);
 [[nodiscard]] Weights bind_weights(const KilnFile& file);
 
+// Positions a sequence may reach: requested, or when 0 the model's training context (at most 4096); never
+// past the learned positions. Throws kiln::Error for a negative or too long request.
+int64_t context_size(const ModelConfig& config, const Weights& weights, int64_t requested);
+
 }  // namespace kiln

@@ -11,16 +11,21 @@
 
 namespace kiln {
 
+uint64_t tensor_bytes(const TensorView& t) {
+  return t.bytes + (t.scales ? uint64_t(t.numel()) / t.group_size * 2 : 0);
+}
+
 ModelBytes model_bytes(const KilnFile& file) {
   ModelBytes out;
   std::map<std::string, uint64_t> by_dtype;
   for (const auto& t : file.tensors()) {
     if (t.dtype == DType::U8) continue;
-    const uint64_t bytes = t.bytes + (t.scales ? uint64_t(t.numel()) / t.group_size * 2 : 0);
+    const uint64_t bytes = tensor_bytes(t);
     const bool lookup_only = t.name == "token_embd.weight" && !file.config().tied_embeddings;
     const bool rows_only = lookup_only || t.name == "pos_embd.weight";
     out.per_token += rows_only ? bytes / uint64_t(t.rows()) : bytes;
     by_dtype[std::string(dtype_name(t.dtype))] += bytes;
+    out.n_params += uint64_t(t.numel());
   }
   uint64_t most = 0;
   for (const auto& [dtype, bytes] : by_dtype)

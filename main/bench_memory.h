@@ -11,8 +11,12 @@ namespace kiln {
 struct ModelBytes {
   uint64_t per_token = 0;  // weights read by one decode step (embeddings: one row, unless tied)
   std::string main_dtype;  // the dtype of most weight bytes
+  uint64_t n_params = 0;   // weight values, as llama-bench counts them (a tied matrix once)
 };
 ModelBytes model_bytes(const KilnFile& file);
+
+// A tensor's bytes in the file: its values, and its scales when it is int8.
+uint64_t tensor_bytes(const TensorView& t);
 
 // K and V of every layer for one cached position (f32 cache).
 uint64_t kv_bytes_per_position(const ModelConfig& config);

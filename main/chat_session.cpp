@@ -7,6 +7,7 @@
 #include <system_error>
 
 #include "engine/error.h"
+#include "engine/json_input.h"
 
 namespace kiln {
 namespace {
@@ -105,8 +106,7 @@ ChatSession load_session(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   KILN_CHECK(in.good(), "cannot open '{}': check it is readable", path);
   const std::string text{std::istreambuf_iterator<char>(in), {}};
-  const nlohmann::json json = nlohmann::json::parse(text, nullptr, false);
-  KILN_CHECK(!json.is_discarded(), "'{}' is not valid JSON: save a conversation with /save FILE", path);
+  const nlohmann::json json = parse_json_input(text, fmt::format("'{}'", path));
   try {
     return session_from_json(json);
   } catch (const Error& e) {

@@ -14,6 +14,7 @@
 
 #include "engine/error.h"
 #include "engine/generator.h"
+#include "engine/nonfinite_check.h"
 #include "main/chat_input.h"
 #include "main/chat_prompt.h"
 #include "main/chat_session.h"
@@ -21,6 +22,7 @@
 #include "main/commands.h"
 #include "main/line_reader.h"
 #include "main/model_options.h"
+#include "main/sigint_scope.h"
 
 namespace kiln {
 namespace {
@@ -39,25 +41,6 @@ void on_sigint(int) {
     g_idle_interrupt.store(true);
   }
 }
-
-// Installs the handler for the command's lifetime; restarts interrupted system calls so a Ctrl-C
-// during a reply cannot cut the output short (the readers poll, which returns anyway).
-class SigintScope {
- public:
-  SigintScope() {
-    struct sigaction action = {};
-    action.sa_handler = on_sigint;
-    action.sa_flags = SA_RESTART;
-    sigemptyset(&action.sa_mask);
-    ::sigaction(SIGINT, &action, &previous_);
-  }
-  ~SigintScope() { ::sigaction(SIGINT, &previous_, nullptr); }
-  SigintScope(const SigintScope&) = delete;
-  SigintScope& operator=(const SigintScope&) = delete;
-
- private:
-  struct sigaction previous_ = {};
-};
 
 // Marks a reply in progress for the signal handler, until the scope ends (also by an exception).
 class BusyScope {
@@ -104,6 +87,7 @@ struct ChatSettings {
   SamplerParams sampling;
   int64_t max_tokens = -1;
   bool interactive = false;
+  int n_threads = 0;
 };
 
 struct SessionTotals {
@@ -149,6 +133,8 @@ class ChatLoop {
         } else {
           answer(input.text.starts_with("//") ? input.text.substr(1) : input.text);
         }
+      } catch (const NonFiniteLogits& e) {
+        fail_nonfinite(model_.file, e, settings_.n_threads);  // every later reply would fail the same way
       } catch (const Error& e) {
         fmt::print(stderr, "error: {}\n", e.what());
       }
@@ -315,6 +301,7 @@ int cmd_chat(int argc, char** argv) {
   settings.max_tokens = args["n-predict"].as<int64_t>();
   KILN_CHECK(settings.max_tokens >= -1, "-n {} must be -1 or a token count", settings.max_tokens);
   settings.interactive = ::isatty(STDIN_FILENO) == 1;
+  settings.n_threads = args["threads"].as<int>();
   LoadedModel model = load_model(args);
   ChatTemplate tmpl = chat_template_from(args, model);
   const std::string system = args.count("system") ? args["system"].as<std::string>() : "";
@@ -327,7 +314,9 @@ int cmd_chat(int argc, char** argv) {
     fmt::print(stderr, "kiln chat: {} template, context {} tokens. /help lists the commands; Ctrl-D or /exit "
                "leaves.\n", tmpl.name, model.backend->n_ctx());
   }
-  SigintScope sigint;
+  // For the command's lifetime; interrupted system calls restart, so a Ctrl-C during a reply cannot cut
+  // the output short (the readers poll, which returns anyway).
+  SigintScope sigint(on_sigint, SA_RESTART);
   ChatLoop loop(model, std::move(tmpl), settings, system, *reader);
   return loop.run();
 }

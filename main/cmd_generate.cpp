@@ -1,15 +1,16 @@
 // kiln generate -m MODEL -p TEXT: one prompt, the continuation streamed to stdout, stats to stderr.
 #include <fmt/format.h>
-#include <signal.h>
 
 #include <fstream>
 #include <iterator>
 
 #include "engine/error.h"
 #include "engine/generator.h"
+#include "engine/nonfinite_check.h"
 #include "main/cli.h"
 #include "main/commands.h"
 #include "main/model_options.h"
+#include "main/sigint_scope.h"
 
 namespace kiln {
 namespace {
@@ -68,13 +69,20 @@ int cmd_generate(int argc, char** argv) {
 
   Generator generator(*model.backend, *model.tokenizer, sampling);
   g_interrupt = &generator.interrupt();
-  ::signal(SIGINT, on_generate_sigint);
   GenerationStats stats;
-  const FinishReason reason = generator.generate(request, [](std::string_view text) {
-    fmt::print("{}", text);
+  FinishReason reason;
+  try {
+    // Ctrl-C stops after the token in flight (a long prompt is evaluated first); a second one ends at once.
+    const SigintScope sigint(on_generate_sigint, SA_RESETHAND | SA_RESTART);
+    reason = generator.generate(request, [](std::string_view text) {
+      fmt::print("{}", text);
+      std::fflush(stdout);
+    }, &stats);
+  } catch (const NonFiniteLogits& e) {
+    fmt::print("\n");
     std::fflush(stdout);
-  }, &stats);
-  ::signal(SIGINT, SIG_DFL);
+    fail_nonfinite(model.file, e, args["threads"].as<int>());
+  }
   g_interrupt = nullptr;
   fmt::print("\n");
   std::fflush(stdout);

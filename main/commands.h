@@ -25,10 +25,12 @@ int cmd_bench(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_detokenize(int argc, char** argv);
 int cmd_embed(int argc, char** argv);
+int cmd_batch(int argc, char** argv);
 
 inline constexpr Command kCommands[] = {
     {"generate", "continue one prompt, streamed to stdout", cmd_generate},
     {"chat", "interactive chat with the model's chat template", cmd_chat},
+    {"batch", "run a file of prompts or OpenAI batch requests with continuous batching", cmd_batch},
     {"perplexity", "perplexity of a text file, llama.cpp-style", cmd_perplexity},
     {"bench", "measure prompt and generation speed, llama-bench style", cmd_bench},
     {"tokenize", "print the token ids and pieces of a text", cmd_tokenize},

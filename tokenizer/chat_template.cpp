@@ -33,10 +33,11 @@ std::string py_strip(std::string_view s) {
   return seen ? std::string(s.substr(begin, end - begin)) : std::string();
 }
 
-// The Jinja string literal body starting at text[pos], unescaped; stops at the closing quote.
-std::string jinja_literal(std::string_view text, size_t pos, char quote) {
+// The Jinja string literal body starting at text[pos], unescaped; stops at the closing quote or after
+// max_bytes (a template is text from the model file: its scans must stay bounded).
+std::string jinja_literal(std::string_view text, size_t pos, char quote, size_t max_bytes) {
   std::string out;
-  for (; pos < text.size() && text[pos] != quote; ++pos) {
+  for (; pos < text.size() && text[pos] != quote && out.size() < max_bytes; ++pos) {
     if (text[pos] == '\\' && pos + 1 < text.size()) {
       const char e = text[++pos];
       out += e == 'n' ? '\n' : e == 't' ? '\t' : e;
@@ -52,9 +53,16 @@ std::string jinja_literal(std::string_view text, size_t pos, char quote) {
 // never is one literal (it joins message['content']). Returns the message, or "" when there is none.
 std::string chatml_default_system(std::string_view text) {
   constexpr std::string_view kOpen = "<|im_start|>system";
-  for (size_t at = text.find(kOpen); at != std::string_view::npos; at = text.find(kOpen, at + 1)) {
+  // Real templates hold one or two such literals; looking at a few, each read up to 64 KB, keeps a
+  // hostile template with thousands of them from taking quadratic time.
+  constexpr int kMaxLiterals = 16;
+  constexpr size_t kMaxLiteralBytes = size_t(64) << 10;
+  int n_literals = 0;
+  for (size_t at = text.find(kOpen); at != std::string_view::npos && n_literals < kMaxLiterals;
+       at = text.find(kOpen, at + 1)) {
     if (at == 0 || (text[at - 1] != '\'' && text[at - 1] != '"')) continue;
-    const std::string body = jinja_literal(text, at, text[at - 1]);
+    ++n_literals;
+    const std::string body = jinja_literal(text, at, text[at - 1], kMaxLiteralBytes);
     constexpr std::string_view kHead = "<|im_start|>system\n", kEnd = "<|im_end|>";
     const size_t end = body.find(kEnd);
     if (body.starts_with(kHead) && end != std::string::npos) return body.substr(kHead.size(), end - kHead.size());

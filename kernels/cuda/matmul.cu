@@ -21,8 +21,11 @@ namespace {
 
 constexpr int kGemvThreads = 128;                   // 4 warps, one output row each
 constexpr int kGemvRowsPerBlock = kGemvThreads / 32;
-constexpr int kLoadsInFlight = 4;                   // 16-byte weight loads per lane before the first use
+constexpr int kLoadsInFlight = 8;                   // 16-byte weight loads per lane before the first use
 constexpr size_t kFusedNormMaxBytes = 44 * 1024;    // x of every token in shared memory (48 KB without opt-in)
+// Every block of a fused-norm GEMV normalises all of x again: worth a launch saved for a small matrix
+// (decode of a small model is launch-bound), a loss for a large one, whose GEMV is bandwidth-bound.
+constexpr size_t kFusedNormMaxWeightBytes = size_t(16) << 20;
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 constexpr int kThreads = 256;
 
@@ -332,8 +335,10 @@ void matmul(const MatmulArgs& a) {
   if (a.n_tokens == 0) return;
   const float* x = a.x;
   const bool gemv = a.n_tokens <= kGemvMaxTokens;
-  const bool fuse_norm =
-      a.norm.enabled && gemv && size_t(a.n_tokens) * size_t(a.weight.cols) * sizeof(float) <= kFusedNormMaxBytes;
+  const bool fuse_norm = a.norm.enabled && gemv &&
+                         size_t(a.n_tokens) * size_t(a.weight.cols) * sizeof(float) <= kFusedNormMaxBytes &&
+                         size_t(a.weight.rows) * size_t(a.weight.cols) * dtype_bytes(a.weight.dtype) <=
+                             kFusedNormMaxWeightBytes;
   if (a.norm.enabled && !fuse_norm) {
     NormArgs n;
     n.kind = a.norm.kind;

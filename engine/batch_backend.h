@@ -1,0 +1,69 @@
+// The batched side of a backend: one forward step over tokens of many independent sequences, with a
+// paged KV cache (fixed-size blocks of positions, taken from one pool as a sequence grows and returned
+// when it is released). Matmuls run over all rows of the step at once; attention reads each token's own
+// sequence only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "engine/backend.h"
+#include "engine/model_config.h"
+
+namespace kiln {
+
+// One row of a step: the next token of sequence `seq` at `position` (the number of positions the
+// sequence already holds, plus its earlier rows in this step).
+struct BatchToken {
+  int32_t token = 0;
+  int32_t seq = 0;
+  int32_t position = 0;
+};
+
+struct BatchBackendOptions {
+  int64_t n_ctx = 0;                  // positions one sequence may hold; 0: the model's, at most 4096
+  int64_t max_sequences = 64;         // sequence slots [0, max_sequences)
+  int64_t max_step_tokens = 512;      // rows per forward step
+  uint64_t kv_bytes = uint64_t(1) << 30;  // the KV block pool (rounded down to whole blocks)
+  int n_threads = 0;                  // CPU: <= 0: all cores
+};
+
+class BatchBackend {
+ public:
+  virtual ~BatchBackend() = default;
+
+  virtual std::string_view name() const = 0;  // "CPU", "CUDA"
+  virtual const ModelConfig& config() const = 0;
+  virtual int64_t n_ctx() const = 0;
+  virtual int64_t max_sequences() const = 0;
+  virtual int64_t max_step_tokens() const = 0;
+  virtual int64_t block_positions() const = 0;  // positions per KV block
+  virtual int64_t free_blocks() const = 0;      // blocks neither used nor reserved
+
+  // Sets aside blocks for n_positions positions of sequence seq (counting what it holds), so that a
+  // running sequence can never find the pool empty. Returns false, changing nothing, when too few are free;
+  // never shrinks a reservation. Throws kiln::Error for a slot out of range or more than n_ctx() positions.
+  virtual bool reserve(int32_t seq, int64_t n_positions) = 0;
+  // Runs one step. tokens: [n_tokens] (1 to max_step_tokens()); rows of one sequence are consecutive and in
+  // position order. logit_rows: [n_logit_rows] indices into tokens, in any order (n_logit_rows <= n_tokens);
+  // logits: [n_logit_rows, n_vocab]. A row's logits are bit for bit the same whatever else the step holds,
+  // so a sequence decodes alike alone or in a batch. Throws kiln::Error, changing nothing, for a slot out of
+  // range, a token outside the vocabulary, a position that leaves a gap or rewinds, rows of a sequence
+  // apart, or a position past the reservation.
+  virtual void forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows,
+                       int64_t n_logit_rows, float* logits) = 0;
+  // Returns the sequence's blocks and reservation to the pool; its slot may be used again.
+  virtual void release(int32_t seq) = 0;
+};
+
+class KilnFile;
+struct Weights;
+
+[[nodiscard]] std::unique_ptr<BatchBackend> make_cpu_batch_backend(const KilnFile& file,
+                                                                   const BatchBackendOptions& options);
+// The weights' views must outlive the backend.
+[[nodiscard]] std::unique_ptr<BatchBackend> make_cpu_batch_backend(const ModelConfig& config, const Weights& weights,
+                                                                   const BatchBackendOptions& options);
+
+}  // namespace kiln
