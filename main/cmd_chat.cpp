@@ -214,7 +214,7 @@ class ChatLoop {
 
   // Writes the assistant's turn for the last user message and adds it to the conversation.
   void reply() {
-    BusyScope busy(*generator_);
+    std::optional<BusyScope> busy(std::in_place, *generator_);
     const int64_t n_ctx = generator_->n_ctx();
     const int64_t room = reply_room(settings_.max_tokens, n_ctx);
     ChatPrompt prompt = build_chat_prompt(session_, tmpl_, *model_.tokenizer, n_ctx, room);
@@ -240,6 +240,9 @@ class ChatLoop {
     }
     fmt::print("\n");
     std::fflush(stdout);
+    busy.reset();
+    // A Ctrl-C that came after the reply had ended stopped nothing: it counts as one at the prompt.
+    if (g_stop_reply.load() && reason != FinishReason::Interrupted) g_idle_interrupt.store(true);
     session_.messages.push_back({"assistant", std::move(text)});
     if (reason == FinishReason::Interrupted) fmt::print(stderr, "[interrupted]\n");
     if (reason == FinishReason::ContextFull)
