@@ -179,8 +179,12 @@ def main() -> None:
     torch.manual_seed(0)
     if CORPUS.exists():
         shutil.rmtree(CORPUS)
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = pathlib.Path(tmp_name)
+    # A fixed scratch path: the .kiln files record their source's path, and the seeds should come out
+    # the same on every run.
+    tmp = pathlib.Path(tempfile.gettempdir()) / "kiln-fuzz-corpus"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
         bpe_dir, spm_dir, gpt2_dir, bert_dir = (tmp / n for n in ("llama_bpe", "llama_spm", "gpt2", "bert"))
         for d in (bpe_dir, spm_dir, gpt2_dir, bert_dir):
             d.mkdir()
@@ -225,6 +229,8 @@ def main() -> None:
                    "bos": sp.bos_id(), "eos": sp.eos_id(),
                    "template": next(t["template"] for t in CHAT["templates"] if t["name"] == "llama2")}
         put("gguf", "llama_spm_q4_1.gguf", gguf_llama(tmp / "b.gguf", spm_tok, gguf.GGMLQuantizationType.Q4_1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     # Tokenizers: the first byte picks the split (BPE) or the flags; the tokenizer corpus is the text.
     for i, (name, text) in enumerate(text_seeds()):
