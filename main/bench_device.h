@@ -11,12 +11,6 @@
 
 namespace kiln {
 
-// --device: "cpu" or "cuda"; empty picks cuda when this kiln has CUDA and a GPU is present.
-[[nodiscard]] std::string choose_device(const std::string& requested);
-
-[[nodiscard]] std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                                       const BackendOptions& options);
-
 struct GpuMemory {
   uint64_t free_bytes = 0;
   uint64_t total_bytes = 0;

@@ -55,16 +55,31 @@ SamplerParams sampling_from(const cxxopts::ParseResult& args) {
   return p;
 }
 
+std::string choose_device(const std::string& requested) {
+  KILN_CHECK(requested.empty() || requested == "cpu" || requested == "cuda", "--device '{}' is not cpu or cuda",
+             requested);
+#ifdef KILN_HAVE_CUDA
+  if (requested.empty()) return cuda_available() ? "cuda" : "cpu";
+  KILN_CHECK(requested == "cpu" || cuda_available(), "no CUDA GPU is available: use --device cpu");
+  return requested;
+#else
+  KILN_CHECK(requested != "cuda", "this kiln was built without CUDA: use --device cpu, or rebuild with -DKILN_CUDA=ON");
+  return "cpu";
+#endif
+}
+
+std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
+                                         const BackendOptions& options) {
+#ifdef KILN_HAVE_CUDA
+  if (device == "cuda") return make_cuda_backend(file, options);
+#endif
+  KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
+  return make_cpu_backend(file, options);
+}
+
 LoadedModel load_model(const cxxopts::ParseResult& args) {
   KILN_CHECK(args.count("model"), "give the model: -m MODEL.kiln (convert one with `kiln convert`)");
-  std::string device = args["device"].as<std::string>();
-  KILN_CHECK(device.empty() || device == "cpu" || device == "cuda", "--device '{}' is not cpu or cuda", device);
-#ifdef KILN_HAVE_CUDA
-  if (device.empty()) device = cuda_available() ? "cuda" : "cpu";
-#else
-  KILN_CHECK(device != "cuda", "this kiln was built without CUDA: use --device cpu, or rebuild with -DKILN_CUDA=ON");
-  device = "cpu";
-#endif
+  const std::string device = choose_device(args["device"].as<std::string>());
   const int64_t n_ctx = args["ctx-size"].as<int64_t>();
   KILN_CHECK(n_ctx >= 0, "-c {} must be 0 (the model's) or a positive token count", n_ctx);
   const int threads = args["threads"].as<int>();
@@ -77,13 +92,7 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   BackendOptions options;
   options.n_ctx = n_ctx;
   options.n_threads = threads;
-#ifdef KILN_HAVE_CUDA
-  if (device == "cuda") {
-    model.backend = make_cuda_backend(model.file, options);
-    return model;
-  }
-#endif
-  model.backend = make_cpu_backend(model.file, options);
+  model.backend = make_backend_on(device, model.file, options);
   return model;
 }
 

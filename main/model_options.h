@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "main/cli.h"
 
@@ -28,6 +29,12 @@ struct LoadedModel {
 };
 
 // Opens -m, builds the tokenizer and the backend. Throws kiln::Error with what to do.
+// --device: "cpu" or "cuda"; empty picks cuda when this kiln has CUDA and a GPU is present.
+[[nodiscard]] std::string choose_device(const std::string& requested);
+
+[[nodiscard]] std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
+                                                       const BackendOptions& options);
+
 [[nodiscard]] LoadedModel load_model(const cxxopts::ParseResult& args);
 
 // The chat template: --chat-template NAME, else the one the model's template string names.
