@@ -57,57 +57,15 @@ CpuBatchBackend::CpuBatchBackend(const ModelConfig& config, const Weights& weigh
     : cache_(checked_for_batch(config), context_size(config, weights, options.n_ctx), options.max_sequences,
              kBlockPositions, options.kv_bytes),
       forward_(config, weights, options.max_step_tokens, cache_.n_ctx(), options.n_threads, {}, true),
-      tokens_(size_t(options.max_step_tokens)),
-      row_seq_(size_t(options.max_step_tokens)),
-      row_position_(size_t(options.max_step_tokens)),
-      seen_in_step_(size_t(options.max_sequences), -1) {}
-
-void CpuBatchBackend::check_step(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows,
-                                 int64_t n_logit_rows, const float* logits) {
-  KILN_CHECK(tokens != nullptr && n_tokens >= 1 && n_tokens <= max_step_tokens(),
-             "a batch step takes 1 to {} tokens, not {}", max_step_tokens(), n_tokens);
-  KILN_CHECK(n_logit_rows >= 0 && n_logit_rows <= n_tokens && (n_logit_rows == 0 || (logit_rows && logits)),
-             "a batch step of {} tokens cannot return logits for {} rows", n_tokens, n_logit_rows);
-  ++step_;
-  for (int64_t r = 0; r < n_tokens; ++r) {
-    const BatchToken& t = tokens[r];
-    KILN_CHECK(t.seq >= 0 && t.seq < max_sequences(), "row {} is of sequence {}, outside the slots [0, {})", r, t.seq,
-               max_sequences());
-    KILN_CHECK(t.token >= 0 && t.token < config().n_vocab, "token {} at row {} is outside the vocabulary of {}",
-               t.token, r, config().n_vocab);
-    if (seen_in_step_[size_t(t.seq)] != step_) {
-      KILN_CHECK(t.position == cache_.length(t.seq),
-                 "row {} puts sequence {} at position {}, but it holds {} positions: its next row must follow them",
-                 r, t.seq, t.position, cache_.length(t.seq));
-      seen_in_step_[size_t(t.seq)] = step_;
-    } else {
-      KILN_CHECK(row_seq_[size_t(r - 1)] == t.seq,
-                 "the rows of sequence {} are not consecutive (row {}): give each sequence's rows together", t.seq, r);
-      KILN_CHECK(t.position == row_position_[size_t(r - 1)] + 1,
-                 "row {} puts sequence {} at position {} after position {}: its rows must be in position order", r,
-                 t.seq, t.position, row_position_[size_t(r - 1)]);
-    }
-    KILN_CHECK(t.position < cache_.reserved_positions(t.seq),
-               "row {} puts sequence {} at position {}, past the {} positions reserved for it: reserve first", r,
-               t.seq, t.position, cache_.reserved_positions(t.seq));
-    tokens_[size_t(r)] = t.token;
-    row_seq_[size_t(r)] = t.seq;
-    row_position_[size_t(r)] = t.position;
-  }
-  for (int64_t i = 0; i < n_logit_rows; ++i)
-    KILN_CHECK(logit_rows[i] >= 0 && logit_rows[i] < n_tokens, "logit row {} is outside the step's {} rows",
-               logit_rows[i], n_tokens);
-}
+      step_(options.max_sequences, options.max_step_tokens) {}
 
 void CpuBatchBackend::forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows,
                               int64_t n_logit_rows, float* logits) {
-  check_step(tokens, n_tokens, logit_rows, n_logit_rows, logits);
-  for (int64_t r = 0; r < n_tokens; ++r)
-    if (r + 1 == n_tokens || row_seq_[size_t(r + 1)] != row_seq_[size_t(r)])
-      cache_.grow(row_seq_[size_t(r)], row_position_[size_t(r)] + 1);
+  step_.check(cache_, config().n_vocab, tokens, n_tokens, logit_rows, n_logit_rows, logits);
+  step_.grow(cache_, n_tokens);
 
-  PagedKv kv(cache_, row_seq_.data(), row_position_.data());
-  forward_.run_layers(tokens_.data(), row_position_.data(), n_tokens, kv);
+  PagedKv kv(cache_, step_.row_seq(), step_.row_position());
+  forward_.run_layers(step_.tokens(), step_.row_position(), n_tokens, kv);
   if (n_logit_rows == 0) return;
 
   // output norm + LM head for the asked rows, gathered first

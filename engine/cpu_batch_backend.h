@@ -4,9 +4,8 @@
 // tokens are the same alone or in a batch.
 #pragma once
 
-#include <vector>
-
 #include "engine/batch_backend.h"
+#include "engine/batch_step.h"
 #include "engine/cpu_forward.h"
 #include "engine/paged_kv_cache.h"
 
@@ -31,17 +30,9 @@ class CpuBatchBackend final : public BatchBackend {
   void release(int32_t seq) override { cache_.release(seq); }
 
  private:
-  // Checks the step and fills row_seq_ and row_position_; changes nothing else.
-  void check_step(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
-                  const float* logits);
-
   PagedKvCache cache_;
   CpuForward forward_;
-  std::vector<int32_t> tokens_;        // [max_step_tokens] the step's token ids
-  std::vector<int32_t> row_seq_;       // [max_step_tokens]
-  std::vector<int32_t> row_position_;  // [max_step_tokens]
-  std::vector<int64_t> seen_in_step_;  // [max_sequences] the last step with a row of the sequence
-  int64_t step_ = 0;
+  BatchStep step_;  // the step's rows, checked
 };
 
 }  // namespace kiln

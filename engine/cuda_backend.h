@@ -1,7 +1,6 @@
-// The CUDA backend: the same top-to-bottom layer forward as the CPU backend (engine/cpu_backend.cpp),
-// stage for stage, on one GPU. Weights are copied to the device once; activations and the KV cache are
-// f32; one workspace allocation and the KV cache are sized at start-up and nothing is allocated per
-// token. A decode step (one token, logits wanted) is captured into a CUDA graph on first use and
+// The CUDA backend: the CUDA forward (engine/cuda_forward.h, stage for stage the CPU's) over one sequence
+// on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32 or f16; one workspace
+// allocation and the KV cache are sized at start-up and nothing is allocated per token. A decode step (one token, logits wanted) is captured into a CUDA graph on first use and
 // replayed: tokens and positions reach the kernels through device memory.
 #pragma once
 
@@ -14,6 +13,7 @@ namespace kiln {
 struct CudaOptions {
   int device = 0;          // CUDA device index
   bool use_graph = true;   // false: launch every decode kernel one by one (for comparison)
+  bool kv_f16 = false;     // the KV cache in f16: half the bytes attention reads (kiln's commands set it)
 };
 
 // True when a CUDA device can be used.

@@ -33,8 +33,8 @@ ModelBytes model_bytes(const KilnFile& file) {
   return out;
 }
 
-uint64_t kv_bytes_per_position(const ModelConfig& c) {
-  return uint64_t(c.n_layers) * 2 * uint64_t(c.kv_dim()) * sizeof(float);
+uint64_t kv_bytes_per_position(const ModelConfig& c, uint64_t element_bytes) {
+  return uint64_t(c.n_layers) * 2 * uint64_t(c.kv_dim()) * element_bytes;
 }
 
 double streaming_read_gbs(int n_threads) {

@@ -18,8 +18,8 @@ ModelBytes model_bytes(const KilnFile& file);
 // A tensor's bytes in the file: its values, and its scales when it is int8.
 uint64_t tensor_bytes(const TensorView& t);
 
-// K and V of every layer for one cached position (f32 cache).
-uint64_t kv_bytes_per_position(const ModelConfig& config);
+// K and V of every layer for one cached position, of element_bytes each (4: f32 cache, 2: f16).
+uint64_t kv_bytes_per_position(const ModelConfig& config, uint64_t element_bytes);
 
 // GB/s of a plain read of a buffer much larger than the caches, with n_threads (0: all cores).
 double streaming_read_gbs(int n_threads);

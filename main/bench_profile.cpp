@@ -56,12 +56,12 @@ std::string kind_of(const std::string& name) {
 }
 
 // Bytes a decode step at `position` reads for each name a group's `reads` may hold.
-std::map<std::string, double> bytes_read(const KilnFile& file, int64_t position) {
+std::map<std::string, double> bytes_read(const KilnFile& file, int64_t position, uint64_t kv_element_bytes) {
   std::map<std::string, double> out;
   for (const TensorView& t : file.tensors())
     if (t.dtype != DType::U8) out[kind_of(t.name)] += double(tensor_bytes(t));
   const ModelConfig& c = file.config();
-  const double kv_row = double(kv_bytes_per_position(c));  // every layer's K and V of one position
+  const double kv_row = double(kv_bytes_per_position(c, kv_element_bytes));  // every layer's K and V of one position
   out["kv write"] = kv_row;
   out["kv read"] = kv_row * double(position + 1);
   if (const TensorView* embd = file.find("token_embd.weight")) {
@@ -85,8 +85,8 @@ struct StageProfiler::Clock {
   std::chrono::steady_clock::time_point last;
 };
 
-StageProfiler::StageProfiler(std::string_view backend_name)
-    : backend_(backend_name), timer_(std::make_shared<StageTimer>()), clock_(std::make_shared<Clock>()) {
+StageProfiler::StageProfiler(std::string_view backend_name, uint64_t kv_element_bytes)
+    : backend_(backend_name), kv_element_bytes_(kv_element_bytes), timer_(std::make_shared<StageTimer>()), clock_(std::make_shared<Clock>()) {
   timer_->on_stage = [this](std::string_view stage, int, double us) {
     if (!steps_.empty()) steps_.back()[std::string(stage)] += us;
   };
@@ -119,7 +119,7 @@ std::vector<StageProfile> StageProfiler::profile(const std::function<void()>& st
   }
   timer_->enabled = false;
 
-  const std::map<std::string, double> bytes = bytes_read(file, position);
+  const std::map<std::string, double> bytes = bytes_read(file, position, kv_element_bytes_);
   std::vector<StageProfile> out;
   std::vector<std::string_view> grouped;
   for (const StageGroup& g : groups_of(backend_)) {

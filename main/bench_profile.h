@@ -25,7 +25,8 @@ struct StageProfile {
 
 class StageProfiler {
  public:
-  explicit StageProfiler(std::string_view backend_name);  // "CPU" or "CUDA": how its stages group
+  // backend_name: "CPU" or "CUDA" (how its stages group); kv_element_bytes: 4 for an f32 KV cache, 2 for f16.
+  StageProfiler(std::string_view backend_name, uint64_t kv_element_bytes);
 
   // Give both to the backend's options: the CUDA backend reports through the timer; the CPU backend's
   // stage ends reach the host clock (on_tensor), which times them.
@@ -40,6 +41,7 @@ class StageProfiler {
  private:
   struct Clock;
   std::string backend_;
+  uint64_t kv_element_bytes_;
   std::shared_ptr<StageTimer> timer_;
   std::shared_ptr<Clock> clock_;
   std::vector<std::map<std::string, double>> steps_;  // per step: stage end name -> µs, layers summed

@@ -15,6 +15,9 @@
 
 #include "engine/batch_backend.h"
 #include "engine/batch_scheduler.h"
+#ifdef KILN_HAVE_CUDA
+#include "engine/cuda_batch_backend.h"
+#endif
 #include "engine/error.h"
 #include "engine/json_input.h"
 #include "main/batch_input.h"
@@ -29,29 +32,38 @@
 namespace kiln {
 namespace {
 
-// "512M", "2G", "1.5G"; a bare number is MiB.
-uint64_t parse_memory(const std::string& text) {
+// "512M", "2G", "1.5G"; a bare number is MiB. "auto": 1 GiB on the CPU; on a GPU 0, which the CUDA backend
+// takes as what the GPU has free (at most what the sequences can use).
+uint64_t parse_memory(const std::string& text, const std::string& device) {
+  if (text == "auto") return device == "cuda" ? 0 : uint64_t(1) << 30;
   size_t used = 0;
   double value = 0;
   try {
     value = std::stod(text, &used);
   } catch (const std::exception&) {
-    fail("--kv-memory '{}' is not a size: write it like 512M or 2G", text);
+    fail("--kv-memory '{}' is not a size: write it like 512M or 2G, or auto", text);
   }
   const std::string unit = text.substr(used);
   double scale = 0;
   if (unit.empty() || unit == "M" || unit == "MB" || unit == "MiB") scale = 1 << 20;
   if (unit == "G" || unit == "GB" || unit == "GiB") scale = 1 << 30;
-  KILN_CHECK(scale > 0 && value > 0 && value * scale < 1e15, "--kv-memory '{}' is not a size: write it like 512M or 2G",
-             text);
+  KILN_CHECK(scale > 0 && value > 0 && value * scale < 1e15,
+             "--kv-memory '{}' is not a size: write it like 512M or 2G, or auto", text);
   return uint64_t(value * scale);
 }
 
-// The batched backend of a device; a new device is one line here.
+// The batched backend of a device (from choose_device); a new device is one line here.
 std::unique_ptr<BatchBackend> make_batch_backend(const std::string& device, const KilnFile& file,
-                                                 const BatchBackendOptions& options) {
-  if (device.empty() || device == "cpu") return make_cpu_batch_backend(file, options);
-  fail("kiln batch runs on the CPU for now: give --device cpu (or leave --device out)");
+                                                 const BatchBackendOptions& options, bool kv_f16) {
+#ifdef KILN_HAVE_CUDA
+  CudaBatchOptions cuda;
+  cuda.kv_f16 = kv_f16;
+  if (device == "cuda") return make_cuda_batch_backend(file, options, cuda);
+#else
+  (void)kv_f16;
+#endif
+  KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
+  return make_cpu_batch_backend(file, options);
 }
 
 std::string read_input(const std::string& path) {
@@ -77,7 +89,7 @@ RequestDefaults defaults_from(const cxxopts::ParseResult& args) {
   return d;
 }
 
-BatchBackendOptions backend_options(const cxxopts::ParseResult& args) {
+BatchBackendOptions backend_options(const cxxopts::ParseResult& args, const std::string& device) {
   BatchBackendOptions o;
   o.n_ctx = args["ctx-size"].as<int64_t>();
   KILN_CHECK(o.n_ctx >= 0, "-c {} must be 0 (the model's) or a positive token count", o.n_ctx);
@@ -90,7 +102,7 @@ BatchBackendOptions backend_options(const cxxopts::ParseResult& args) {
   KILN_CHECK(o.max_step_tokens >= 1 && o.max_step_tokens <= 65536, "-b {} must be a token count from 1 to 65536",
              o.max_step_tokens);
   o.max_sequences = parallel > 0 ? parallel : std::min<int64_t>(256, o.max_step_tokens);
-  o.kv_bytes = parse_memory(args["kv-memory"].as<std::string>());
+  o.kv_bytes = parse_memory(args["kv-memory"].as<std::string>(), device);
   return o;
 }
 
@@ -115,7 +127,8 @@ class BatchRun {
         break;
       }
     context_ = {std::filesystem::path(model_path).stem().string(), int64_t(std::time(nullptr)), random_hex()};
-    auto backend = make_batch_backend(args_["device"].as<std::string>(), model.file, backend_options(args_));
+    const std::string device = choose_device(args_["device"].as<std::string>());
+    auto backend = make_batch_backend(device, model.file, backend_options(args_, device), kv_f16_from(args_));
     BatchOptions options;
     options.max_parallel = args_["parallel"].as<int64_t>();
     options.max_step_tokens = backend->max_step_tokens();
@@ -222,7 +235,10 @@ int cmd_batch(int argc, char** argv) {
       "no-bos", "do not prepend BOS to prompts that skip the chat template")(
       "parallel", "sequences decoding at once (0: as many as the KV memory holds)",
       cxxopts::value<int64_t>()->default_value("0"))(
-      "kv-memory", "memory for the KV cache of all sequences (512M, 2G)", cxxopts::value<std::string>()->default_value("1G"))(
+      "kv-memory",
+      "memory for the KV cache of all sequences (512M, 2G; auto: 1G on the CPU, on a GPU what it has free beside the "
+      "model, at most what the sequences can use)",
+      cxxopts::value<std::string>()->default_value("auto"))(
       "b,batch-size", "tokens per forward step", cxxopts::value<int64_t>()->default_value("512"))(
       "force", "start over instead of resuming an existing OUT")(
       "no-sort", "leave OUT in completion order instead of input order");

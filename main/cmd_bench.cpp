@@ -163,12 +163,14 @@ int cmd_bench(int argc, char** argv) {
   backend_options.n_threads = threads;
   // The CUDA backend checks the cache against the GPU's free memory; a deep test may need over 32 GiB.
   if (on_gpu) backend_options.max_kv_bytes = std::numeric_limits<uint64_t>::max();
-  StageProfiler profiler(on_gpu ? "CUDA" : "CPU");
+  const bool kv_f16 = on_gpu && kv_f16_from(args);
+  const uint64_t kv_element_bytes = kv_f16 ? 2 : 4;
+  StageProfiler profiler(on_gpu ? "CUDA" : "CPU", kv_element_bytes);
   if (profile) {
     backend_options.stage_timer = profiler.timer();
     if (!on_gpu) backend_options.on_tensor = profiler.host_clock();
   }
-  const std::unique_ptr<Backend> backend_owner = make_backend_on(device, file, backend_options);
+  const std::unique_ptr<Backend> backend_owner = make_backend_on(device, file, backend_options, kv_f16);
   Backend& backend = *backend_owner;
   for (const Test& t : tests)
     KILN_CHECK(t.positions() <= backend.n_ctx(), "test {} needs {} positions but the context holds {}: raise -c",
@@ -198,6 +200,7 @@ int cmd_bench(int argc, char** argv) {
                           {"n_prompt", test.n_prompt},
                           {"n_gen", test.n_gen},
                           {"n_depth", test.n_depth},
+                          {"type_kv", kv_f16 ? "f16" : "f32"},
                           {"avg_ts", mean},
                           {"stddev_ts", stddev_of(rates)},
                           {"samples_ts", rates},
@@ -207,7 +210,7 @@ int cmd_bench(int argc, char** argv) {
     if (test.n_prompt == 0) {
       // Each generated token reads every weight once, plus the keys and values cached so far: the step at
       // position p reads p + 1 of them, so over the run d + (n + 1) / 2 on average.
-      const double kv = double(kv_bytes_per_position(c)) * (double(test.n_depth) + double(test.n_gen + 1) / 2);
+      const double kv = double(kv_bytes_per_position(c, kv_element_bytes)) * (double(test.n_depth) + double(test.n_gen + 1) / 2);
       const double achieved = (double(bytes.per_token) + kv) * mean / 1e9;
       row["bytes_per_token"] = double(bytes.per_token) + kv;
       row["achieved_bandwidth_gbs"] = achieved;

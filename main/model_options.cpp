@@ -14,10 +14,18 @@ void add_model_options(cxxopts::Options& options) {
       "c,ctx-size", "context size in tokens (0: the model's, at most 4096)",
       cxxopts::value<int64_t>()->default_value("0"))(
       "t,threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))(
-      "device", "cpu or cuda (default: cuda when this kiln has CUDA and a GPU is present, else cpu)",
-      cxxopts::value<std::string>()->default_value(""))(
+      "device", "auto, cpu or cuda (auto: cuda when this kiln has CUDA and a GPU is present, else cpu)",
+      cxxopts::value<std::string>()->default_value("auto"))(
       "ngl,n-gpu-layers", "accepted for llama.cpp compatibility; kiln runs every layer on the chosen device",
-      cxxopts::value<int>()->default_value("-1"));
+      cxxopts::value<int>()->default_value("-1"))(
+      "cache-type", "the GPU's KV cache type: f16 (half the bytes attention reads) or f32 (the CPU keeps f32)",
+      cxxopts::value<std::string>()->default_value("f16"));
+}
+
+bool kv_f16_from(const cxxopts::ParseResult& args) {
+  const std::string type = args["cache-type"].as<std::string>();
+  KILN_CHECK(type == "f16" || type == "f32", "--cache-type '{}' is not f16 or f32", type);
+  return type == "f16";
 }
 
 void add_sampling_options(cxxopts::Options& options) {
@@ -56,10 +64,11 @@ SamplerParams sampling_from(const cxxopts::ParseResult& args) {
 }
 
 std::string choose_device(const std::string& requested) {
-  KILN_CHECK(requested.empty() || requested == "cpu" || requested == "cuda", "--device '{}' is not cpu or cuda",
+  const bool automatic = requested.empty() || requested == "auto";
+  KILN_CHECK(automatic || requested == "cpu" || requested == "cuda", "--device '{}' is not auto, cpu or cuda",
              requested);
 #ifdef KILN_HAVE_CUDA
-  if (requested.empty()) return cuda_available() ? "cuda" : "cpu";
+  if (automatic) return cuda_available() ? "cuda" : "cpu";
   KILN_CHECK(requested == "cpu" || cuda_available(), "no CUDA GPU is available: use --device cpu");
   return requested;
 #else
@@ -69,9 +78,13 @@ std::string choose_device(const std::string& requested) {
 }
 
 std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                         const BackendOptions& options) {
+                                         const BackendOptions& options, bool kv_f16) {
 #ifdef KILN_HAVE_CUDA
-  if (device == "cuda") return make_cuda_backend(file, options);
+  CudaOptions cuda;
+  cuda.kv_f16 = kv_f16;
+  if (device == "cuda") return make_cuda_backend(file, options, cuda);
+#else
+  (void)kv_f16;
 #endif
   KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
   return make_cpu_backend(file, options);
@@ -92,7 +105,7 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   BackendOptions options;
   options.n_ctx = n_ctx;
   options.n_threads = threads;
-  model.backend = make_backend_on(device, model.file, options);
+  model.backend = make_backend_on(device, model.file, options, kv_f16_from(args));
   return model;
 }
 

@@ -29,11 +29,15 @@ struct LoadedModel {
 };
 
 // Opens -m, builds the tokenizer and the backend. Throws kiln::Error with what to do.
-// --device: "cpu" or "cuda"; empty picks cuda when this kiln has CUDA and a GPU is present.
+// --device: "cpu", "cuda", or "auto" (or empty): cuda when this kiln has CUDA and a GPU is present.
 [[nodiscard]] std::string choose_device(const std::string& requested);
 
+// kv_f16: the GPU's KV cache in f16 (--cache-type); the CPU's is f32.
 [[nodiscard]] std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                                       const BackendOptions& options);
+                                                       const BackendOptions& options, bool kv_f16);
+
+// --cache-type: true for f16. Throws kiln::Error for another type.
+[[nodiscard]] bool kv_f16_from(const cxxopts::ParseResult& args);
 
 [[nodiscard]] LoadedModel load_model(const cxxopts::ParseResult& args);
 

@@ -3,22 +3,13 @@
 #include <algorithm>
 
 #include "engine/error.h"
+#include "kernels/cuda/activate.cuh"
 #include "kernels/cuda/cuda_util.h"
 
 namespace kiln::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <Activation kAct>
-__device__ __forceinline__ float activate(float x) {
-  if constexpr (kAct == Activation::Gelu) return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-  else if constexpr (kAct == Activation::GeluTanh) {
-    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
-  } else if constexpr (kAct == Activation::Relu) return x > 0.0f ? x : 0.0f;
-  else return x / (1.0f + expf(-x));
-}
 
 template <Activation kAct>
 __global__ void gated_activation_kernel(const float* __restrict__ gate_up, float* __restrict__ out, int64_t n,

@@ -1,7 +1,8 @@
-// Attention of new query tokens over the KV cache (f32): GQA, causal or bidirectional mask, ALiBi,
-// local window, any number of keys. A tiled flash-style kernel keeps a running softmax per query row;
-// the keys are split across blocks (split-K, flash-decoding) when the query rows alone would not fill
-// the GPU, and a second kernel merges the partial softmaxes. The CUDA twin of kernels/cpu/attention.h.
+// Attention of new query tokens over the KV cache (f32 or f16): GQA, causal or bidirectional mask, ALiBi,
+// local window, any number of keys. Few query rows per kv head (decode: a token's GQA group) take a
+// flash-decoding kernel that streams each key split once in 16-byte loads; many rows (prefill) take a
+// tiled flash-style kernel. Both split the keys across blocks when the rows alone would not fill the GPU,
+// and a second kernel merges the partial softmaxes. The CUDA twin of kernels/cpu/attention.h.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,15 +10,20 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/kv_dtype.h"
+
 namespace kiln::cuda {
 
 inline constexpr int kAttentionMaxHeadDim = 256;
-inline constexpr int kAttentionMaxSplits = 32;
+inline constexpr int kAttentionMaxSplits = 256;
+// Query rows per kv head (n_tokens * n_heads / n_kv_heads) up to which the decode kernel runs.
+inline constexpr int64_t kAttentionDecodeMaxRows = 16;
 
 struct AttentionArgs {
   const float* q = nullptr;        // [n_tokens, n_heads, head_dim]
-  const float* k_cache = nullptr;  // [n_kv_heads, kv_stride, head_dim], positions [0, first_position + n_tokens) filled
-  const float* v_cache = nullptr;  // [n_kv_heads, kv_stride, head_dim]
+  const void* k_cache = nullptr;   // [n_kv_heads, kv_stride, head_dim] of kv_dtype, positions [0, first_position + n_tokens) filled
+  const void* v_cache = nullptr;   // [n_kv_heads, kv_stride, head_dim] of kv_dtype
+  KvDType kv_dtype = KvDType::F32;
   float* out = nullptr;            // [n_tokens, n_heads, head_dim]
   const int32_t* first_position = nullptr;  // device scalar: position of the first query token
   int64_t n_tokens = 1;
@@ -36,7 +42,8 @@ struct AttentionArgs {
 
 // How many key ranges to split the work into: enough blocks for the GPU's multiprocessors, for a cache
 // that holds up to max_keys keys. It depends on max_keys, not on the keys filled so far, so a captured
-// decode step stays valid at every position and replays what an uncaptured step computes.
+// decode step stays valid at every position and replays what an uncaptured step computes (each call
+// shares the keys filled so far evenly among the splits; splits left without keys return at once).
 int attention_splits(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim, int64_t max_keys,
                      int n_multiprocessors);
 // Floats of the partial-result buffer for n_splits > 1 (0 for one split).

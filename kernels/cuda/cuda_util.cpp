@@ -1,5 +1,8 @@
 #include "kernels/cuda/cuda_util.h"
 
+#include <cstdlib>
+#include <string_view>
+
 #include "engine/error.h"
 
 namespace kiln::cuda {
@@ -15,6 +18,14 @@ bool device_available() {
     return false;
   }
   return count > 0;
+}
+
+bool programmatic_launch_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("KILN_CUDA_PDL");
+    return value == nullptr || std::string_view(value) != "0";
+  }();
+  return enabled;
 }
 
 int multiprocessor_count() {

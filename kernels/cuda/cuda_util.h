@@ -18,6 +18,10 @@ bool device_available();
 // The number of multiprocessors of the current device (sizes split-K grids).
 int multiprocessor_count();
 
+// Whether kernels may use programmatic dependent launch (sm_90: a kernel scheduled while the one before it
+// finishes). On unless the environment sets KILN_CUDA_PDL=0, which serialises every launch (diagnosis).
+bool programmatic_launch_enabled();
+
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;

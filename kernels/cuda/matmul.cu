@@ -4,200 +4,27 @@
 #include <cstdint>
 
 #include "engine/error.h"
+#include "kernels/cuda/cublas_loader.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/norm.h"
 
 #define KILN_CUBLAS_CHECK(call)                                                                      \
   do {                                                                                               \
     const cublasStatus_t kiln_status_ = (call);                                                      \
     if (kiln_status_ != CUBLAS_STATUS_SUCCESS)                                                       \
-      ::kiln::fail("cuBLAS error {} in `{}` at {}:{}", cublasGetStatusString(kiln_status_), #call, __FILE__, \
+      ::kiln::fail("cuBLAS error {} in `{}` at {}:{}", ::kiln::cuda::cublas().status_string(kiln_status_), #call, __FILE__, \
                    __LINE__);                                                                        \
   } while (0)
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kGemvThreads = 128;                   // 4 warps, one output row each
-constexpr int kGemvRowsPerBlock = kGemvThreads / 32;
-constexpr int kLoadsInFlight = 8;                   // 16-byte weight loads per lane before the first use
-constexpr size_t kFusedNormMaxBytes = 44 * 1024;    // x of every token in shared memory (48 KB without opt-in)
-// Every block of a fused-norm GEMV normalises all of x again: worth a launch saved for a small matrix
-// (decode of a small model is launch-bound), a loss for a large one, whose GEMV is bandwidth-bound.
-constexpr size_t kFusedNormMaxWeightBytes = size_t(16) << 20;
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 constexpr int kThreads = 256;
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
-struct GemvParams {
-  const void* w;
-  const uint16_t* scales;
-  int64_t group_size, n_out, n_in;
-  const float* x;
-  float* y;
-  const float* bias;
-  int n_tokens;
-  bool norm, layer_norm;
-  const float* norm_weight;
-  const float* norm_bias;
-  float eps;
-  float* norm_out;
-};
-
-template <DType kW> constexpr int kBytesOf = kW == DType::F32 ? 4 : kW == DType::I8 ? 1 : 2;
-
-// The 16 bytes of one load as 16 / element-size f32 values.
-template <DType kW>
-__device__ __forceinline__ void widen(const uint4& raw, float* out) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t word = i == 0 ? raw.x : i == 1 ? raw.y : i == 2 ? raw.z : raw.w;
-    if constexpr (kW == DType::F32) {
-      out[i] = __uint_as_float(word);
-    } else if constexpr (kW == DType::F16) {
-      out[2 * i] = fp16_bits_to_float(uint16_t(word & 0xffffu));
-      out[2 * i + 1] = fp16_bits_to_float(uint16_t(word >> 16));
-    } else if constexpr (kW == DType::BF16) {
-      out[2 * i] = __uint_as_float(word << 16);
-      out[2 * i + 1] = __uint_as_float(word & 0xffff0000u);
-    } else {
-#pragma unroll
-      for (int b = 0; b < 4; ++b) out[4 * i + b] = float(int8_t((word >> (8 * b)) & 0xffu));
-    }
-  }
-}
-
-// The fused input norm: every block normalises all of x into shared memory (x is small when the GEMV
-// runs); block 0 also writes the result out for the stages that read it later.
-__device__ void normalise_input(const GemvParams& p, float* xs, float* scratch) {
-  const int64_t n = int64_t(p.n_tokens) * p.n_in;
-  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) xs[e] = p.x[e];
-  __syncthreads();
-  for (int t = 0; t < p.n_tokens; ++t) {
-    float* row = xs + int64_t(t) * p.n_in;
-    float mean = 0.0f;
-    if (p.layer_norm) {
-      float sum = 0.0f;
-      for (int64_t i = threadIdx.x; i < p.n_in; i += blockDim.x) sum += row[i];
-      mean = block_sum(sum, scratch) / float(p.n_in);
-    }
-    float sum_sq = 0.0f;
-    for (int64_t i = threadIdx.x; i < p.n_in; i += blockDim.x) sum_sq += (row[i] - mean) * (row[i] - mean);
-    const float scale = rsqrtf(block_sum(sum_sq, scratch) / float(p.n_in) + p.eps);
-    // Each thread rewrites only the elements it summed, so no barrier is needed before the writes.
-    for (int64_t i = threadIdx.x; i < p.n_in; i += blockDim.x) {
-      float v = (row[i] - mean) * scale * p.norm_weight[i];
-      if (p.norm_bias != nullptr) v += p.norm_bias[i];
-      row[i] = v;
-      if (blockIdx.x == 0) p.norm_out[int64_t(t) * p.n_in + i] = v;
-    }
-  }
-  __syncthreads();
-}
-
-// One warp per output row. kVector: 16-byte weight loads (n_in a multiple of the values per load,
-// 16-byte aligned rows, int8 groups a multiple of 16); else one element per lane and step.
-template <DType kW, int kMaxTokens, bool kVector>
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
-  extern __shared__ float xs[];  // [n_tokens, n_in], fused norm only
-  __shared__ float scratch[32];
-  const float* x = p.x;
-  if (p.norm) {
-    normalise_input(p, xs, scratch);
-    x = xs;
-  }
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * kGemvRowsPerBlock + threadIdx.x / 32;
-  if (row >= p.n_out) return;
-  const int n_tokens = p.n_tokens;
-  float acc[kMaxTokens];
-#pragma unroll
-  for (int m = 0; m < kMaxTokens; ++m) acc[m] = 0.0f;
-
-  if constexpr (kVector) {
-    constexpr int kPer = 16 / kBytesOf<kW>;
-    const char* w_row = static_cast<const char*>(p.w) + row * p.n_in * kBytesOf<kW>;
-    const int64_t groups_per_row = kW == DType::I8 ? p.n_in / p.group_size : 0;
-    for (int64_t base = 0; base < p.n_in; base += int64_t(32) * kPer * kLoadsInFlight) {
-      uint4 raw[kLoadsInFlight];
-#pragma unroll
-      for (int u = 0; u < kLoadsInFlight; ++u) {
-        const int64_t c = base + int64_t(u * 32 + lane) * kPer;
-        raw[u] = c < p.n_in ? __ldg(reinterpret_cast<const uint4*>(w_row + c * kBytesOf<kW>)) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kLoadsInFlight; ++u) {
-        const int64_t c = base + int64_t(u * 32 + lane) * kPer;
-        if (c >= p.n_in) break;
-        float w[kPer];
-        widen<kW>(raw[u], w);
-        float scale = 1.0f;
-        if constexpr (kW == DType::I8) scale = fp16_bits_to_float(p.scales[row * groups_per_row + c / p.group_size]);
-#pragma unroll
-        for (int m = 0; m < kMaxTokens; ++m) {
-          if (m < n_tokens) {
-            const float4* xv = reinterpret_cast<const float4*>(x + int64_t(m) * p.n_in + c);
-            float dot = 0.0f;
-#pragma unroll
-            for (int q = 0; q < kPer / 4; ++q) {
-              const float4 v = xv[q];
-              dot += w[4 * q] * v.x + w[4 * q + 1] * v.y + w[4 * q + 2] * v.z + w[4 * q + 3] * v.w;
-            }
-            acc[m] += kW == DType::I8 ? dot * scale : dot;
-          }
-        }
-      }
-    }
-  } else {
-    for (int64_t c = lane; c < p.n_in; c += 32) {
-      const float w = weight_value<kW>(p.w, p.scales, p.group_size, p.n_in, row, c);
-#pragma unroll
-      for (int m = 0; m < kMaxTokens; ++m) {
-        if (m >= n_tokens) break;
-        acc[m] += w * x[int64_t(m) * p.n_in + c];
-      }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < kMaxTokens; ++m) {
-    if (m >= n_tokens) break;
-    const float v = warp_sum(acc[m]);
-    if (lane == 0) p.y[int64_t(m) * p.n_out + row] = p.bias != nullptr ? v + p.bias[row] : v;
-  }
-}
-
-template <DType kW>
-void gemv_launch_typed(const GemvParams& p, bool vector, cudaStream_t stream) {
-  const unsigned grid = unsigned((p.n_out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
-  const size_t smem = p.norm ? size_t(p.n_tokens) * size_t(p.n_in) * sizeof(float) : 0;
-  if (p.n_tokens == 1) {
-    if (vector) gemv_kernel<kW, 1, true><<<grid, kGemvThreads, smem, stream>>>(p);
-    else gemv_kernel<kW, 1, false><<<grid, kGemvThreads, smem, stream>>>(p);
-  } else {
-    if (vector) gemv_kernel<kW, kGemvMaxTokens, true><<<grid, kGemvThreads, smem, stream>>>(p);
-    else gemv_kernel<kW, kGemvMaxTokens, false><<<grid, kGemvThreads, smem, stream>>>(p);
-  }
-  KILN_CUDA_CHECK_LAUNCH();
-}
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-void gemv_launch(const MatmulArgs& a, const float* x, bool fuse_norm) {
-  const DeviceMatrix& w = a.weight;
-  const int per_load = 16 / int(dtype_bytes(w.dtype));
-  const bool vector = !a.force_generic && w.cols % per_load == 0 && aligned16(w.data) &&
-                      (fuse_norm || aligned16(x)) && (w.dtype != DType::I8 || w.group_size % 16 == 0);
-  const GemvParams p{w.data, w.scales, w.group_size, w.rows, w.cols, x, a.y, a.bias, int(a.n_tokens),
-                     fuse_norm, a.norm.kind == NormKind::Layer, a.norm.weight, a.norm.bias, a.norm.eps, a.norm.out};
-  switch (w.dtype) {
-    case DType::F16: gemv_launch_typed<DType::F16>(p, vector, a.stream); break;
-    case DType::BF16: gemv_launch_typed<DType::BF16>(p, vector, a.stream); break;
-    case DType::I8: gemv_launch_typed<DType::I8>(p, vector, a.stream); break;
-    default: gemv_launch_typed<DType::F32>(p, vector, a.stream); break;
-  }
-}
 
 __global__ void to_f16_kernel(const float* __restrict__ x, __half* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -229,9 +56,14 @@ __global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__
 
 unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)); }
 
+// cuBLAS, then the epilogue in extra passes: a residual is copied into y first and accumulated onto
+// (beta = 1); a gated product goes to the context's gate_up buffer and the activation kernel.
 void gemm_launch(const MatmulArgs& a, const float* x) {
   GemmContext& g = *a.gemm;
   const DeviceMatrix& w = a.weight;
+  KILN_CHECK(!a.gated.enabled || (w.rows <= g.max_gated_out() && a.n_tokens <= g.max_tokens()),
+             "cuda matmul: a gated product of {} x {} exceeds the GEMM context's gate_up buffer ({} x {})",
+             a.n_tokens, w.rows, g.max_tokens(), g.max_gated_out());
   KILN_CHECK(a.n_tokens <= g.max_tokens() && w.cols <= g.max_n_in(),
              "cuda matmul: {} tokens of {} inputs exceed the GEMM workspace ({} of {})", a.n_tokens, w.cols,
              g.max_tokens(), g.max_n_in());
@@ -263,22 +95,40 @@ void gemm_launch(const MatmulArgs& a, const float* x) {
     KILN_CUDA_CHECK_LAUNCH();
     w_in = g.w16();
   }
-  KILN_CUBLAS_CHECK(cublasSetStream(g.handle(), a.stream));
+  float* out = a.gated.enabled ? g.gate_up() : a.y;
+  float beta = 0.0f;
+  if (a.residual != nullptr) {
+    if (a.residual != a.y)
+      KILN_CUDA_CHECK(cudaMemcpyAsync(a.y, a.residual, size_t(a.n_tokens * w.rows) * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, a.stream));
+    beta = 1.0f;
+  }
+  KILN_CUBLAS_CHECK(cublas().set_stream(g.handle(), a.stream));
   // Setting the stream resets the workspace to cuBLAS's own pool; ours keeps it from allocating.
-  KILN_CUBLAS_CHECK(cublasSetWorkspace(g.handle(), g.cublas_workspace(), g.cublas_workspace_bytes()));
-  const float alpha = 1.0f, zero = 0.0f, one = 1.0f;
+  KILN_CUBLAS_CHECK(cublas().set_workspace(g.handle(), g.cublas_workspace(), g.cublas_workspace_bytes()));
+  const float alpha = 1.0f, one = 1.0f;
   // Column-major view: y^T [n_out, n_tokens] = W [n_in, n_out]^T x^T [n_in, n_tokens].
-  KILN_CUBLAS_CHECK(cublasGemmEx(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), int(w.cols),
-                                 &alpha, w_in, type, int(w.cols), x_in, type, int(w.cols), &zero, a.y, CUDA_R_32F,
+  KILN_CUBLAS_CHECK(cublas().gemm_ex(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), int(w.cols),
+                                 &alpha, w_in, type, int(w.cols), x_in, type, int(w.cols), &beta, out, CUDA_R_32F,
                                  int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (x_lo != nullptr)
-    KILN_CUBLAS_CHECK(cublasGemmEx(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), int(w.cols),
-                                   &alpha, w_in, type, int(w.cols), x_lo, type, int(w.cols), &one, a.y, CUDA_R_32F,
+    KILN_CUBLAS_CHECK(cublas().gemm_ex(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), int(w.cols),
+                                   &alpha, w_in, type, int(w.cols), x_lo, type, int(w.cols), &one, out, CUDA_R_32F,
                                    int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (a.bias != nullptr) {
     const int64_t n_y = a.n_tokens * w.rows;
-    add_bias_kernel<<<grid_for(n_y), kThreads, 0, a.stream>>>(a.y, a.bias, n_y, w.rows);
+    add_bias_kernel<<<grid_for(n_y), kThreads, 0, a.stream>>>(out, a.bias, n_y, w.rows);
     KILN_CUDA_CHECK_LAUNCH();
+  }
+  if (a.gated.enabled) {
+    GatedActivationArgs act;
+    act.gate_up = out;
+    act.out = a.y;
+    act.n_tokens = a.n_tokens;
+    act.ffn = w.rows / 2;
+    act.act = a.gated.act;
+    act.stream = a.stream;
+    gated_activation(act);
   }
 }
 
@@ -300,28 +150,32 @@ void check_args(const MatmulArgs& a) {
              "cuda matmul: the input norm needs its weight and an output");
   KILN_CHECK(a.n_tokens <= kGemvMaxTokens || a.gemm != nullptr, "cuda matmul: {} tokens need a GEMM context",
              a.n_tokens);
+  KILN_CHECK(!a.gated.enabled || (w.rows % 2 == 0 && a.residual == nullptr),
+             "cuda matmul: a gated product needs an even number of rows ({}) and no residual", w.rows);
 }
 
 }  // namespace
 
-size_t gemm_workspace_bytes(int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems) {
+size_t gemm_workspace_bytes(int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems, int64_t max_gated_out) {
   return kCublasWorkspaceBytes + align256(size_t(max_tokens) * size_t(max_n_in) * 4) +
-         align256(size_t(max_int8_elems) * 2);
+         align256(size_t(max_int8_elems) * 2) + align256(size_t(max_tokens) * size_t(max_gated_out) * 4);
 }
 
-GemmContext::GemmContext(void* workspace, size_t bytes, int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems)
+GemmContext::GemmContext(void* workspace, size_t bytes, int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems,
+                         int64_t max_gated_out)
     : workspace_(static_cast<char*>(workspace)),
       max_tokens_(max_tokens),
       max_n_in_(max_n_in),
-      max_int8_elems_(max_int8_elems) {
-  KILN_CHECK(workspace != nullptr && bytes >= gemm_workspace_bytes(max_tokens, max_n_in, max_int8_elems),
-             "GEMM workspace of {} bytes is smaller than the {} it needs", bytes,
-             gemm_workspace_bytes(max_tokens, max_n_in, max_int8_elems));
-  KILN_CUBLAS_CHECK(cublasCreate(&handle_));
+      max_int8_elems_(max_int8_elems),
+      max_gated_out_(max_gated_out) {
+  const size_t needed = gemm_workspace_bytes(max_tokens, max_n_in, max_int8_elems, max_gated_out);
+  KILN_CHECK(workspace != nullptr && bytes >= needed, "GEMM workspace of {} bytes is smaller than the {} it needs",
+             bytes, needed);
+  KILN_CUBLAS_CHECK(cublas().create(&handle_));
 }
 
 GemmContext::~GemmContext() {
-  if (handle_ != nullptr) cublasDestroy(handle_);
+  if (handle_ != nullptr) cublas().destroy(handle_);
 }
 
 size_t GemmContext::cublas_workspace_bytes() const { return kCublasWorkspaceBytes; }
@@ -329,17 +183,16 @@ void* GemmContext::x16() const { return workspace_ + kCublasWorkspaceBytes; }
 void* GemmContext::w16() const {
   return workspace_ + kCublasWorkspaceBytes + align256(size_t(max_tokens_) * size_t(max_n_in_) * 4);
 }
+float* GemmContext::gate_up() const {
+  return reinterpret_cast<float*>(static_cast<char*>(w16()) + align256(size_t(max_int8_elems_) * 2));
+}
 
 void matmul(const MatmulArgs& a) {
   check_args(a);
   if (a.n_tokens == 0) return;
+  if (a.n_tokens <= kGemvMaxTokens) return gemv(a);  // the norm is fused there
   const float* x = a.x;
-  const bool gemv = a.n_tokens <= kGemvMaxTokens;
-  const bool fuse_norm = a.norm.enabled && gemv &&
-                         size_t(a.n_tokens) * size_t(a.weight.cols) * sizeof(float) <= kFusedNormMaxBytes &&
-                         size_t(a.weight.rows) * size_t(a.weight.cols) * dtype_bytes(a.weight.dtype) <=
-                             kFusedNormMaxWeightBytes;
-  if (a.norm.enabled && !fuse_norm) {
+  if (a.norm.enabled) {
     NormArgs n;
     n.kind = a.norm.kind;
     n.x = a.x;
@@ -353,8 +206,7 @@ void matmul(const MatmulArgs& a) {
     norm(n);
     x = a.norm.out;
   }
-  if (gemv) gemv_launch(a, x, fuse_norm);
-  else gemm_launch(a, x);
+  gemm_launch(a, x);
 }
 
 }  // namespace kiln::cuda

@@ -1,15 +1,16 @@
 // y = x · Wᵀ (+ bias) for every weight dtype (f32, f16, bf16, int8 with group scales), activations f32.
 // The CUDA twin of kernels/cpu/matmul.h.
 //
-// Up to kGemvMaxTokens tokens (decode): a GEMV kernel, one warp per output row, 16-byte weight loads,
-// several in flight per lane; f16/bf16/int8 are widened (int8 dequantized with its group scale) in
-// registers and accumulated in f32 against the f32 x. It can normalise x itself (RMSNorm/LayerNorm
-// fused into the GEMV input), which saves a launch and a pass over x for the QKV projection.
+// Up to kGemvMaxTokens tokens (decode): the GEMV of kernels/cuda/gemv.h (16-byte weight loads, several
+// rows per warp; the input norm fused; for int8 weights x quantized to int8 per group as the CPU does and
+// integer dot products). It can also add a residual or apply a gated activation to its outputs, each
+// saving a launch.
 // More tokens (prefill): cuBLAS with f32 accumulation. f32 weights run an f32 GEMM (no TF32); f16
 // weights multiply x rounded to f16; bf16 weights multiply x split into two bf16 terms (hi + lo, two
 // GEMMs), as one bf16 rounding would be the coarsest of the forward; int8 weights are first dequantized
 // to f16 into the workspace, one weight at a time (prefill only: decode never makes a dequantized copy),
-// and multiply x rounded to f16.
+// and multiply x rounded to f16. The epilogues there are extra passes: a residual is copied into y and
+// accumulated onto; a gated product goes through the context's gate_up buffer and the activation kernel.
 #pragma once
 
 #include <cublas_v2.h>
@@ -19,6 +20,7 @@
 #include <cstdint>
 
 #include "engine/model_config.h"
+#include "kernels/cuda/activation.h"
 #include "kernels/cuda/device_matrix.h"
 
 namespace kiln::cuda {
@@ -28,7 +30,9 @@ inline constexpr int64_t kGemvMaxTokens = 8;
 // Owns the cuBLAS handle; the workspace is memory the caller owns, gemm_workspace_bytes(...) bytes.
 class GemmContext {
  public:
-  GemmContext(void* workspace, size_t bytes, int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems);
+  // max_gated_out: rows of the largest weight run with `gated` above kGemvMaxTokens tokens (2 * ffn), or 0.
+  GemmContext(void* workspace, size_t bytes, int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems,
+              int64_t max_gated_out = 0);
   ~GemmContext();
   GemmContext(const GemmContext&) = delete;
   GemmContext& operator=(const GemmContext&) = delete;
@@ -38,19 +42,22 @@ class GemmContext {
   size_t cublas_workspace_bytes() const;
   void* x16() const;  // [2, max_tokens, max_n_in] f16, or bf16 hi and lo
   void* w16() const;  // [max_int8_elems] f16
+  float* gate_up() const;  // [max_tokens, max_gated_out]: the gated product before its activation
   int64_t max_tokens() const { return max_tokens_; }
   int64_t max_n_in() const { return max_n_in_; }
   int64_t max_int8_elems() const { return max_int8_elems_; }
+  int64_t max_gated_out() const { return max_gated_out_; }
 
  private:
   cublasHandle_t handle_ = nullptr;
   char* workspace_ = nullptr;
-  int64_t max_tokens_, max_n_in_, max_int8_elems_;
+  int64_t max_tokens_, max_n_in_, max_int8_elems_, max_gated_out_;
 };
 
 // Bytes of the workspace a GemmContext needs: cuBLAS's own, x in 16 bits (two terms), one int8 weight
-// dequantized.
-size_t gemm_workspace_bytes(int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems);
+// dequantized, the gated product.
+size_t gemm_workspace_bytes(int64_t max_tokens, int64_t max_n_in, int64_t max_int8_elems,
+                            int64_t max_gated_out = 0);
 
 // Optional normalisation of x before the product: y = W · norm(x), and norm(x) is written to `out`.
 struct InputNorm {
@@ -62,13 +69,22 @@ struct InputNorm {
   float* out = nullptr;           // [n_tokens, n_in]
 };
 
+// With `gated` the weight is the fused [gate | up] one, [2 * ffn, n_in] (gate rows, then up rows), and
+// y = act(gate + gate bias) * (up + up bias): [n_tokens, ffn]. Not combined with a residual.
+struct GatedOutput {
+  bool enabled = false;
+  Activation act = Activation::Silu;
+};
+
 struct MatmulArgs {
   DeviceMatrix weight;             // [n_out, n_in]
   const float* x = nullptr;        // [n_tokens, n_in]
-  float* y = nullptr;              // [n_tokens, n_out], must not overlap x
+  float* y = nullptr;              // [n_tokens, n_out] ([n_tokens, n_out / 2] gated), must not overlap x
   const float* bias = nullptr;     // [n_out] or nullptr
+  const float* residual = nullptr; // [n_tokens, n_out] or nullptr: y = residual + W x (+ bias); may equal y
   int64_t n_tokens = 0;
   InputNorm norm;
+  GatedOutput gated;
   GemmContext* gemm = nullptr;     // needed above kGemvMaxTokens tokens
   bool force_generic = false;      // tests: the element-wise GEMV (the path for unaligned shapes)
   cudaStream_t stream = nullptr;

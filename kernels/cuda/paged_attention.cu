@@ -4,177 +4,173 @@
 #include <cmath>
 
 #include "engine/error.h"
+#include "kernels/cuda/attention_decode.cuh"
+#include "kernels/cuda/attention_merge.cuh"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/paged_kv.cuh"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
-constexpr int kKeys = 32;           // keys per tile: one per lane in the softmax reductions
-constexpr int kMaxGroupFloats = 2048;  // query heads x head_dim of one block (16 accumulators a thread)
-constexpr int kAcc = kMaxGroupFloats / kThreads;
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kChunk = int(kPagedAttentionChunkKeys);
 
-// The pool address of position j of kv head g of the sequence whose table row is `table`.
-__device__ inline int64_t slot_offset(const PagedKvLayout& kv, const int32_t* table, int64_t j, int g) {
-  const int64_t block = table[j / kv.block_positions];
-  return ((block * kv.n_kv_heads + g) * kv.block_positions + j % kv.block_positions) * kv.head_dim;
+struct Params {
+  PagedAttentionArgs a;
+  int64_t q_stride;
+  int heads_per_block, blocks_per_kv_head, n_splits;  // n_splits 1: no partial buffer
+  float qk_scale;
+};
+
+// A row's visible keys: (position - window, position], or [0, position].
+__device__ __forceinline__ int key_lo(int position, int64_t window) {
+  return window > 0 ? int(max(int64_t(0), int64_t(position) - window + 1)) : 0;
 }
 
-__global__ void paged_kv_store_kernel(PagedKvStoreArgs a) {
-  const int64_t kv_dim = int64_t(a.kv.n_kv_heads) * a.kv.head_dim, n = a.n_rows * kv_dim;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / kv_dim, e = i % kv_dim;
-    const int g = int(e / a.kv.head_dim), d = int(e % a.kv.head_dim);
-    const int32_t* table = a.kv.block_table + int64_t(a.row_seq[r]) * a.kv.max_blocks_per_seq;
-    const int64_t dst = slot_offset(a.kv, table, a.row_position[r], g) + d;
-    a.kv.k_pool[dst] = a.k[r * a.k_stride + e];
-    a.kv.v_pool[dst] = a.v[r * a.v_stride + e];
+// The Src of decode_attention_block for a paged pool: query heads [h0, h0 + n_rows) of row `row` (all of
+// kv head g), and its keys in split `split` (chunk split of kChunk keys), or all of them for one split.
+template <int kR>
+struct PagedRow {
+  const float* q;
+  const int32_t* table;
+  int n_rows, head_dim, h0, g, n_heads, n_kv_heads, block_positions, shift;  // shift: log2(block_positions) or -1
+  bool masked = false, alibi;
+  int position;
+  int64_t row, begin, end;
+  float slope_[kR];
+
+  __device__ PagedRow(const Params& p, int64_t row_index, int y, int split)
+      : head_dim(p.a.kv.head_dim), n_heads(p.a.n_heads), n_kv_heads(p.a.kv.n_kv_heads), row(row_index) {
+    const int n_rep = n_heads / n_kv_heads;
+    g = y / p.blocks_per_kv_head;
+    h0 = g * n_rep + (y % p.blocks_per_kv_head) * p.heads_per_block;
+    n_rows = min(p.heads_per_block, g * n_rep + n_rep - h0);
+    q = p.a.q + row * p.q_stride;
+    table = p.a.kv.block_table + int64_t(p.a.row_seq[row]) * p.a.kv.max_blocks_per_seq;
+    block_positions = int(p.a.kv.block_positions);
+    shift = (block_positions & (block_positions - 1)) == 0 ? __ffs(block_positions) - 1 : -1;
+    const int at = p.a.row_position[row];
+    position = at;
+    alibi = p.a.alibi_slopes != nullptr;
+    begin = key_lo(at, p.a.window);
+    end = int64_t(at) + 1;
+    if (p.n_splits > 1) {
+      begin = max(begin, int64_t(split) * kChunk);
+      end = min(end, int64_t(split + 1) * kChunk);
+    }
+#pragma unroll
+    for (int r = 0; r < kR; ++r)
+      slope_[r] = p.a.alibi_slopes != nullptr ? p.a.alibi_slopes[h0 + min(r, n_rows - 1)] * kDecodeLog2e : 0.0f;
+  }
+  __device__ int64_t th(int r) const { return row * n_heads + h0 + r; }
+  __device__ const float* q_row(int r) const { return q + int64_t(h0 + r) * head_dim; }
+  __device__ int pos(int) const { return position; }
+  __device__ float slope(int r) const { return slope_[r]; }
+  __device__ bool visible(int, int) const { return true; }  // [begin, end) is the row's own range
+  __device__ int64_t key_offset(int64_t key) const {
+    const int j = int(key);
+    const int b = shift >= 0 ? j >> shift : j / block_positions, slot = j - b * block_positions;
+    return ((int64_t(table[b]) * n_kv_heads + g) * block_positions + slot) * head_dim;
+  }
+};
+
+// Block (row blockIdx.x, kv head and group of its query heads blockIdx.y, split blockIdx.z). kW: values
+// per chunk (16 bytes, or 1 for head dims that are not whole chunks).
+template <typename T, int kW, int kDMax, int kR>
+__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) paged_attention_kernel(Params p) {
+  constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
+  pdl_wait();  // the queries and the pool are written
+  pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
+  const int split = int(blockIdx.z);
+  const PagedRow<kR> src(p, blockIdx.x, int(blockIdx.y), split);
+  if (src.n_rows <= 0 || src.begin >= src.end) return;  // past the row's keys: the merge reads only its splits
+  const DecodeOutput o{p.a.out, p.n_splits > 1 ? p.a.partial : nullptr, p.a.n_rows * p.a.n_heads, p.n_splits};
+  decode_attention_block<T, kW, kTk, kCpt, kR>(src, static_cast<const T*>(p.a.kv.k_pool),
+                                               static_cast<const T*>(p.a.kv.v_pool), p.qk_scale, o, split);
+}
+
+// The splits of slot th: those its row's keys fall in.
+struct RowSplits {
+  const int32_t* row_position;
+  int n_heads;
+  int64_t window;
+  __device__ int2 operator()(int64_t th, int) const {
+    const int at = row_position[int(th) / n_heads];  // th < 2^31: a 32-bit division
+    return make_int2(key_lo(at, window) / kChunk, at / kChunk + 1);
+  }
+};
+
+template <typename T, int kW, int kDMax, int kR>
+void launch(const Params& p, dim3 grid) {
+  constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32;
+  const size_t shared = decode_shared_bytes(kDecodeThreads / kTk, kR, p.a.kv.head_dim);
+  launch_pdl(paged_attention_kernel<T, kW, kDMax, kR>, grid, dim3(kDecodeThreads), shared, p.a.stream, p);
+}
+
+template <typename T, int kW, int kDMax>
+void launch_rows(const Params& p, dim3 grid) {
+  switch (decode_rows_template(p.heads_per_block)) {
+    case 1: launch<T, kW, kDMax, 1>(p, grid); break;
+    case 4: launch<T, kW, kDMax, 4>(p, grid); break;
+    default: launch<T, kW, kDMax, kDecodeMaxRows>(p, grid); break;
   }
 }
 
-// Block (row blockIdx.x, kv head blockIdx.y, query heads [blockIdx.z * group, + group) of that kv head).
-// Keys go kKeys at a time through shared memory (values are read where they lie, a row of the tile per
-// step); each query head keeps a running max and sum (log2 domain) and its output in registers: element
-// e = tid + i * kThreads of the flattened [group, head_dim] tile.
-__global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentionArgs a, int group) {
-  extern __shared__ float smem[];
-  const int D = a.kv.head_dim, ds = D + 1;  // +1: keys of a tile fall in different banks
-  __shared__ int64_t slot_s[kKeys];         // pool offsets of the tile's keys (kv head g)
-  float* qs = smem;                         // [group][D]
-  float* ks = qs + group * D;               // [kKeys][ds]
-  float* ps = ks + kKeys * ds;              // [group][kKeys] scores, then probabilities
-  float* corr_s = ps + group * kKeys;       // [group] rescale of the running output
-  float* l_s = corr_s + group;              // [group] running sums
-  float* m_s = l_s + group;                 // [group] running maxima
-
-  const int64_t row = blockIdx.x;
-  const int g = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int n_rep = a.n_heads / a.kv.n_kv_heads;
-  const int h0 = g * n_rep + int(blockIdx.z) * group;
-  const int n_here = min(group, g * n_rep + n_rep - h0);  // query heads of this block
-  const int64_t position = a.row_position[row];
-  const int32_t* table = a.kv.block_table + int64_t(a.row_seq[row]) * a.kv.max_blocks_per_seq;
-  const int64_t lo = a.window > 0 ? max(int64_t(0), position - a.window + 1) : 0, hi = position + 1;
-
-  for (int e = tid; e < n_here * D; e += kThreads) qs[e] = a.q[(row * a.n_heads + h0) * D + e];
-  for (int r = tid; r < n_here; r += kThreads) {
-    m_s[r] = -INFINITY;
-    l_s[r] = 0.0f;
-  }
-  float acc[kAcc];
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
-  const float qk_scale = a.scale * kLog2e;
-
-  for (int64_t j0 = lo; j0 < hi; j0 += kKeys) {
-    __syncthreads();  // the previous tile is consumed (and qs, m_s, l_s are written before the first)
-    const int n_in = int(min(int64_t(kKeys), hi - j0));  // keys past the row's position are never read
-    if (tid < n_in) slot_s[tid] = slot_offset(a.kv, table, j0 + tid, g);
-    __syncthreads();
-    for (int e = tid; e < n_in * D; e += kThreads) {
-      const int jj = e / D, d = e % D;
-      ks[jj * ds + d] = a.kv.k_pool[slot_s[jj] + d];
-    }
-    __syncthreads();
-    for (int e = tid; e < n_here * kKeys; e += kThreads) {
-      const int r = e / kKeys, jj = e % kKeys;
-      float s = -INFINITY;
-      if (jj < n_in) {
-        float dot = 0.0f;
-        for (int d = 0; d < D; ++d) dot += qs[r * D + d] * ks[jj * ds + d];
-        s = dot * qk_scale;
-        if (a.alibi_slopes != nullptr) s += a.alibi_slopes[h0 + r] * kLog2e * float(j0 + jj - position);
-      }
-      ps[r * kKeys + jj] = s;
-    }
-    __syncthreads();
-    for (int r = warp; r < n_here; r += kWarps) {  // lane = key of the tile
-      const float s = ps[r * kKeys + lane];
-      float tile_max = s;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
-      const float m_old = m_s[r], m_new = fmaxf(m_old, tile_max);
-      const float prob = s == -INFINITY ? 0.0f : exp2f(s - m_new);
-      float sum = prob;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      ps[r * kKeys + lane] = prob;
-      if (lane == 0) {
-        const float corr = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
-        corr_s[r] = corr;
-        l_s[r] = l_s[r] * corr + sum;
-        m_s[r] = m_new;
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kAcc; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < n_here * D) {
-        const int r = e / D, d = e % D;
-        float o = acc[i] * corr_s[r];
-        for (int jj = 0; jj < n_in; ++jj) o += ps[r * kKeys + jj] * a.kv.v_pool[slot_s[jj] + d];
-        acc[i] = o;
-      }
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) {
-    const int e = tid + i * kThreads;
-    if (e < n_here * D) a.out[(row * a.n_heads + h0) * D + e] = acc[i] / l_s[e / D];
-  }
+template <typename T>
+void launch_dims(const Params& p, dim3 grid) {
+  constexpr int kW = 16 / int(sizeof(T));
+  const int D = p.a.kv.head_dim;
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  if (D % kW != 0 || !aligned(p.a.kv.k_pool) || !aligned(p.a.kv.v_pool)) launch_rows<T, 1, 256>(p, grid);
+  else if (D <= 64) launch_rows<T, kW, 64>(p, grid);
+  else if (D <= 128) launch_rows<T, kW, 128>(p, grid);
+  else launch_rows<T, kW, 256>(p, grid);
 }
 
-// Query heads of a kv head per block: all of them when their outputs fit the accumulators.
-int heads_per_block(int n_rep, int head_dim) { return std::max(1, std::min(n_rep, kMaxGroupFloats / head_dim)); }
-
-size_t shared_bytes(int group, int head_dim) {
-  return sizeof(float) * (size_t(group) * size_t(head_dim) + size_t(kKeys) * size_t(head_dim + 1) +
-                          size_t(group) * kKeys + 3 * size_t(group));
-}
-
-void check_layout(const PagedKvLayout& kv, const char* what) {
-  KILN_CHECK(kv.n_kv_heads >= 1 && kv.n_kv_heads <= 65535 && kv.head_dim >= 1 &&
-                 kv.head_dim <= kPagedAttentionMaxHeadDim && kv.block_positions >= 1 && kv.max_blocks_per_seq >= 1,
-             "cuda {}: bad KV layout: {} kv heads, head_dim {} (at most {}), {} positions a block, {} blocks a "
-             "sequence",
-             what, kv.n_kv_heads, kv.head_dim, kPagedAttentionMaxHeadDim, kv.block_positions, kv.max_blocks_per_seq);
-  KILN_CHECK(kv.k_pool != nullptr && kv.v_pool != nullptr && kv.block_table != nullptr, "cuda {}: null pool or table",
-             what);
-}
+int64_t split_count(int64_t max_keys) { return (max_keys + kChunk - 1) / kChunk; }
 
 }  // namespace
 
-void paged_kv_store(const PagedKvStoreArgs& a) {
-  KILN_CHECK(a.n_rows >= 0, "cuda paged_kv_store: {} rows", a.n_rows);
-  if (a.n_rows == 0) return;
-  check_layout(a.kv, "paged_kv_store");
-  KILN_CHECK(a.k != nullptr && a.v != nullptr && a.row_seq != nullptr && a.row_position != nullptr,
-             "cuda paged_kv_store: null input");
-  const int64_t n = a.n_rows * a.kv.n_kv_heads * a.kv.head_dim;
-  const unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 65536));
-  paged_kv_store_kernel<<<grid, 256, 0, a.stream>>>(a);
-  KILN_CUDA_CHECK_LAUNCH();
+size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim, int64_t max_keys) {
+  const int64_t splits = split_count(max_keys);
+  if (splits <= 1) return 0;
+  return size_t(splits) * size_t(n_rows) * size_t(n_heads) * size_t(head_dim + 2);
 }
 
 void paged_attention(const PagedAttentionArgs& a) {
   KILN_CHECK(a.n_rows >= 0 && a.n_rows < (int64_t(1) << 31), "cuda paged_attention: {} rows", a.n_rows);
   if (a.n_rows == 0) return;
-  check_layout(a.kv, "paged_attention");
-  KILN_CHECK(a.n_heads >= 1 && a.n_heads % a.kv.n_kv_heads == 0,
-             "cuda paged_attention: {} query heads do not split into {} kv heads", a.n_heads, a.kv.n_kv_heads);
+  check_paged_layout(a.kv, "paged_attention");
+  KILN_CHECK(a.n_heads >= 1 && a.n_heads % a.kv.n_kv_heads == 0 && a.n_rows * a.n_heads < (int64_t(1) << 31),
+             "cuda paged_attention: {} query heads do not split into {} kv heads, or {} rows are too many",
+             a.n_heads, a.kv.n_kv_heads, a.n_rows);
   KILN_CHECK(a.scale > 0 && std::isfinite(a.scale), "cuda paged_attention: scale {} must be positive", a.scale);
   KILN_CHECK(a.window >= 0, "cuda paged_attention: window {}", a.window);
   KILN_CHECK(a.q != nullptr && a.out != nullptr && a.row_seq != nullptr && a.row_position != nullptr,
              "cuda paged_attention: null input or output");
+  const int64_t width = int64_t(a.n_heads) * a.kv.head_dim, q_stride = a.q_stride > 0 ? a.q_stride : width;
+  KILN_CHECK(q_stride >= width, "cuda paged_attention: query rows {} floats apart hold {} heads of {}", q_stride,
+             a.n_heads, a.kv.head_dim);
+  const int64_t capacity = a.kv.max_blocks_per_seq * a.kv.block_positions;
+  const int64_t max_keys = a.max_keys > 0 ? std::min(a.max_keys, capacity) : capacity;
+  KILN_CHECK(max_keys <= (int64_t(1) << 31) - 1, "cuda paged_attention: {} keys a sequence is too many", max_keys);
+  const int64_t n_splits = a.partial != nullptr ? split_count(max_keys) : 1;
+  KILN_CHECK(n_splits <= 8192, "cuda paged_attention: {} keys a sequence need {} splits (at most 8192)", max_keys,
+             n_splits);
+
   const int n_rep = a.n_heads / a.kv.n_kv_heads;
-  const int group = heads_per_block(n_rep, a.kv.head_dim);
-  const dim3 grid(unsigned(a.n_rows), unsigned(a.kv.n_kv_heads), unsigned((n_rep + group - 1) / group));
-  paged_attention_kernel<<<grid, kThreads, shared_bytes(group, a.kv.head_dim), a.stream>>>(a, group);
-  KILN_CUDA_CHECK_LAUNCH();
+  const int blocks_per_kv_head = (n_rep + kDecodeMaxRows - 1) / kDecodeMaxRows;
+  const Params p{a, q_stride, (n_rep + blocks_per_kv_head - 1) / blocks_per_kv_head, blocks_per_kv_head,
+                 int(n_splits), a.scale * kDecodeLog2e};
+  KILN_CHECK(int64_t(a.kv.n_kv_heads) * blocks_per_kv_head <= 65535, "cuda paged_attention: {} kv heads x {} blocks",
+             a.kv.n_kv_heads, blocks_per_kv_head);
+  const dim3 grid(unsigned(a.n_rows), unsigned(a.kv.n_kv_heads * blocks_per_kv_head), unsigned(n_splits));
+  if (a.kv.dtype == KvDType::F16) launch_dims<__half>(p, grid);
+  else launch_dims<float>(p, grid);
+  if (n_splits > 1) {
+    const int64_t n_th = a.n_rows * a.n_heads;
+    const RowSplits range{a.row_position, a.n_heads, a.window};
+    launch_attention_merge(a.partial, a.out, int(n_splits), n_th, a.kv.head_dim, range, a.stream);
+  }
 }
 
 }  // namespace kiln::cuda

@@ -1,44 +1,60 @@
-// Causal attention of query rows from many sequences over a paged KV cache (f32), and the store of each
-// row's keys and values into its sequence's block. GQA, ALiBi, local window. The CUDA twin of
-// kernels/cpu/paged_attention.h; the caller checks block ids and positions on the host (the tables live
-// on the device).
+// Causal attention of query rows from many sequences over a paged KV cache (f32 or f16), and the store of
+// each row's keys and values into its sequence's block (with the rotary embedding at each row's own
+// position). GQA, ALiBi, local window. The CUDA twin of kernels/cpu/paged_attention.h; the caller checks
+// block ids and positions on the host (the tables live on the device).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
+
+#include "kernels/cuda/kv_dtype.h"
+#include "kernels/cuda/rotary.h"
 
 namespace kiln::cuda {
 
 inline constexpr int kPagedAttentionMaxHeadDim = 256;
+// Keys per split of a row's attention: fixed, so the split boundaries depend on the row's position alone.
+inline constexpr int64_t kPagedAttentionChunkKeys = 256;
 
-// The pool and block tables shared by both calls. Position j of sequence s is slot j % block_positions of
+// The pool and block tables shared by every call. Position j of sequence s is slot j % block_positions of
 // block block_table[s * max_blocks_per_seq + j / block_positions].
 struct PagedKvLayout {
-  float* k_pool = nullptr;             // [n_blocks, n_kv_heads, block_positions, head_dim] (one layer)
-  float* v_pool = nullptr;             // [n_blocks, n_kv_heads, block_positions, head_dim]
+  void* k_pool = nullptr;              // [n_blocks, n_kv_heads, block_positions, head_dim] of dtype (one layer)
+  void* v_pool = nullptr;              // [n_blocks, n_kv_heads, block_positions, head_dim] of dtype
   const int32_t* block_table = nullptr;  // device [n_seqs, max_blocks_per_seq]
   int64_t max_blocks_per_seq = 0;
   int64_t block_positions = 16;
   int n_kv_heads = 1;
   int head_dim = 64;                   // <= kPagedAttentionMaxHeadDim
+  KvDType dtype = KvDType::F32;
 };
 
-struct PagedKvStoreArgs {
+// Splits the fused QKV projection of each row: the query rotated (in place, or to q_out), the key rotated
+// and stored, the value stored, each at the row's own position. Rotary semantics as rotary_kv_append
+// (RotaryMode, theta, position_scale, rotary_dim; angles in double).
+struct PagedRotaryStoreArgs {
   PagedKvLayout kv;
-  const float* k = nullptr;            // [n_rows, n_kv_heads, head_dim], rows k_stride floats apart
-  int64_t k_stride = 0;
-  const float* v = nullptr;            // [n_rows, n_kv_heads, head_dim], rows v_stride floats apart
-  int64_t v_stride = 0;
+  float* qkv = nullptr;                // [n_rows, qkv_stride]: q [n_heads, head_dim], k, v [n_kv_heads, head_dim]
+  int64_t qkv_stride = 0;
+  float* q_out = nullptr;              // [n_rows, n_heads, head_dim], or nullptr: q rotated in place in qkv
+  float* k_out = nullptr;              // [n_rows, n_kv_heads, head_dim] or nullptr (debugging output)
   const int32_t* row_seq = nullptr;       // device [n_rows]
   const int32_t* row_position = nullptr;  // device [n_rows]
   int64_t n_rows = 0;
+  int n_heads = 1;
+  RotaryMode mode = RotaryMode::RotateHalf;
+  int rotary_dim = 0;                  // even, <= head_dim
+  float theta = 10000.0f;
+  float position_scale = 1.0f;
   cudaStream_t stream = nullptr;
 };
 
 struct PagedAttentionArgs {
   PagedKvLayout kv;
-  const float* q = nullptr;            // [n_rows, n_heads, head_dim]
+  const float* q = nullptr;            // [n_rows, n_heads, head_dim], rows q_stride floats apart
+  int64_t q_stride = 0;                // 0: n_heads * head_dim (set qkv_stride to read q in place from the QKV rows)
   float* out = nullptr;                // [n_rows, n_heads, head_dim]
   const int32_t* row_seq = nullptr;       // device [n_rows]
   const int32_t* row_position = nullptr;  // device [n_rows]: a row sees its sequence's keys [0, position]
@@ -47,12 +63,18 @@ struct PagedAttentionArgs {
   float scale = 0.125f;
   int64_t window = 0;                  // > 0: a row at p sees keys in (p - window, p]
   const float* alibi_slopes = nullptr;  // device [n_heads] or nullptr: score += slope[h] * (key - p)
+  // Split the keys of each row into chunks of kPagedAttentionChunkKeys (many blocks per row, then a merge):
+  // partial holds paged_attention_partial_floats(...) floats. nullptr: one block walks a row's keys.
+  float* partial = nullptr;
+  int64_t max_keys = 0;                // > 0: every row position < max_keys (fewer split blocks); 0: the layout's capacity
   cudaStream_t stream = nullptr;
 };
 
-void paged_kv_store(const PagedKvStoreArgs& args);
-// One thread block per (row, kv head, group of its query heads) walks the row's keys in order, so a row's
-// output never depends on the other rows of the call.
+void paged_rotary_kv_store(const PagedRotaryStoreArgs& args);
+// Floats of the partial buffer for n_rows rows whose positions stay below max_keys.
+size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim, int64_t max_keys);
+// A row's output never depends on the other rows of the call: its split boundaries are fixed multiples of
+// kPagedAttentionChunkKeys, and it is computed alike whatever the batch holds.
 void paged_attention(const PagedAttentionArgs& args);
 
 }  // namespace kiln::cuda

@@ -1,11 +1,13 @@
 // Rotary position embedding fused with the KV append: splits one fused QKV projection into rotated
-// queries (to the workspace) and rotated keys plus values (straight into the KV cache). The CUDA twin
-// of kernels/cpu/rotary.h followed by kv_append.
+// queries (to the workspace) and rotated keys plus values (straight into the KV cache, f32 or f16). The
+// CUDA twin of kernels/cpu/rotary.h followed by kv_append.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+
+#include "kernels/cuda/kv_dtype.h"
 
 namespace kiln::cuda {
 
@@ -22,8 +24,9 @@ struct RotaryAppendArgs {
   int64_t qkv_stride = 0;
   float* q_out = nullptr;          // [n_tokens, n_heads, head_dim]
   float* k_out = nullptr;          // [n_tokens, n_kv_heads, head_dim] or nullptr (debugging output)
-  float* k_cache = nullptr;        // [n_kv_heads, kv_stride, head_dim] (one layer)
-  float* v_cache = nullptr;        // [n_kv_heads, kv_stride, head_dim]
+  void* k_cache = nullptr;         // [n_kv_heads, kv_stride, head_dim] of kv_dtype (one layer)
+  void* v_cache = nullptr;         // [n_kv_heads, kv_stride, head_dim] of kv_dtype
+  KvDType kv_dtype = KvDType::F32; // f16: keys and values rounded to nearest once, after the rotation
   int64_t kv_stride = 0;           // positions per head in the cache
   const int32_t* first_position = nullptr;  // device scalar; first_position + n_tokens <= kv_stride (the caller checks)
   int64_t n_tokens = 0;

@@ -1,18 +1,33 @@
-// Decode speed of the batched CPU backend against the single-sequence one (run by hand, not by ctest):
-//   bench_batch_decode MODEL.kiln [n_sequences=16] [n_decode=32] [n_threads=0]
-// Each sequence prefills a 32-token prompt, then all decode together; the figure is generated tokens
-// per second over the decode steps, next to one sequence decoding alone on CpuBackend.
+// Batched generation speed against single-sequence decode (run by hand, not by ctest):
+//   bench_batch_decode MODEL.kiln [--device cpu|cuda] [-s SEQUENCES=16] [-p PROMPT=32] [-n NEW=32] [-t THREADS=0]
+//                      [-b STEP_TOKENS=512] [-r MATMUL_ROWS=64] [--kv-f16] [--no-single] [--profile]
+// Every sequence's prompt runs first, in steps of up to STEP_TOKENS rows; then all sequences decode together,
+// one row each a step, logits for every row. Prints prompt and generated tokens per second of the batch
+// backend (the generated figure is the decode steps' alone), next to one sequence decoding alone on the
+// device's single-sequence backend, and the time of a decode step that asks no logits (what copying the
+// logits to the host costs is the difference). CUDA only: -r sets the rows of every matmul call, --profile
+// times the stages of a few more decode steps (summed over layers). The rows on the GPU (models from `kiln convert --synthetic`):
+//   bench_batch_decode smollm2-135m.kiln --device cuda -s 64 -p 64 -n 128
+//   bench_batch_decode llama2-7b.kiln --device cuda -s 32 -p 64 -n 64
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/backend.h"
 #include "engine/batch_backend.h"
 #include "engine/error.h"
 #include "engine/kiln_file.h"
+#ifdef KILN_HAVE_CUDA
+#include "engine/cuda_backend.h"
+#include "engine/cuda_batch_backend.h"
+#endif
 
 namespace {
 
@@ -22,64 +37,162 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+struct Args {
+  std::string model, device = "cpu";
+  int64_t n_seqs = 16, n_prompt = 32, n_decode = 32, step_tokens = 512;
+  int64_t matmul_rows = 64;
+  int n_threads = 0;
+  bool kv_f16 = false, single = true, profile = false;
+};
+
+Args parse(int argc, char** argv) {
+  KILN_CHECK(argc >= 2, "usage: {} MODEL.kiln [--device cpu|cuda] [-s SEQUENCES] [-p PROMPT] [-n NEW] [-t THREADS] "
+             "[-b STEP_TOKENS] [--kv-f16]", argv[0]);
+  Args a;
+  a.model = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--kv-f16") a.kv_f16 = true;
+    else if (flag == "--no-single") a.single = false;
+    else if (flag == "--profile") a.profile = true;
+    if (flag == "--kv-f16" || flag == "--no-single" || flag == "--profile") continue;
+    KILN_CHECK(i + 1 < argc, "{} needs a value", flag);
+    const char* value = argv[++i];
+    if (flag == "--device") a.device = value;
+    else if (flag == "-s") a.n_seqs = std::atoll(value);
+    else if (flag == "-p") a.n_prompt = std::atoll(value);
+    else if (flag == "-n") a.n_decode = std::atoll(value);
+    else if (flag == "-t") a.n_threads = std::atoi(value);
+    else if (flag == "-b") a.step_tokens = std::atoll(value);
+    else if (flag == "-r") a.matmul_rows = std::atoll(value);
+    else kiln::fail("unknown flag '{}'", flag);
+  }
+  KILN_CHECK(a.device == "cpu" || a.device == "cuda", "--device '{}' is not cpu or cuda", a.device);
+  KILN_CHECK(a.n_seqs >= 1 && a.n_prompt >= 1 && a.n_decode >= 1 && a.step_tokens >= a.n_seqs,
+             "sequences, prompt and new tokens must be positive, and -b at least the sequences");
+  return a;
+}
+
+std::unique_ptr<kiln::Backend> single_backend(const Args& a, const kiln::KilnFile& file,
+                                              const kiln::BackendOptions& options) {
+#ifdef KILN_HAVE_CUDA
+  if (a.device == "cuda") return kiln::make_cuda_backend(file, options);
+#endif
+  KILN_CHECK(a.device == "cpu", "this build has no CUDA");
+  return kiln::make_cpu_backend(file, options);
+}
+
+std::unique_ptr<kiln::BatchBackend> batch_backend(const Args& a, const kiln::KilnFile& file,
+                                                  const kiln::BatchBackendOptions& options,
+                                                  const std::shared_ptr<kiln::StageTimer>& timer) {
+#ifdef KILN_HAVE_CUDA
+  kiln::CudaBatchOptions cuda;
+  cuda.kv_f16 = a.kv_f16;
+  cuda.matmul_rows = a.matmul_rows;
+  cuda.stage_timer = timer;
+  if (a.device == "cuda") return kiln::make_cuda_batch_backend(file, options, cuda);
+#endif
+  KILN_CHECK(a.device == "cpu", "this build has no CUDA");
+  return kiln::make_cpu_batch_backend(file, options);
+}
+
 int run(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s MODEL.kiln [n_sequences=16] [n_decode=32] [n_threads=0]\n", argv[0]);
-    return 2;
-  }
-  const int64_t n_seqs = argc > 2 ? std::atoll(argv[2]) : 16;
-  const int64_t n_decode = argc > 3 ? std::atoll(argv[3]) : 32;
-  const int n_threads = argc > 4 ? std::atoi(argv[4]) : 0;
-  const int64_t n_prompt = 32;
-  const kiln::KilnFile file = kiln::KilnFile::open(argv[1]);
-  const int64_t n_vocab = file.config().n_vocab;
+  const Args a = parse(argc, argv);
+  const kiln::KilnFile file = kiln::KilnFile::open(a.model);
+  constexpr int64_t kBare = 8, kProfiled = 4;  // decode steps without logits, then timed ones, after the others
+  const int64_t n_vocab = file.config().n_vocab, n_ctx = a.n_prompt + a.n_decode + kBare + kProfiled;
   auto token_at = [&](int64_t seq, int64_t i) { return int32_t((seq * 7919 + i * 104729 + 13) % n_vocab); };
+  std::vector<float> logits(size_t(n_vocab * std::max(a.n_seqs, a.n_prompt)));
 
-  // One sequence alone.
-  kiln::BackendOptions single_options;
-  single_options.n_ctx = n_prompt + n_decode;
-  single_options.n_threads = n_threads;
-  auto single = kiln::make_cpu_backend(file, single_options);
-  std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
-  for (int64_t i = 0; i < n_prompt; ++i) prompt[size_t(i)] = token_at(0, i);
-  std::vector<float> logits(size_t(n_vocab * n_seqs));
-  single->forward(prompt.data(), n_prompt, 0, logits.data(), false);
-  Clock::time_point start = Clock::now();
-  for (int64_t i = 0; i < n_decode; ++i) {
-    const int32_t token = token_at(0, n_prompt + i);
-    single->forward(&token, 1, n_prompt + i, logits.data(), false);
+  double single_tps = 0;
+  if (a.single) {  // one sequence alone
+    kiln::BackendOptions options;
+    options.n_ctx = n_ctx;
+    options.n_threads = a.n_threads;
+    auto single = single_backend(a, file, options);
+    std::vector<int32_t> prompt(static_cast<size_t>(a.n_prompt));
+    for (int64_t i = 0; i < a.n_prompt; ++i) prompt[size_t(i)] = token_at(0, i);
+    single->forward(prompt.data(), a.n_prompt, 0, logits.data(), false);
+    const Clock::time_point start = Clock::now();
+    for (int64_t i = 0; i < a.n_decode; ++i) {
+      const int32_t token = token_at(0, a.n_prompt + i);
+      single->forward(&token, 1, a.n_prompt + i, logits.data(), false);
+    }
+    single_tps = double(a.n_decode) / seconds_since(start);
   }
-  const double single_tps = double(n_decode) / seconds_since(start);
 
-  // n_seqs sequences together.
   kiln::BatchBackendOptions options;
-  options.n_ctx = n_prompt + n_decode;
-  options.max_sequences = n_seqs;
-  options.max_step_tokens = std::max<int64_t>(n_seqs, n_prompt);
-  options.n_threads = n_threads;
-  auto batch = kiln::make_cpu_batch_backend(file, options);
+  options.n_ctx = n_ctx;
+  options.max_sequences = a.n_seqs;
+  options.max_step_tokens = a.step_tokens;
+  options.kv_bytes = 0;  // the CUDA backend sizes it; the CPU one needs a size
+  if (a.device == "cpu") options.kv_bytes = uint64_t(a.n_seqs * n_ctx) * 2 * uint64_t(file.config().n_layers *
+                                            file.config().kv_dim()) * sizeof(float) + (uint64_t(64) << 20);
+  options.n_threads = a.n_threads;
+  auto timer = std::make_shared<kiln::StageTimer>();
+  std::map<std::string, double> stage_us;  // summed over layers and the profiled steps
+  timer->on_stage = [&](std::string_view stage, int, double us) { stage_us[std::string(stage)] += us; };
+  auto batch = batch_backend(a, file, options, timer);
+  for (int32_t s = 0; s < a.n_seqs; ++s)
+    if (!batch->reserve(s, n_ctx)) throw kiln::Error("the KV pool is too small for the benchmark");
+
+  // Prompts: steps of up to step_tokens rows, chunks of the prompts in order, logits for each last row.
   std::vector<kiln::BatchToken> rows;
   std::vector<int32_t> logit_rows;
-  for (int32_t s = 0; s < n_seqs; ++s) {
-    if (!batch->reserve(s, n_prompt + n_decode)) throw kiln::Error("the KV pool is too small for the benchmark");
-    rows.clear();
-    for (int32_t i = 0; i < n_prompt; ++i) rows.push_back({token_at(s, i), s, i});
-    const int32_t last = int32_t(n_prompt - 1);
-    batch->forward(rows.data(), n_prompt, &last, 1, logits.data());
-  }
-  start = Clock::now();
-  for (int64_t i = 0; i < n_decode; ++i) {
+  Clock::time_point start = Clock::now();
+  for (int64_t s = 0, fed = 0; s < a.n_seqs;) {
     rows.clear();
     logit_rows.clear();
-    for (int32_t s = 0; s < n_seqs; ++s) {
-      rows.push_back({token_at(s, n_prompt + i), s, int32_t(n_prompt + i)});
-      logit_rows.push_back(s);
+    while (s < a.n_seqs && int64_t(rows.size()) < a.step_tokens) {
+      const int64_t n = std::min(a.n_prompt - fed, a.step_tokens - int64_t(rows.size()));
+      for (int64_t i = 0; i < n; ++i, ++fed) rows.push_back({token_at(s, fed), int32_t(s), int32_t(fed)});
+      if (fed == a.n_prompt) {
+        logit_rows.push_back(int32_t(rows.size() - 1));
+        ++s;
+        fed = 0;
+      }
     }
-    batch->forward(rows.data(), n_seqs, logit_rows.data(), n_seqs, logits.data());
+    batch->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
   }
-  const double batch_tps = double(n_decode * n_seqs) / seconds_since(start);
-  std::printf("single: %.1f t/s; %lld sequences batched: %.1f t/s (%.2fx)\n", single_tps,
-              static_cast<long long>(n_seqs), batch_tps, batch_tps / single_tps);
+  const double prompt_s = seconds_since(start);
+
+  auto decode = [&](int64_t first, int64_t n_steps, bool with_logits) {
+    const Clock::time_point begin = Clock::now();
+    for (int64_t i = first; i < first + n_steps; ++i) {
+      rows.clear();
+      logit_rows.clear();
+      for (int32_t s = 0; s < a.n_seqs; ++s) {
+        rows.push_back({token_at(s, a.n_prompt + i), s, int32_t(a.n_prompt + i)});
+        logit_rows.push_back(s);
+      }
+      batch->forward(rows.data(), a.n_seqs, logit_rows.data(), with_logits ? a.n_seqs : 0, logits.data());
+    }
+    return seconds_since(begin);
+  };
+  const double decode_s = decode(0, a.n_decode, true);
+  const double bare_s = decode(a.n_decode, kBare, false);
+  if (a.profile) {
+    timer->enabled = true;
+    decode(a.n_decode + kBare, kProfiled, true);
+    timer->enabled = false;
+  }
+  const double batch_tps = double(a.n_decode * a.n_seqs) / decode_s;
+  std::printf("%s %s: %lld sequences x (%lld prompt + %lld new): prompt %.0f t/s, generated %.0f t/s (%.2f ms a "
+              "step, %.2f ms without logits), end to end %.0f generated t/s; one sequence alone: %.1f t/s (batch "
+              "%.1fx; 0: not run)\n",
+              std::string(batch->name()).c_str(), file.config().architecture.c_str(),
+              static_cast<long long>(a.n_seqs), static_cast<long long>(a.n_prompt),
+              static_cast<long long>(a.n_decode), double(a.n_seqs * a.n_prompt) / prompt_s, batch_tps,
+              decode_s * 1e3 / double(a.n_decode), bare_s * 1e3 / double(kBare),
+              double(a.n_decode * a.n_seqs) / (prompt_s + decode_s), single_tps, batch_tps / single_tps);
+  if (!stage_us.empty()) {
+    double total = 0;
+    for (const auto& [stage, us] : stage_us) total += us;
+    std::printf("decode step by stage (each stage ends with the named tensor; layers summed), %.0f us a step:\n",
+                total / kProfiled);
+    for (const auto& [stage, us] : stage_us)
+      std::printf("  %-12s %8.1f us %5.1f%%\n", stage.c_str(), us / kProfiled, 100 * us / total);
+  }
   return 0;
 }
 

@@ -183,6 +183,34 @@ TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
   }
 }
 
+// An f16 KV cache rounds each key and value once (2^-11 relative): fed the f32 cache's greedy tokens,
+// its logits stay within 2% of their scale of the f32 cache's, step by step.
+TEST_P(CudaParity, F16KvCacheFollowsTheF32One) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const auto refs = load_reference(GetParam());
+  const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
+  CudaOptions f16;
+  f16.kv_f16 = true;
+  auto f32_cache = make_cuda_backend(model.config, weights, options_with(512));
+  auto f16_cache = make_cuda_backend(model.config, weights, options_with(512), f16);
+  std::vector<float> a;
+  const std::vector<int32_t> tokens = greedy(*f32_cache, prompt, 30, &a);
+  const int64_t n_vocab = model.config.n_vocab;
+  std::vector<float> b(size_t(n_vocab) * tokens.size());
+  f16_cache->forward(prompt.data(), int64_t(prompt.size()), 0, b.data(), false);
+  for (size_t i = 0; i + 1 < tokens.size(); ++i)
+    f16_cache->forward(&tokens[i], 1, int64_t(prompt.size() + i), b.data() + (i + 1) * size_t(n_vocab), false);
+  ASSERT_EQ(a.size(), b.size());
+  float scale = 1.0f;
+  for (float v : a) scale = std::max(scale, std::fabs(v));
+  const float diff = max_abs_diff(a, b);
+  EXPECT_LE(diff, 2e-2f * scale);
+  EXPECT_GT(diff, 0.0f) << "the f16 cache gave the f32 one's logits bit for bit: was it used?";
+}
+
 // Prefill of k tokens (cache only), then one token at a time, gives the logits of one pass over all
 // tokens (GEMM and GEMV sum in different orders: 5e-5); rewinding recomputes from the earlier position.
 TEST_P(CudaParity, DecodeMatchesOnePass) {

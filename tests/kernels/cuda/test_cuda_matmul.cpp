@@ -1,22 +1,34 @@
 // cuda::matmul against matmul_reference (double, weights dequantized exactly) for every weight dtype,
 // over odd shapes, on both paths: GEMV (<= 8 tokens, vector and element-wise loads, with and without
-// the fused input norm) and cuBLAS GEMM (more tokens).
+// the fused input norm, the residual and gated epilogues) and cuBLAS GEMM (more tokens).
 //
 // Tolerances, per output y = sum_k w_k x_k with S = sum_k |w_k x_k| and u = 2^-24:
-//   GEMV, every dtype: the weights widen to f32 exactly (int8: q * fp16 scale is exact in f32), so only
-//     f32 summation remains: 2 (n_in + 8) u S.
-//   GEMM: f32 weights, an f32 GEMM (no TF32): the same bound. f16 weights: x rounds to f16, 2^-11 S
-//     more; bf16: x splits into two bf16 terms, off by 2^-16 (2^-15 S allowed); int8: the weight and x
-//     round to f16, 2 * 2^-11 S more.
+//   GEMV, f32/f16/bf16: the weights widen to f32 exactly, so only f32 summation remains: 2 (n_in + 8) u S.
+//   GEMV, int8: x is quantized per weight group as kernels/cpu/quantize.h does, which moves y by at most
+//     sum over groups of (x scale / 2) * sum |w| (that header's bound), plus the summation above. Against
+//     the CPU's int8 matmul, which quantizes the same way, only the order of the f32 sums differs: with
+//     T = sum over groups of |w scale * x scale| * sum |q_w q_x|, 2 (n_in / 32 + n_groups + 16) u T.
+//   GEMM: f32 weights, an f32 GEMM (no TF32): the same bound as the GEMV. f16 weights: x rounds to f16,
+//     2^-11 S more; bf16: x splits into two bf16 terms, off by 2^-16 (2^-15 S allowed); int8: the weight
+//     and x round to f16, 2 * 2^-11 S more.
 //   With the input norm, x itself carries the norm's error, a few 1e-6 relative: 1e-5 S more.
+//   Bias and residual add one rounding each: 4 u (|bias| + |residual| + |y|).
+//   Gated: y = act(g) * up from g and up within e_g and e_up as above: |act'| <= 1.2 (SiLU, GELU) gives
+//     1.2 e_g |up| + |act(g)| e_up, plus the activation's own 4e-6 |y| + 1e-6 (test_cuda_activation).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <memory>
 #include <vector>
 
 #include "engine/error.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/norm.h"
+#include "kernels/cpu/quantize.h"
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/cuda/matmul.h"
 #include "tests/kernels/cuda/weight_fixture.h"
 
@@ -25,11 +37,12 @@ namespace {
 
 constexpr int64_t kMaxTokens = 40;
 constexpr int64_t kMaxIn = 4096;
+constexpr int64_t kMaxGatedOut = 2048;
 
 // The GEMM context for every case: its workspace fits the largest shapes below.
 struct Gemm {
-  cuda::DeviceBuffer workspace{cuda::gemm_workspace_bytes(kMaxTokens, kMaxIn, 600 * 4096)};
-  cuda::GemmContext context{workspace.data(), workspace.bytes(), kMaxTokens, kMaxIn, 600 * 4096};
+  cuda::DeviceBuffer workspace{cuda::gemm_workspace_bytes(kMaxTokens, kMaxIn, 600 * 4096, kMaxGatedOut)};
+  cuda::GemmContext context{workspace.data(), workspace.bytes(), kMaxTokens, kMaxIn, 600 * 4096, kMaxGatedOut};
 };
 
 // The largest of 128, 64, ..., 1 that divides n_in (int8 group sizes).
@@ -49,23 +62,119 @@ double extra_for(DType dtype, bool gemm) {
   }
 }
 
+enum class Residual { None, Separate, InPlace };
+
 struct Case {
   DType dtype;
   int64_t n_out, n_in, n_tokens, group_size;
   bool generic = false;
   bool norm = false;
   NormKind norm_kind = NormKind::Rms;
+  Residual residual = Residual::None;
+  bool gated = false;
+  Activation act = Activation::Silu;
+  bool x_unaligned = false;  // x one float past a 16-byte boundary
 };
 
-void check(Gemm& gemm, const Case& c, uint32_t seed) {
+cuda::Activation to_cuda(Activation a) {
+  switch (a) {
+    case Activation::Gelu: return cuda::Activation::Gelu;
+    case Activation::GeluTanh: return cuda::Activation::GeluTanh;
+    case Activation::Relu: return cuda::Activation::Relu;
+    default: return cuda::Activation::Silu;
+  }
+}
+
+// x quantized on the CPU (the scalar level), as the int8 matmul does it.
+struct HostQuantized {
+  std::vector<unsigned char> buffer;
+  QuantizedActivations qa;
+  HostQuantized(const std::vector<float>& x, int64_t n_tokens, int64_t n_in, int64_t group_size)
+      : buffer(quantized_activations_bytes(n_tokens, n_in, group_size) + 64) {
+    void* aligned = buffer.data() + (64 - reinterpret_cast<uintptr_t>(buffer.data()) % 64) % 64;
+    qa = quantize_activations(x.data(), n_tokens, n_in, group_size, aligned, CpuLevel::Scalar);
+  }
+};
+
+// Per output [n_tokens, n_out]: the bound before bias and residual (see the top of the file).
+std::vector<double> product_bounds(const Case& c, const test::WeightFixture& w, const std::vector<float>& xin,
+                                   bool gemm_path) {
+  const double rel = 2 * double(c.n_in + 8) * test::kU + extra_for(c.dtype, gemm_path) + (c.norm ? 1e-5 : 0.0);
+  const bool quantized = c.dtype == DType::I8 && !gemm_path;
+  std::unique_ptr<HostQuantized> hq;
+  if (quantized) hq = std::make_unique<HostQuantized>(xin, c.n_tokens, c.n_in, c.group_size);
+  std::vector<double> bound(size_t(c.n_tokens * c.n_out));
+  std::vector<float> w_row(size_t(c.n_in));
+  for (int64_t r = 0; r < c.n_out; ++r) {
+    dequantize_row(w.view, r, w_row.data());
+    for (int64_t t = 0; t < c.n_tokens; ++t) {
+      double s = 0, q = 0, group_w = 0;
+      for (int64_t k = 0; k < c.n_in; ++k) {
+        s += std::fabs(double(w_row[size_t(k)]) * xin[size_t(t * c.n_in + k)]);
+        if (!quantized) continue;
+        group_w += std::fabs(double(w_row[size_t(k)]));
+        if ((k + 1) % c.group_size == 0) {
+          q += hq->qa.scale[t * hq->qa.n_groups + k / c.group_size] / 2 * group_w;
+          group_w = 0;
+        }
+      }
+      bound[size_t(t * c.n_out + r)] = rel * s + q * (1 + 1e-3);  // 1e-3: the rounding of q's own terms
+    }
+  }
+  return bound;
+}
+
+// The int8 GEMV against the CPU's int8 matmul on the same x (the GPU's own normalised x when the norm is
+// fused): both quantize x alike, so only the order of the f32 sums differs.
+void check_against_cpu_int8(const Case& c, const test::WeightFixture& w, const std::vector<float>& x_used,
+                            const std::vector<float>& y, const std::vector<float>& bias,
+                            const std::vector<float>& residual) {
+  ThreadPool pool(2);
+  std::vector<float> cpu(size_t(c.n_tokens * c.n_out));
+  matmul(w.view, x_used.data(), cpu.data(), c.n_tokens, pool);
+  const HostQuantized hq(x_used, c.n_tokens, c.n_in, c.group_size);
+  const auto* wq = reinterpret_cast<const int8_t*>(w.data.data());
+  const int64_t n_groups = c.n_in / c.group_size;
+  const double rel = 2 * double(c.n_in / 32 + n_groups + 16) * test::kU;
+  for (int64_t t = 0; t < c.n_tokens; ++t)
+    for (int64_t r = 0; r < c.n_out; ++r) {
+      double total = 0;  // T
+      for (int64_t g = 0; g < n_groups; ++g) {
+        double dot = 0;
+        for (int64_t k = g * c.group_size; k < (g + 1) * c.group_size; ++k)
+          dot += std::fabs(double(wq[r * c.n_in + k]) * hq.qa.q[t * hq.qa.k_pad + k]);
+        total += dot * std::fabs(double(fp16_to_fp32(w.scales[size_t(r * n_groups + g)])) *
+                                 hq.qa.scale[t * n_groups + g]);
+      }
+      const size_t i = size_t(t * c.n_out + r);
+      double want = double(cpu[i]) + bias[size_t(r)];
+      if (c.residual != Residual::None) want += residual[i];
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(y[i])) << "token " << t << " row " << r << ": the CPU gives nan";
+        continue;
+      }
+      const double res = c.residual != Residual::None ? std::fabs(residual[i]) : 0.0;
+      const double tol = rel * total + 4 * test::kU * (std::fabs(bias[size_t(r)]) + res + std::fabs(want));
+      ASSERT_NEAR(y[i], want, tol) << "against the CPU int8 matmul: token " << t << " row " << r;
+    }
+}
+
+void check(Gemm& gemm, const Case& c, uint32_t seed, const std::vector<float>* x_given = nullptr) {
   SCOPED_TRACE(testing::Message() << dtype_name(c.dtype) << " [" << c.n_out << ", " << c.n_in << "] x " << c.n_tokens
                                   << " tokens, group " << c.group_size << (c.generic ? " generic" : "")
-                                  << (c.norm ? (c.norm_kind == NormKind::Rms ? " +rms" : " +layernorm") : ""));
+                                  << (c.norm ? (c.norm_kind == NormKind::Rms ? " +rms" : " +layernorm") : "")
+                                  << (c.residual == Residual::Separate  ? " +residual"
+                                      : c.residual == Residual::InPlace ? " +residual in place"
+                                                                        : "")
+                                  << (c.gated ? " gated" : ""));
   const auto w = test::make_weight(c.dtype, c.n_out, c.n_in, c.group_size, seed);
-  const auto x = test::random_floats(size_t(c.n_tokens * c.n_in), seed + 1, -1.0f, 1.0f);
+  const auto x =
+      x_given != nullptr ? *x_given : test::random_floats(size_t(c.n_tokens * c.n_in), seed + 1, -1.0f, 1.0f);
   const auto bias = test::random_floats(size_t(c.n_out), seed + 2);
   const auto nw = test::random_floats(size_t(c.n_in), seed + 3, 0.5f, 1.5f);
   const auto nb = test::random_floats(size_t(c.n_in), seed + 4, -0.5f, 0.5f);
+  const int64_t n_y = c.gated ? c.n_out / 2 : c.n_out;
+  const auto residual = test::random_floats(size_t(c.n_tokens * n_y), seed + 5, -4.0f, 4.0f);
 
   std::vector<float> xin = x;  // what the product sees: x, or its norm
   if (c.norm) {
@@ -75,15 +184,22 @@ void check(Gemm& gemm, const Case& c, uint32_t seed) {
   std::vector<float> ref(size_t(c.n_tokens * c.n_out));
   matmul_reference(w.view, xin.data(), ref.data(), c.n_tokens);
 
-  const auto d_x = test::to_device(x), d_bias = test::to_device(bias), d_nw = test::to_device(nw),
+  std::vector<float> x_dev = x;
+  if (c.x_unaligned) x_dev.insert(x_dev.begin(), 0.0f);
+  const auto d_x = test::to_device(x_dev), d_bias = test::to_device(bias), d_nw = test::to_device(nw),
              d_nb = test::to_device(nb);
-  const auto d_y = test::to_device(std::vector<float>(ref.size(), NAN));
+  const auto d_y =
+      test::to_device(c.residual == Residual::InPlace ? residual : std::vector<float>(residual.size(), NAN));
+  const auto d_res = test::to_device(residual);
   const auto d_xn = test::to_device(std::vector<float>(x.size(), NAN));
   cuda::MatmulArgs a;
   a.weight = w.device;
-  a.x = d_x.as<float>();
+  a.x = d_x.as<float>() + (c.x_unaligned ? 1 : 0);
   a.y = d_y.as<float>();
   a.bias = d_bias.as<float>();
+  if (c.residual == Residual::Separate) a.residual = d_res.as<float>();
+  if (c.residual == Residual::InPlace) a.residual = d_y.as<float>();
+  a.gated = {c.gated, to_cuda(c.act)};
   a.n_tokens = c.n_tokens;
   a.gemm = &gemm.context;
   a.force_generic = c.generic;
@@ -95,25 +211,44 @@ void check(Gemm& gemm, const Case& c, uint32_t seed) {
     a.norm.out = d_xn.as<float>();
   }
   cuda::matmul(a);
-  const auto y = test::to_host<float>(d_y, ref.size());
+  const auto y = test::to_host<float>(d_y, residual.size());
 
   const bool gemm_path = c.n_tokens > cuda::kGemvMaxTokens;
-  const double rel = 2 * double(c.n_in + 8) * test::kU + extra_for(c.dtype, gemm_path) + (c.norm ? 1e-5 : 0.0);
-  std::vector<float> w_row(size_t(c.n_in));
-  for (int64_t r = 0; r < c.n_out; ++r) {
-    dequantize_row(w.view, r, w_row.data());
-    for (int64_t t = 0; t < c.n_tokens; ++t) {
-      double s = 0;
-      for (int64_t k = 0; k < c.n_in; ++k) s += std::fabs(double(w_row[size_t(k)]) * xin[size_t(t * c.n_in + k)]);
-      const size_t i = size_t(t * c.n_out + r);
-      ASSERT_NEAR(y[i], double(ref[i]) + bias[size_t(r)], rel * s + 4 * test::kU * std::fabs(bias[size_t(r)]))
-          << "token " << t << " row " << r;
+  const auto bound = product_bounds(c, w, xin, gemm_path);
+  std::vector<double> h(ref.size());  // the reference product with its bias
+  for (int64_t t = 0; t < c.n_tokens; ++t)
+    for (int64_t r = 0; r < c.n_out; ++r)
+      h[size_t(t * c.n_out + r)] = double(ref[size_t(t * c.n_out + r)]) + bias[size_t(r)];
+  for (int64_t t = 0; t < c.n_tokens; ++t)
+    for (int64_t j = 0; j < n_y; ++j) {
+      const size_t i = size_t(t * n_y + j), hi = size_t(t * c.n_out + j);
+      const double e = bound[hi] + 4 * test::kU * std::fabs(bias[size_t(j)]);
+      if (!c.gated) {
+        double want = h[hi];
+        if (c.residual != Residual::None) want += residual[i];
+        ASSERT_NEAR(y[i], want, e + 4 * test::kU * (std::fabs(residual[i]) + std::fabs(want)))
+            << "token " << t << " output " << j;
+        continue;
+      }
+      const size_t ui = hi + size_t(n_y);
+      const float gu[2] = {float(h[hi]), float(h[ui])};
+      float want = 0;
+      gated_activation_reference(gu, &want, 1, 1, c.act);
+      float act_g = 0;
+      const float g1[2] = {float(h[hi]), 1.0f};
+      gated_activation_reference(g1, &act_g, 1, 1, c.act);
+      const double e_up = bound[ui] + 4 * test::kU * std::fabs(bias[size_t(n_y + j)]);
+      const double tol = 1.2 * e * (std::fabs(h[ui]) + e_up) + std::fabs(act_g) * e_up + 4e-6 * std::fabs(want) + 1e-6 +
+                         2 * test::kU * std::fabs(want);
+      ASSERT_NEAR(y[i], want, tol) << "token " << t << " output " << j;
     }
-  }
+  std::vector<float> xn(x.size());
   if (c.norm) {
-    const auto xn = test::to_host<float>(d_xn, x.size());
-    for (size_t i = 0; i < xn.size(); ++i) ASSERT_NEAR(xn[i], xin[i], 1e-5 * (std::fabs(xin[i]) + 1)) << "norm at " << i;
+    xn = test::to_host<float>(d_xn, x.size());
+    for (size_t i = 0; i < xn.size(); ++i)
+      ASSERT_NEAR(xn[i], xin[i], 1e-5 * (std::fabs(xin[i]) + 1)) << "norm at " << i;
   }
+  if (c.dtype == DType::I8 && !gemm_path && !c.gated) check_against_cpu_int8(c, w, c.norm ? xn : x, y, bias, residual);
 }
 
 const std::pair<int64_t, int64_t> kShapes[] = {{1, 16}, {7, 48}, {33, 200}, {128, 576}, {577, 1000}, {64, 4096},
@@ -125,7 +260,7 @@ TEST(CudaMatmul, EveryDtypeAndShapeMatchesReference) {
   uint32_t seed = 1;
   for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I8})
     for (auto [n_out, n_in] : kShapes)
-      for (int64_t n_tokens : {1, 2, 5, 8, 9, 16, 33})
+      for (int64_t n_tokens : {1, 2, 3, 5, 8, 9, 16, 33})
         check(gemm, {dtype, n_out, n_in, n_tokens, group_for(n_in, 32)}, seed++);
 }
 
@@ -151,10 +286,105 @@ TEST(CudaMatmul, FusedInputNorm) {
   Gemm gemm;
   uint32_t seed = 3000;
   for (NormKind kind : {NormKind::Rms, NormKind::Layer})
-    for (DType dtype : {DType::F32, DType::F16, DType::I8})
+    for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I8})
       for (auto [n_out, n_in] : {std::pair<int64_t, int64_t>{96, 576}, {40, 4096}, {33, 200}})
-        for (int64_t n_tokens : {1, 3, 8, 9})  // 8 x 4096 does not fit shared memory: the separate norm runs
-          check(gemm, {dtype, n_out, n_in, n_tokens, group_for(n_in, 32), false, true, kind}, seed++);
+        for (int64_t n_tokens : {1, 3, 8, 9})
+          check(gemm, {dtype, n_out, n_in, n_tokens, group_for(n_in, 64), false, true, kind}, seed++);
+}
+
+// 8 tokens of 8192 or 16384 inputs do not fit shared memory together: the GEMV runs in several passes.
+TEST(CudaMatmul, TokensInSeveralPasses) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 3500;
+  for (DType dtype : {DType::F16, DType::I8})
+    for (int64_t n_in : {8192, 16384})
+      for (bool norm : {false, true}) check(gemm, {dtype, 24, n_in, 8, 64, false, norm}, seed++);
+}
+
+// x off the 16-byte alignment: the GEMV stages it element by element instead of reading float4s.
+TEST(CudaMatmul, UnalignedInput) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 3700;
+  for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I8})
+    for (auto [n_out, n_in] : {std::pair<int64_t, int64_t>{64, 576}, {7, 48}})
+      for (int64_t n_tokens : {1, 3}) {
+        Case c{dtype, n_out, n_in, n_tokens, group_for(n_in, 16)};
+        c.x_unaligned = true;
+        check(gemm, c, seed++);
+      }
+}
+
+TEST(CudaMatmul, ResidualEpilogue) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 4000;
+  for (Residual res : {Residual::Separate, Residual::InPlace})
+    for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I8})
+      for (auto [n_out, n_in] : {std::pair<int64_t, int64_t>{96, 576}, {577, 1000}, {9, 198}})
+        for (int64_t n_tokens : {1, 4, 8, 9})
+          for (bool generic : {false, true}) {
+            Case c{dtype, n_out, n_in, n_tokens, group_for(n_in, 64), generic};
+            c.residual = res;
+            c.norm = n_tokens == 4;
+            check(gemm, c, seed++);
+          }
+}
+
+TEST(CudaMatmul, GatedEpilogue) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 5000;
+  for (Activation act : {Activation::Silu, Activation::Gelu, Activation::GeluTanh, Activation::Relu})
+    for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I8})
+      for (auto [n_out, n_in] : {std::pair<int64_t, int64_t>{2 * 96, 576}, {2 * 577, 1000}, {2, 48}, {2 * 9, 198}})
+        for (int64_t n_tokens : {1, 3, 8, 9})
+          for (bool generic : {false, true}) {
+            if (generic && act != Activation::Silu) continue;
+            Case c{dtype, n_out, n_in, n_tokens, group_for(n_in, 64), generic};
+            c.gated = true;
+            c.act = act;
+            c.norm = n_tokens == 3;
+            check(gemm, c, seed++);
+          }
+}
+
+// Values exactly halfway between two int8 steps (max|x| = 127, so x * 127 / max|x| is x): both backends
+// round them to even. A one-step difference would move y by ~1/(30 n_in) of S, far above the bound.
+TEST(CudaMatmul, Int8QuantizationTiesRoundToEven) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  for (int64_t n_tokens : {1, 4}) {
+    const int64_t n_in = 64;
+    std::vector<float> x(size_t(n_tokens * n_in));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = i % 16 == 0 ? 127.0f : float(int(i * 7 % 41) - 20) + 0.5f;
+    for (bool generic : {false, true}) check(gemm, {DType::I8, 33, n_in, n_tokens, 16, generic}, 6000, &x);
+  }
+}
+
+// An inf in one group poisons that token's outputs (a nan scale), as on the CPU; other tokens are finite.
+TEST(CudaMatmul, Int8NonFiniteInputPoisonsItsToken) {
+  KILN_REQUIRE_GPU();
+  const int64_t n_in = 256, n_out = 17, n_tokens = 3;
+  const auto w = test::make_weight(DType::I8, n_out, n_in, 64, 7);
+  auto x = test::random_floats(size_t(n_tokens * n_in), 8);
+  x[size_t(n_in + 70)] = std::numeric_limits<float>::infinity();
+  const auto d_x = test::to_device(x);
+  const auto d_y = test::to_device(std::vector<float>(size_t(n_tokens * n_out)));
+  for (bool generic : {false, true}) {
+    cuda::MatmulArgs a;
+    a.weight = w.device;
+    a.x = d_x.as<float>();
+    a.y = d_y.as<float>();
+    a.n_tokens = n_tokens;
+    a.force_generic = generic;
+    cuda::matmul(a);
+    const auto y = test::to_host<float>(d_y, size_t(n_tokens * n_out));
+    for (int64_t t = 0; t < n_tokens; ++t)
+      for (int64_t r = 0; r < n_out; ++r)
+        EXPECT_EQ(std::isnan(y[size_t(t * n_out + r)]), t == 1) << "token " << t << " row " << r;
+  }
 }
 
 TEST(CudaMatmul, RejectsBadArguments) {
@@ -171,6 +401,20 @@ TEST(CudaMatmul, RejectsBadArguments) {
   const auto d_y = test::to_device(std::vector<float>(20 * 4));
   a.x = d_x.as<float>();
   a.y = d_y.as<float>();
+  EXPECT_THROW(cuda::matmul(a), Error);
+  a.n_tokens = 1;
+  a.gated.enabled = true;
+  a.residual = d_y.as<float>();  // gated and residual together
+  EXPECT_THROW(cuda::matmul(a), Error);
+  const auto odd = test::make_weight(DType::F16, 3, 64, 0, 1);
+  a.weight = odd.device;  // gated needs an even number of rows
+  a.residual = nullptr;
+  EXPECT_THROW(cuda::matmul(a), Error);
+  Gemm gemm;
+  const auto big = test::make_weight(DType::F16, 2 * kMaxGatedOut + 2, 64, 0, 1);
+  a.weight = big.device;  // more gated rows than the GEMM context's buffer holds
+  a.n_tokens = 20;
+  a.gemm = &gemm.context;
   EXPECT_THROW(cuda::matmul(a), Error);
 }
 

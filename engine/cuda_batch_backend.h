@@ -1,0 +1,44 @@
+// The batched CUDA backend: the shared CUDA forward (cuda_forward.h) over rows of many sequences, with a
+// paged KV pool on the GPU (16-position blocks, the accounting in KvBlockTable). Each step uploads its
+// rows and the block tables in one copy, runs every matmul over all rows, stores each row's rotated keys
+// at its own position, and computes logits only for the rows asked, gathered before the LM head. A step
+// shape seen before (rows, logit rows, whether they need gathering: decode steps repeat theirs) replays a
+// CUDA graph captured the second time it comes.
+//
+// Batch invariance: a row's logits are bit for bit the same whatever else the step holds. Every matmul
+// runs as cuBLAS calls of one fixed shape (matmul_rows rows, the last call padded), so the library's
+// choice of algorithm never changes with the step; every other kernel computes a row from that row alone.
+#pragma once
+
+#include <memory>
+
+#include "engine/backend.h"
+#include "engine/batch_backend.h"
+
+namespace kiln {
+
+struct CudaBatchOptions {
+  int device = 0;         // CUDA device index
+  bool kv_f16 = false;    // the KV pool in f16: twice the positions in the same memory
+  bool use_graph = true;  // false: launch every kernel of every step one by one (for comparison)
+  // Rows of every matmul call (more than 8): fewer read the weights more often in long steps, more waste
+  // work on short ones. Rows are alike whatever the step only between backends of the same value.
+  int64_t matmul_rows = 64;
+  // Per-stage timing (as BackendOptions::stage_timer): a step run while it is enabled runs without its
+  // graph and reports each stage's time.
+  std::shared_ptr<StageTimer> stage_timer;
+};
+
+// options.kv_bytes: the pool's size (rounded down to whole blocks, and never more than max_sequences full
+// contexts); 0 takes 90% of what the GPU has free beside the weights and workspace. Throws kiln::Error when
+// no GPU is present or the weights, workspace and pool do not fit its free memory (the message gives the
+// bytes needed and free).
+[[nodiscard]] std::unique_ptr<BatchBackend> make_cuda_batch_backend(const KilnFile& file,
+                                                                    const BatchBackendOptions& options,
+                                                                    const CudaBatchOptions& cuda = {});
+// The weights' host views are only read during the call (they are copied to the device).
+[[nodiscard]] std::unique_ptr<BatchBackend> make_cuda_batch_backend(const ModelConfig& config, const Weights& weights,
+                                                                    const BatchBackendOptions& options,
+                                                                    const CudaBatchOptions& cuda = {});
+
+}  // namespace kiln

@@ -1,0 +1,535 @@
+#include "engine/cuda_forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <map>
+
+#include "engine/alibi.h"
+#include "engine/error.h"
+#include "engine/weights.h"
+#include "kernels/cuda/activation.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/norm.h"
+#include "kernels/cuda/residual.h"
+
+namespace kiln {
+
+using cuda::DeviceMatrix;
+
+// Plans the copies (offsets and sizes) first, so the memory check can run before anything is allocated.
+class WeightPlan {
+ public:
+  void vector(const float* host, int64_t n, const float** slot) {
+    if (host == nullptr) return;
+    add(host, size_t(n) * sizeof(float), [slot](const void* d) { *slot = static_cast<const float*>(d); });
+  }
+  void matrix(const TensorView& view, DeviceMatrix* slot) {
+    if (view.data == nullptr) return;
+    slot->dtype = view.dtype;
+    slot->rows = view.rows();
+    slot->cols = view.cols();
+    slot->group_size = view.group_size;
+    add(view.data, size_t(view.numel()) * dtype_bytes(view.dtype), [slot](const void* d) { slot->data = d; });
+    if (view.dtype == DType::I8) {
+      const size_t scale_bytes = size_t(view.rows()) * size_t(view.cols() / view.group_size) * sizeof(uint16_t);
+      add(view.scales, scale_bytes, [slot](const void* d) { slot->scales = static_cast<const uint16_t*>(d); });
+    }
+  }
+  uint64_t bytes() const { return total_; }
+  cuda::DeviceBuffer upload() {
+    cuda::DeviceBuffer buffer(total_);
+    char* base = buffer.as<char>();
+    for (const Entry& e : entries_) {
+      if (e.copy) KILN_CUDA_CHECK(cudaMemcpy(base + e.offset, e.host, e.bytes, cudaMemcpyHostToDevice));
+      e.set(base + e.offset);
+    }
+    return buffer;
+  }
+
+ private:
+  struct Entry {
+    const void* host;
+    size_t bytes, offset;
+    bool copy;
+    std::function<void(const void*)> set;
+  };
+  void add(const void* host, size_t bytes, std::function<void(const void*)> set) {
+    auto [it, fresh] = offsets_.try_emplace(host, total_);
+    entries_.push_back({host, bytes, it->second, fresh, std::move(set)});
+    if (fresh) total_ += (bytes + 255) / 256 * 256;
+  }
+  std::vector<Entry> entries_;
+  std::map<const void*, size_t> offsets_;
+  size_t total_ = 0;
+};
+
+namespace {
+
+bool is_gated(MlpKind mlp) { return mlp == MlpKind::SiluGated || mlp == MlpKind::GeluGated; }
+
+cuda::Activation activation_of(MlpKind mlp) {
+  switch (mlp) {
+    case MlpKind::SiluGated: return cuda::Activation::Silu;
+    case MlpKind::GeluGated: return cuda::Activation::Gelu;
+    case MlpKind::Gelu: return cuda::Activation::Gelu;
+    case MlpKind::GeluTanh: return cuda::Activation::GeluTanh;
+    case MlpKind::Relu: return cuda::Activation::Relu;
+  }
+  return cuda::Activation::Silu;
+}
+
+std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1 << 20)); }
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// The table without its first `offset` rows: row p of the result is row p + offset of m.
+DeviceMatrix rows_from(DeviceMatrix m, int64_t offset) {
+  m.rows -= offset;
+  m.data = static_cast<const char*>(m.data) + offset * m.cols * int64_t(dtype_bytes(m.dtype));
+  if (m.scales != nullptr) m.scales += offset * (m.cols / m.group_size);
+  return m;
+}
+
+}  // namespace
+
+void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows) {
+  KILN_CHECK(rows > cuda::kGemvMaxTokens, "a batch-invariant matmul takes more than {} rows a call, not {}",
+             cuda::kGemvMaxTokens, rows);
+  const int64_t n_in = args.weight.cols, n_out = args.weight.rows;
+  for (int64_t start = 0; start < args.n_tokens; start += rows) {
+    cuda::MatmulArgs chunk = args;
+    chunk.n_tokens = rows;
+    chunk.x = args.x + start * n_in;
+    chunk.y = args.y + start * n_out;
+    if (chunk.norm.enabled) chunk.norm.out = args.norm.out + start * n_in;
+    cuda::matmul(chunk);
+  }
+}
+
+cuda::RotaryMode cuda_rotary_mode(const ModelConfig& c) {
+  if (c.position != PositionKind::Rotary) return cuda::RotaryMode::None;
+  return c.rotary_style == RotaryStyle::Half ? cuda::RotaryMode::RotateHalf : cuda::RotaryMode::RotateEveryTwo;
+}
+
+float attention_scale_of(const ModelConfig& c) {
+  return c.attention_scale > 0 ? c.attention_scale : 1.0f / std::sqrt(float(c.head_dim));
+}
+
+void check_gpu_memory(int device, uint64_t weights, uint64_t kv, std::string_view kv_what, uint64_t workspace,
+                      int64_t rows, std::string_view advice) {
+  size_t free_bytes = 0, total_bytes = 0;
+  KILN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const uint64_t needed = weights + kv + workspace;
+  KILN_CHECK(needed <= free_bytes,
+             "the model needs {} of GPU memory ({} weights, {} {}, {} workspace for {} tokens a step) but GPU {} has "
+             "{} free of {}: {}",
+             mib(needed), mib(weights), mib(kv), kv_what, mib(workspace), rows, device, mib(free_bytes),
+             mib(total_bytes), advice);
+}
+
+int select_cuda_device(int device) {
+  KILN_CHECK(cuda::device_available(), "no CUDA GPU is available: use --device cpu");
+  int count = 0;
+  KILN_CUDA_CHECK(cudaGetDeviceCount(&count));
+  KILN_CHECK(device >= 0 && device < count, "CUDA device {} does not exist ({} present)", device, count);
+  KILN_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
+CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, const CudaForwardOptions& options)
+    : config_(config),
+      max_tokens_(options.max_tokens),
+      invariant_rows_(options.invariant_rows),
+      rows_(options.batched ? (options.max_tokens + invariant_rows_ - 1) / invariant_rows_ * invariant_rows_
+                            : options.max_tokens),
+      batched_(options.batched),
+      on_tensor_(options.on_tensor),
+      stage_timer_(options.stage_timer),
+      plan_(std::make_unique<WeightPlan>()) {
+  const ModelConfig& c = config_;
+  KILN_CHECK(int64_t(weights.layers.size()) == c.n_layers, "the weights hold {} layers, the config {}",
+             weights.layers.size(), c.n_layers);
+  KILN_CHECK(max_tokens_ >= 1 && max_tokens_ <= 65536, "the batch size {} is outside [1, 65536]", max_tokens_);
+  KILN_CHECK(!batched_ || (invariant_rows_ > cuda::kGemvMaxTokens && invariant_rows_ <= 4096),
+             "rows per batched matmul call {} are outside ({}, 4096]", invariant_rows_, cuda::kGemvMaxTokens);
+  KILN_CHECK(options.input_ints >= 0 && options.input_ints <= (int64_t(1) << 28), "{} input ints are out of range",
+             options.input_ints);
+
+  WeightPlan& up = *plan_;
+  up.matrix(weights.token_embd, &w_.token_embd);
+  up.matrix(weights.token_embd_proj, &w_.token_embd_proj);
+  up.matrix(weights.pos_embd, &w_.pos_embd);
+  up.matrix(weights.token_type_embd, &w_.token_type_embd);
+  up.vector(weights.token_embd_norm, c.dim, &w_.token_embd_norm);
+  up.vector(weights.token_embd_norm_bias, c.dim, &w_.token_embd_norm_bias);
+  w_.layers.resize(size_t(c.n_layers));
+  const int64_t up_rows = is_gated(c.mlp) ? 2 * c.ffn_dim : c.ffn_dim;
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    const LayerWeights& h = weights.layers[i];
+    CudaLayerWeights& d = w_.layers[i];
+    up.vector(h.attn_norm, c.dim, &d.attn_norm);
+    up.vector(h.attn_norm_bias, c.dim, &d.attn_norm_bias);
+    up.matrix(h.attn_qkv, &d.attn_qkv);
+    up.vector(h.attn_qkv_bias, c.qkv_dim(), &d.attn_qkv_bias);
+    up.matrix(h.attn_out, &d.attn_out);
+    up.vector(h.attn_out_bias, c.dim, &d.attn_out_bias);
+    up.vector(h.ffn_norm, c.dim, &d.ffn_norm);
+    up.vector(h.ffn_norm_bias, c.dim, &d.ffn_norm_bias);
+    up.matrix(h.ffn_up, &d.ffn_up);
+    up.vector(h.ffn_up_bias, up_rows, &d.ffn_up_bias);
+    up.matrix(h.ffn_down, &d.ffn_down);
+    up.vector(h.ffn_down_bias, c.dim, &d.ffn_down_bias);
+    for (const TensorView* m : {&h.attn_qkv, &h.attn_out, &h.ffn_up, &h.ffn_down})
+      if (m->dtype == DType::I8) gemm_int8_ = std::max(gemm_int8_, m->numel());
+  }
+  up.vector(weights.output_norm, c.dim, &w_.output_norm);
+  up.vector(weights.output_norm_bias, c.dim, &w_.output_norm_bias);
+  up.matrix(weights.output_proj, &w_.output_proj);
+  up.matrix(weights.output, &w_.output);
+  up.vector(weights.output_bias, c.n_vocab, &w_.output_bias);
+  for (const TensorView* m : {&weights.output, &weights.output_proj, &weights.token_embd_proj})
+    if (m->data != nullptr && m->dtype == DType::I8) gemm_int8_ = std::max(gemm_int8_, m->numel());
+  if (c.position == PositionKind::Alibi) {
+    alibi_ = kiln::alibi_slopes(int(c.n_heads));
+    up.vector(alibi_.data(), c.n_heads, &w_.alibi_slopes);
+  }
+  plan_workspace(options);
+}
+
+CudaForward::~CudaForward() = default;
+
+uint64_t CudaForward::weight_bytes() const { return plan_ ? plan_->bytes() : w_.storage.bytes(); }
+
+// Workspace layout: f32 activations for rows_ rows, the caller's attention scratch and inputs, GEMM space.
+void CudaForward::plan_workspace(const CudaForwardOptions& options) {
+  const ModelConfig& c = config_;
+  const auto R = size_t(rows_);
+  const int64_t up_rows = is_gated(c.mlp) ? 2 * c.ffn_dim : c.ffn_dim;
+  gemm_n_in_ = std::max({c.dim, c.q_dim(), c.ffn_dim, c.embd_dim()});
+  gemm_tokens_ = batched_ ? invariant_rows_ : max_tokens_ > cuda::kGemvMaxTokens ? max_tokens_ : 0;
+  gemm_bytes_ = gemm_tokens_ > 0 ? cuda::gemm_workspace_bytes(gemm_tokens_, gemm_n_in_, gemm_int8_) : 0;
+  const size_t floats[] = {R * size_t(c.dim),      R * size_t(c.dim),    R * size_t(c.qkv_dim()), R * size_t(c.q_dim()),
+                           R * size_t(c.kv_dim()), R * size_t(c.q_dim()), R * size_t(c.dim),       R * size_t(up_rows),
+                           R * size_t(c.ffn_dim),  R * size_t(c.dim),    R * size_t(c.projects_embedding() ? c.embd_dim() : 0),
+                           R * size_t(c.output_width()), options.attention_floats};
+  ws_offsets_.clear();
+  size_t bytes = 0;
+  for (size_t n : floats) {
+    ws_offsets_.push_back(bytes);
+    bytes += align256(n * sizeof(float));
+  }
+  ws_offsets_.push_back(bytes);  // inputs
+  bytes += align256(size_t(options.input_ints) * sizeof(int32_t));
+  ws_offsets_.push_back(bytes);  // GEMM space
+  ws_bytes_ = bytes + gemm_bytes_;
+}
+
+void CudaForward::allocate() {
+  KILN_CHECK(plan_ != nullptr, "the CUDA forward is already allocated");
+  w_.storage = plan_->upload();
+  plan_.reset();
+  alibi_.clear();
+  ws_.storage = cuda::DeviceBuffer(ws_bytes_);
+  // Padding rows of a batched matmul are read: let them hold zeros rather than whatever the memory held.
+  KILN_CUDA_CHECK(cudaMemset(ws_.storage.data(), 0, ws_bytes_));
+  char* base = ws_.storage.as<char>();
+  float** slots[] = {&ws_.x,  &ws_.xn,  &ws_.qkv,     &ws_.q,    &ws_.k,      &ws_.att,      &ws_.attn_proj,
+                     &ws_.up, &ws_.act, &ws_.ffn_out, &ws_.embd, &ws_.logits, &ws_.attention};
+  for (size_t i = 0; i < std::size(slots); ++i) *slots[i] = reinterpret_cast<float*>(base + ws_offsets_[i]);
+  ws_.inputs = reinterpret_cast<int32_t*>(base + ws_offsets_[std::size(slots)]);
+  ws_.gemm = base + ws_offsets_[std::size(slots) + 1];
+  if (gemm_bytes_ > 0)
+    gemm_ = std::make_unique<cuda::GemmContext>(ws_.gemm, gemm_bytes_, gemm_tokens_, gemm_n_in_, gemm_int8_);
+}
+
+bool CudaForward::begin_stage_timing() {
+  timing_ = stage_timer_ && stage_timer_->enabled;
+  if (timing_) {
+    stage_names_.clear();
+    stage_events_.start(stream());
+  }
+  return timing_;
+}
+
+void CudaForward::report_stage_times() {
+  if (!timing_) return;
+  timing_ = false;
+  const std::vector<float> ms = stage_events_.elapsed_ms();
+  for (size_t i = 0; i < ms.size() && i < stage_names_.size(); ++i)
+    stage_timer_->on_stage(stage_names_[i].first, stage_names_[i].second, double(ms[i]) * 1e3);
+}
+
+void CudaForward::run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv) {
+  KILN_CHECK(plan_ == nullptr, "the CUDA forward runs only after allocate()");
+  KILN_CHECK(n >= 1 && n <= max_tokens_, "a CUDA forward step takes 1 to {} tokens, not {}", max_tokens_, n);
+  embed(tokens, positions, n);
+  for (int64_t layer = 0; layer < config_.n_layers; ++layer) layer_forward(layer, n, kv);
+}
+
+void CudaForward::head(const float* hidden, int64_t rows) {
+  // output norm + LM head (an encoder returns the hidden states; the norm is fused into the GEMV input
+  // for a decode step)
+  const int64_t dim = config_.dim;
+  const bool fuse = config_.final_norm && config_.lm_head && !config_.projects_embedding();
+  const float* h = hidden;
+  if (config_.final_norm && !fuse) {
+    norm(hidden, w_.output_norm, w_.output_norm_bias, ws_.xn, rows);
+    h = ws_.xn;
+  }
+  if (!config_.lm_head) {
+    emit("result_norm", -1, h, rows * dim);
+    KILN_CUDA_CHECK(
+        cudaMemcpyAsync(ws_.logits, h, size_t(rows * dim) * sizeof(float), cudaMemcpyDeviceToDevice, stream()));
+    return;
+  }
+  if (config_.projects_embedding()) {
+    emit("result_norm", -1, h, rows * dim);
+    matmul(w_.output_proj, h, ws_.embd, nullptr, rows);
+    h = ws_.embd;
+  }
+  if (fuse) {
+    matmul(w_.output, hidden, ws_.logits, w_.output_bias, rows, input_norm(w_.output_norm, w_.output_norm_bias));
+    emit("result_norm", -1, ws_.xn, rows * dim);
+  } else {
+    if (!config_.projects_embedding()) emit("result_norm", -1, h, rows * dim);
+    matmul(w_.output, h, ws_.logits, w_.output_bias, rows);
+  }
+  emit("logits", -1, ws_.logits, rows * config_.n_vocab);
+}
+
+void CudaForward::embed(const int32_t* tokens, const int32_t* positions, int64_t n) {
+  cuda::EmbeddingArgs a;
+  a.token_embd = w_.token_embd;
+  if (config_.projects_embedding()) {  // narrow rows, then the projection in
+    cuda::EmbeddingArgs rows = a;
+    rows.tokens = tokens;
+    rows.first_position = positions;
+    rows.x = ws_.embd;
+    rows.n_tokens = n;
+    rows.stream = stream();
+    cuda::embedding(rows);
+    matmul(w_.token_embd_proj, ws_.embd, ws_.attn_proj, nullptr, n);  // attn_proj: free until attention
+    a.projected = ws_.attn_proj;
+  }
+  a.dim = config_.dim;
+  a.type_embd = w_.token_type_embd;  // every token has type 0
+  if (!batched_) a.pos_embd = w_.pos_embd;  // one sequence: its rows follow the first position
+  a.tokens = tokens;
+  a.first_position = positions;
+  a.position_offset = config_.position_offset;
+  a.scale = config_.embedding_scale;
+  a.x = ws_.x;
+  a.n_tokens = n;
+  a.stream = stream();
+  cuda::embedding(a);
+  if (batched_ && w_.pos_embd.data != nullptr) {
+    // Rows at their own positions: each position's row is looked up as a token would be, then added (the
+    // same sum, in the same order, as the one-kernel lookup).
+    cuda::EmbeddingArgs p;
+    p.token_embd = rows_from(w_.pos_embd, config_.position_offset);
+    p.tokens = positions;
+    p.first_position = positions;
+    p.x = ws_.ffn_out;  // free until the first MLP
+    p.n_tokens = n;
+    p.stream = stream();
+    cuda::embedding(p);
+    cuda::ResidualArgs r;
+    r.residual = ws_.x;
+    r.a = ws_.ffn_out;
+    r.n_tokens = n;
+    r.dim = config_.dim;
+    r.stream = stream();
+    cuda::residual_add_bias(r);
+  }
+  if (w_.token_embd_norm != nullptr) norm(ws_.x, w_.token_embd_norm, w_.token_embd_norm_bias, ws_.x, n);
+  emit("token_embd", -1, ws_.x, n * config_.dim);
+}
+
+void CudaForward::norm(const float* x, const float* weight, const float* bias, float* y, int64_t n) {
+  cuda::NormArgs a;
+  a.kind = config_.norm;
+  a.x = x;
+  a.weight = weight;
+  a.bias = bias;
+  a.y = y;
+  a.n_tokens = n;
+  a.dim = config_.dim;
+  a.eps = config_.norm_eps;
+  a.stream = stream();
+  cuda::norm(a);
+}
+
+// The residual and gated-activation epilogues serve decode steps of one sequence. Left out: the batch
+// backend (its rows go through fixed-size GEMMs) and a step whose stages are read one by one.
+bool CudaForward::fused_epilogues(int64_t n) const {
+  return !batched_ && !on_tensor_ && n <= cuda::kGemvMaxTokens;
+}
+
+// x += W · in + bias: the residual stream updated in the GEMV's epilogue.
+void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, const float* bias, int64_t n) {
+  cuda::MatmulArgs a;
+  a.weight = w;
+  a.x = in;
+  a.y = ws_.x;
+  a.residual = ws_.x;
+  a.bias = bias;
+  a.n_tokens = n;
+  a.gemm = gemm_.get();
+  a.stream = stream();
+  cuda::matmul(a);
+}
+
+cuda::InputNorm CudaForward::input_norm(const float* weight, const float* bias) const {
+  cuda::InputNorm n;
+  n.enabled = true;
+  n.kind = config_.norm;
+  n.weight = weight;
+  n.bias = bias;
+  n.eps = config_.norm_eps;
+  n.out = ws_.xn;
+  return n;
+}
+
+void CudaForward::matmul(const DeviceMatrix& w, const float* x, float* y, const float* bias, int64_t n,
+                         const cuda::InputNorm& norm, const cuda::GatedOutput& gated) {
+  cuda::MatmulArgs a;
+  a.weight = w;
+  a.x = x;
+  a.y = y;
+  a.bias = bias;
+  a.n_tokens = n;
+  a.norm = norm;
+  a.gated = gated;
+  a.gemm = gemm_.get();
+  a.stream = stream();
+  if (batched_) matmul_invariant(a, invariant_rows_);
+  else cuda::matmul(a);
+}
+
+void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
+  const ModelConfig& c = config_;
+  const CudaLayerWeights& w = w_.layers[size_t(layer)];
+  const int64_t dim = c.dim, q_dim = c.q_dim(), kv_dim = c.kv_dim(), qkv_dim = c.qkv_dim(), ffn = c.ffn_dim;
+  cudaStream_t s = stream();
+  float* x = ws_.x;
+  float* xn = ws_.xn;
+
+  // fused norm + QKV GEMM (a post-norm layer reads the residual stream as it is)
+  if (c.post_norm) {
+    matmul(w.attn_qkv, x, ws_.qkv, w.attn_qkv_bias, n);
+  } else {
+    matmul(w.attn_qkv, x, ws_.qkv, w.attn_qkv_bias, n, input_norm(w.attn_norm, w.attn_norm_bias));
+    emit("attn_norm", layer, xn, n * dim);
+  }
+  emit("qkv", layer, ws_.qkv, n * qkv_dim);
+
+  // rotary + KV append
+  kv.append(layer, ws_.qkv, ws_.q, on_tensor_ ? ws_.k : nullptr, n, s);
+  emit("q", layer, ws_.q, n * q_dim);
+  emit("k", layer, ws_.k, n * kv_dim);
+
+  // attention
+  kv.attend(layer, ws_.q, ws_.att, n, s);
+  emit("attn", layer, ws_.att, n * q_dim);
+
+  // output projection + residual (deferred to the end of the layer for a parallel residual); a decode
+  // step adds the residual in the GEMV's epilogue, a launch and a pass over x saved
+  const bool epilogues = fused_epilogues(n);
+  cuda::ResidualArgs res;
+  res.residual = x;
+  res.n_tokens = n;
+  res.dim = dim;
+  res.stream = s;
+  if (epilogues && !c.parallel_residual) {
+    matmul_into_residual(w.attn_out, ws_.att, w.attn_out_bias, n);
+  } else {
+    matmul(w.attn_out, ws_.att, ws_.attn_proj, nullptr, n);
+    emit("attn_out", layer, ws_.attn_proj, n * dim);
+    if (!c.parallel_residual) {
+      res.a = ws_.attn_proj;
+      res.a_bias = w.attn_out_bias;
+      cuda::residual_add_bias(res);
+    }
+  }
+  if (c.post_norm) {
+    norm(x, w.attn_norm, w.attn_norm_bias, x, n);
+    emit("attn_norm", layer, x, n * dim);
+  }
+
+  // norm + MLP GEMM + activation (with shared_layer_norm the MLP reads the attention's normed input)
+  const bool gated = is_gated(c.mlp);
+  const float* up_bias = gated ? w.ffn_up_bias : nullptr;  // the plain MLP adds its bias in the activation
+  // a gated decode step applies the activation in the GEMV's epilogue: ws_.act directly
+  const bool gate_in_epilogue = gated && epilogues;
+  float* up_out = gate_in_epilogue ? ws_.act : ws_.up;
+  const cuda::GatedOutput gate{gate_in_epilogue, activation_of(c.mlp)};
+  if (c.post_norm) {
+    matmul(w.ffn_up, x, up_out, up_bias, n, {}, gate);
+  } else {
+    if (c.shared_layer_norm) matmul(w.ffn_up, xn, up_out, up_bias, n, {}, gate);
+    else matmul(w.ffn_up, x, up_out, up_bias, n, input_norm(w.ffn_norm, w.ffn_norm_bias), gate);
+    emit("ffn_norm", layer, xn, n * dim);
+  }
+  float* hidden = ws_.up;
+  if (gate_in_epilogue) {
+    hidden = ws_.act;
+  } else if (gated) {
+    cuda::GatedActivationArgs g;
+    g.gate_up = ws_.up;
+    g.out = ws_.act;
+    g.n_tokens = n;
+    g.ffn = ffn;
+    g.act = activation_of(c.mlp);
+    g.stream = s;
+    cuda::gated_activation(g);
+    hidden = ws_.act;
+  } else {
+    cuda::BiasActivationArgs b;
+    b.x = ws_.up;
+    b.bias = w.ffn_up_bias;
+    b.n_tokens = n;
+    b.dim = ffn;
+    b.act = activation_of(c.mlp);
+    b.stream = s;
+    cuda::bias_activation(b);
+  }
+  emit("ffn_act", layer, hidden, n * ffn);
+
+  // down projection + residual
+  if (epilogues && !c.parallel_residual) {
+    matmul_into_residual(w.ffn_down, hidden, w.ffn_down_bias, n);
+  } else {
+    matmul(w.ffn_down, hidden, ws_.ffn_out, nullptr, n);
+    if (c.parallel_residual) {
+      res.a = ws_.attn_proj;
+      res.a_bias = w.attn_out_bias;
+      res.b = ws_.ffn_out;
+      res.b_bias = w.ffn_down_bias;
+    } else {
+      res.a = ws_.ffn_out;
+      res.a_bias = w.ffn_down_bias;
+    }
+    cuda::residual_add_bias(res);
+  }
+  if (c.post_norm) {
+    norm(x, w.ffn_norm, w.ffn_norm_bias, x, n);
+    emit("ffn_norm", layer, x, n * dim);
+  }
+  emit("layer_out", layer, x, n * dim);
+}
+
+void CudaForward::emit(const char* name, int64_t layer, const float* device_data, int64_t n) {
+  if (timing_) {
+    stage_events_.mark(stream());
+    stage_names_.emplace_back(name, int(layer));
+  }
+  if (!on_tensor_) return;
+  host_copy_.resize(size_t(n));
+  KILN_CUDA_CHECK(
+      cudaMemcpyAsync(host_copy_.data(), device_data, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, stream()));
+  stream_.synchronize();
+  on_tensor_(name, int(layer), host_copy_.data(), n);
+}
+
+}  // namespace kiln

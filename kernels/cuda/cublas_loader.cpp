@@ -1,0 +1,71 @@
+#include "kernels/cuda/cublas_loader.h"
+
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+
+#include <atomic>
+#include <string>
+
+#include "engine/error.h"
+
+namespace kiln::cuda {
+namespace {
+
+#define KILN_STR2(x) #x
+#define KILN_STR(x) KILN_STR2(x)
+constexpr const char* kLibrary = "libcublas.so." KILN_STR(CUBLAS_VER_MAJOR);
+
+std::atomic<bool> loaded{false};
+
+// The folder of the CUDA runtime this process runs with: cuBLAS ships beside it.
+std::string runtime_folder() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&cudaGetDeviceCount), &info) == 0 || info.dli_fname == nullptr) return {};
+  const std::string path = info.dli_fname;
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
+}
+
+void* open_library() {
+  void* handle = dlopen(kLibrary, RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const std::string beside_runtime = runtime_folder() + kLibrary;
+    handle = dlopen(beside_runtime.c_str(), RTLD_NOW | RTLD_LOCAL);
+  }
+  if (handle == nullptr)
+    fail("cannot load cuBLAS ({}): {}. Install the CUDA toolkit's cuBLAS {} (or add its folder to "
+         "LD_LIBRARY_PATH), or run on the CPU with --device cpu",
+         kLibrary, dlerror(), CUBLAS_VER_MAJOR);
+  return handle;
+}
+
+template <typename Fn>
+void resolve(void* handle, const char* name, Fn& out) {
+  void* symbol = dlsym(handle, name);
+  if (symbol == nullptr) fail("{} lacks the function {}: install cuBLAS {}", kLibrary, name, CUBLAS_VER_MAJOR);
+  out = reinterpret_cast<Fn>(symbol);
+}
+
+CublasApi load() {
+  void* handle = open_library();  // kept open for the life of the process
+  CublasApi api{};
+  resolve(handle, "cublasCreate_v2", api.create);
+  resolve(handle, "cublasDestroy_v2", api.destroy);
+  resolve(handle, "cublasSetStream_v2", api.set_stream);
+  resolve(handle, "cublasSetWorkspace_v2", api.set_workspace);
+  resolve(handle, "cublasGemmEx", api.gemm_ex);
+  resolve(handle, "cublasGetStatusString", api.status_string);
+  loaded = true;
+  return api;
+}
+
+}  // namespace
+
+const CublasApi& cublas() {
+  static const CublasApi api = load();  // a failed load throws and is retried by the next call
+  return api;
+}
+
+bool cublas_loaded() { return loaded; }
+
+}  // namespace kiln::cuda

@@ -1,0 +1,80 @@
+// The paged KV store of paged_attention.h: rows rotated at each row's own position, then stored
+// (paged_rotary_kv_store, the rotary device code of rotary_kv_append).
+#include <algorithm>
+
+#include "engine/error.h"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/kv_store.cuh"
+#include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/rotary_device.cuh"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kRotaryThreads = 256;
+
+// One block per row.
+template <RotaryMode kMode>
+__global__ void __launch_bounds__(kRotaryThreads) paged_rotary_kv_store_kernel(PagedRotaryStoreArgs a, RotaryShape shape) {
+  extern __shared__ float cs[];
+  const int64_t r = blockIdx.x;
+  const int64_t position = a.row_position[r];
+  const int32_t* table = a.kv.block_table + int64_t(a.row_seq[r]) * a.kv.max_blocks_per_seq;
+  float* row = a.qkv + r * a.qkv_stride;
+  const int n_heads = shape.n_heads, head_dim = shape.head_dim;
+  auto store_qk = [&](int slot, int d, float v) {
+    if (slot < n_heads) {
+      if (a.q_out != nullptr) a.q_out[(r * n_heads + slot) * head_dim + d] = v;
+      else row[slot * head_dim + d] = v;
+    } else {
+      const int h = slot - n_heads;
+      kv_store_value(a.kv.k_pool, a.kv.dtype, paged_slot_offset(a.kv, table, position, h) + d, v);
+      if (a.k_out != nullptr) a.k_out[(r * shape.n_kv_heads + h) * head_dim + d] = v;
+    }
+  };
+  auto store_v = [&](int h, int d, float v) {
+    kv_store_value(a.kv.v_pool, a.kv.dtype, paged_slot_offset(a.kv, table, position, h) + d, v);
+  };
+  rotary_row<kMode>(row, position, shape, a.q_out != nullptr, cs, store_qk, store_v);
+}
+
+template <RotaryMode kMode>
+void launch_rotary_store(const PagedRotaryStoreArgs& a) {
+  const RotaryShape shape{a.n_heads, a.kv.n_kv_heads, a.kv.head_dim, a.rotary_dim, double(a.theta),
+                          double(a.position_scale)};
+  const size_t shared = sizeof(float) * size_t(rotary_shared_floats(kMode, a.rotary_dim));
+  paged_rotary_kv_store_kernel<kMode><<<unsigned(a.n_rows), kRotaryThreads, shared, a.stream>>>(a, shape);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void check_paged_layout(const PagedKvLayout& kv, const char* what) {
+  KILN_CHECK(kv.n_kv_heads >= 1 && kv.n_kv_heads <= 65535 && kv.head_dim >= 1 &&
+                 kv.head_dim <= kPagedAttentionMaxHeadDim && kv.block_positions >= 1 && kv.max_blocks_per_seq >= 1,
+             "cuda {}: bad KV layout: {} kv heads, head_dim {} (at most {}), {} positions a block, {} blocks a "
+             "sequence",
+             what, kv.n_kv_heads, kv.head_dim, kPagedAttentionMaxHeadDim, kv.block_positions, kv.max_blocks_per_seq);
+  KILN_CHECK(kv.k_pool != nullptr && kv.v_pool != nullptr && kv.block_table != nullptr, "cuda {}: null pool or table",
+             what);
+}
+
+void paged_rotary_kv_store(const PagedRotaryStoreArgs& a) {
+  KILN_CHECK(a.n_rows >= 0 && a.n_rows < (int64_t(1) << 31), "cuda paged_rotary_kv_store: {} rows", a.n_rows);
+  if (a.n_rows == 0) return;
+  check_paged_layout(a.kv, "paged_rotary_kv_store");
+  KILN_CHECK(a.n_heads >= 1 && a.qkv_stride >= int64_t(a.n_heads + 2 * a.kv.n_kv_heads) * a.kv.head_dim,
+             "cuda paged_rotary_kv_store: qkv rows of {} values cannot hold {} + 2 x {} heads of {}", a.qkv_stride,
+             a.n_heads, a.kv.n_kv_heads, a.kv.head_dim);
+  check_rotary(a.mode, a.rotary_dim, a.kv.head_dim, a.theta, a.position_scale);
+  KILN_CHECK(a.qkv != nullptr && a.row_seq != nullptr && a.row_position != nullptr,
+             "cuda paged_rotary_kv_store: null qkv rows, sequences or positions");
+  switch (a.mode) {
+    case RotaryMode::None: launch_rotary_store<RotaryMode::None>(a); break;
+    case RotaryMode::RotateHalf: launch_rotary_store<RotaryMode::RotateHalf>(a); break;
+    case RotaryMode::RotateEveryTwo: launch_rotary_store<RotaryMode::RotateEveryTwo>(a); break;
+  }
+}
+
+}  // namespace kiln::cuda

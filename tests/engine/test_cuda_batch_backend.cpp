@@ -1,0 +1,349 @@
+// The batched CUDA backend on the tiny models: steps mixing prompt chunks of some sequences with decode
+// rows of others give each row the logits of the CPU batch backend running the same steps (every family,
+// f32 weights: 1e-4; f16: 1e-2) and bit for bit those of its sequence alone in the CUDA batch backend (every
+// weight dtype); greedy tokens equal the single-sequence CUDA backend's; sixteen sequences decode alike alone
+// and batched; the block pool's accounting never leaks over 1,000 sequences; bad steps throw kiln::Error
+// without changing anything; a pool larger than the GPU is refused naming the bytes needed and free. Skips
+// itself without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/batch_backend.h"
+#include "engine/cuda_backend.h"
+#include "engine/cuda_batch_backend.h"
+#include "engine/error.h"
+#include "engine/weights.h"
+#include "tests/engine/test_cuda_batch_util.h"
+#include "tests/engine/tiny_model.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace kiln::test {
+namespace {
+
+struct Tiny {
+  explicit Tiny(const char* name, DType dtype = DType::F32)
+      : model(load_tiny_model(name)), store(model, dtype), weights(bind_weights(model.config, store.lookup())) {}
+  TinyModel model;
+  TensorStore store;
+  Weights weights;
+};
+
+BatchBackendOptions small_batch(int64_t max_sequences, uint64_t kv_bytes = uint64_t(64) << 20) {
+  BatchBackendOptions options;
+  options.n_ctx = 256;
+  options.max_sequences = max_sequences;
+  options.max_step_tokens = 128;
+  options.kv_bytes = kv_bytes;
+  options.n_threads = 2;
+  return options;
+}
+
+// A step's rows: `count` next positions of sequence `seq`.
+struct Part {
+  int32_t seq;
+  int64_t count;
+};
+
+
+// Runs the steps over the sequences' tokens, asking logits for every row in reverse order.
+Logits run_steps(BatchBackend& batch, const std::vector<std::vector<int32_t>>& seqs,
+                 const std::vector<std::vector<Part>>& steps) {
+  const int64_t n_vocab = batch.config().n_vocab;
+  Logits out(seqs.size());
+  std::vector<int64_t> next(seqs.size(), 0);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    EXPECT_TRUE(batch.reserve(int32_t(s), int64_t(seqs[s].size())));
+    out[s].resize(seqs[s].size() * size_t(n_vocab));
+  }
+  for (const auto& step : steps) {
+    std::vector<BatchToken> rows;
+    for (const Part& part : step)
+      for (int64_t r = 0; r < part.count; ++r) {
+        const int64_t position = next[size_t(part.seq)]++;
+        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position)});
+      }
+    std::vector<int32_t> logit_rows(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) logit_rows[r] = int32_t(rows.size() - 1 - r);
+    std::vector<float> logits(rows.size() * size_t(n_vocab));
+    batch.forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(rows.size()), logits.data());
+    for (size_t l = 0; l < rows.size(); ++l) {
+      const BatchToken& row = rows[size_t(logit_rows[l])];
+      std::copy_n(logits.data() + l * size_t(n_vocab), n_vocab,
+                  out[size_t(row.seq)].data() + size_t(row.position) * size_t(n_vocab));
+    }
+  }
+  return out;
+}
+
+// Four sequences of 45, 38, 20 and 9 tokens (past the Mistral model's window of 24 and several blocks).
+std::vector<std::vector<int32_t>> four_sequences(int64_t n_vocab, uint32_t seed) {
+  std::vector<std::vector<int32_t>> seqs;
+  for (int64_t length : {45, 38, 20, 9}) seqs.push_back(random_tokens(length, n_vocab, seed++));
+  return seqs;
+}
+
+const std::vector<std::vector<Part>> kMixedSteps = {
+    {{0, 20}},                          // a prompt chunk alone
+    {{0, 1}, {1, 30}},                  // a decode row, then another prompt's chunk
+    {{1, 7}, {0, 1}, {2, 12}},          // a chunk between decode rows
+    {{2, 1}, {0, 1}, {1, 1}, {3, 8}},
+    {{0, 1}}, {{0, 1}, {2, 1}},
+    {{0, 20}, {3, 1}, {2, 6}},          // a chunk far past the window
+};
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  return a.size() == b.size() ? worst : INFINITY;
+}
+
+class CudaBatchParity : public ::testing::TestWithParam<const char*> {};
+
+// The same steps on the CPU batch backend: f32 weights part only by f32 rounding in another order; f16
+// weights also by the GEMM's rounding of activations to f16.
+TEST_P(CudaBatchParity, MixedStepsMatchTheCpuBatchBackend) {
+  KILN_REQUIRE_GPU();
+  for (const auto& [dtype, tolerance] : {std::pair{DType::F32, 1e-4f}, std::pair{DType::F16, 1e-2f}}) {
+    SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(dtype));
+    const Tiny tiny(GetParam(), dtype);
+    const ModelConfig& c = tiny.model.config;
+    const auto seqs = four_sequences(c.n_vocab, 11);
+    auto cpu = make_cpu_batch_backend(c, tiny.weights, small_batch(4));
+    auto gpu = make_cuda_batch_backend(c, tiny.weights, small_batch(4));
+    const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      const float diff = max_abs_diff(got[s], want[s]);
+      std::printf("%s %s sequence %zu: max abs %.2e vs CPU\n", GetParam(), std::string(dtype_name(dtype)).c_str(), s,
+                  diff);
+      EXPECT_LE(diff, tolerance) << "sequence " << s;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, CudaBatchParity,
+                         ::testing::Values("llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2",
+                                           "gpt2", "gptneox", "gptj", "bloom", "opt", "opt_post_ln"));
+
+// Each sequence alone in its own CUDA batch backend, all its positions in one step.
+Logits alone_in_batch_backend(const ModelConfig& c, const Weights& weights,
+                              const std::vector<std::vector<int32_t>>& seqs) {
+  Logits want;
+  for (const auto& seq : seqs) {
+    auto alone = make_cuda_batch_backend(c, weights, small_batch(1));
+    want.push_back(run_steps(*alone, {seq}, {{{0, int64_t(seq.size())}}})[0]);
+  }
+  return want;
+}
+
+// Every weight dtype: a row's logits are bit for bit those of its sequence alone, whatever the step mixes in.
+class CudaBatchInvariance : public ::testing::TestWithParam<DType> {};
+
+TEST_P(CudaBatchInvariance, RowsMatchTheSequenceAloneBitForBit) {
+  KILN_REQUIRE_GPU();
+  for (const char* name : {"llama_gqa_tied", "gpt2", "bloom"}) {  // rotary, learned positions, ALiBi
+    SCOPED_TRACE(name);
+    const Tiny tiny(name, GetParam());
+    const ModelConfig& c = tiny.model.config;
+    const auto seqs = four_sequences(c.n_vocab, 21);
+    const Logits want = alone_in_batch_backend(c, tiny.weights, seqs);
+    auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4));
+    const Logits got = run_steps(*batch, seqs, kMixedSteps);
+    for (size_t s = 0; s < seqs.size(); ++s)
+      EXPECT_EQ(std::memcmp(got[s].data(), want[s].data(), got[s].size() * sizeof(float)), 0) << "sequence " << s;
+  }
+}
+
+std::string dtype_test_name(const ::testing::TestParamInfo<DType>& info) { return std::string(dtype_name(info.param)); }
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaBatchInvariance,
+                         ::testing::Values(DType::F32, DType::F16, DType::BF16, DType::I8), dtype_test_name);
+
+// f32 weights: the batch's GEMM and the single backend's GEMV sum in other orders (about 1e-6 apart), far
+// inside the models' top-1 margins.
+TEST(CudaBatchBackend, GreedyTokensEqualTheSingleSequenceBackend) {
+  KILN_REQUIRE_GPU();
+  for (const char* name : {"llama_gqa_tied", "mistral_swa", "gptneox", "opt"}) {
+    SCOPED_TRACE(name);
+    const Tiny tiny(name);
+    const ModelConfig& c = tiny.model.config;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int64_t length : {8, 30, 3, 17}) prompts.push_back(random_tokens(length, c.n_vocab, uint32_t(40 + length)));
+    BackendOptions single_options;
+    single_options.n_ctx = 256;
+    auto single = make_cuda_backend(c, tiny.weights, single_options);
+    auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4));
+    const auto got = greedy_batched(*batch, prompts, 40, 16);
+    for (size_t s = 0; s < prompts.size(); ++s)
+      EXPECT_EQ(got[s], greedy_single(*single, prompts[s], 40)) << "prompt " << s;
+  }
+}
+
+// Sixteen prompts (f16 weights) decoded together, in steps whose rows cross the matmul's 64-row calls,
+// give each the tokens and, bit for bit, the logits it gets decoding alone.
+TEST(CudaBatchBackend, SixteenSequencesDecodeAsAlone) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("llama_gqa_tied", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  std::vector<std::vector<int32_t>> prompts;
+  for (uint32_t i = 0; i < 16; ++i) prompts.push_back(random_tokens(5 + i * 7 % 40, c.n_vocab, 100 + i));
+  auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(16));
+  Logits batched_logits;
+  const auto batched = greedy_batched(*batch, prompts, 48, 100, &batched_logits);
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    auto alone = make_cuda_batch_backend(c, tiny.weights, small_batch(1));
+    Logits alone_logits;
+    EXPECT_EQ(greedy_batched(*alone, {prompts[s]}, 48, 100, &alone_logits)[0], batched[s]) << "prompt " << s;
+    ASSERT_EQ(alone_logits[0].size(), batched_logits[s].size());
+    EXPECT_EQ(std::memcmp(alone_logits[0].data(), batched_logits[s].data(), alone_logits[0].size() * sizeof(float)), 0)
+        << "prompt " << s;
+  }
+}
+
+// Steps replayed from captured graphs compute what their launches compute, bit for bit.
+TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("qwen2", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  std::vector<std::vector<int32_t>> prompts;
+  for (uint32_t i = 0; i < 6; ++i) prompts.push_back(random_tokens(3 + i * 5, c.n_vocab, 200 + i));
+  CudaBatchOptions launches;
+  launches.use_graph = false;
+  auto with_graphs = make_cuda_batch_backend(c, tiny.weights, small_batch(6));
+  auto without = make_cuda_batch_backend(c, tiny.weights, small_batch(6), launches);
+  Logits a, b;
+  EXPECT_EQ(greedy_batched(*with_graphs, prompts, 30, 12, &a), greedy_batched(*without, prompts, 30, 12, &b));
+  for (size_t s = 0; s < prompts.size(); ++s)
+    EXPECT_EQ(std::memcmp(a[s].data(), b[s].data(), a[s].size() * sizeof(float)), 0) << "prompt " << s;
+}
+
+// A pool of exactly `blocks` blocks for the model (f32 keys and values).
+uint64_t pool_bytes(const ModelConfig& c, int64_t blocks) {
+  return uint64_t(blocks) * 2 * uint64_t(c.n_layers * c.kv_dim()) * 16 * sizeof(float);
+}
+
+// 1,000 short sequences through 6 slots and a pool of 9 blocks: a finished sequence's slot and blocks are
+// taken at once by the next. Every 25th sequence's last logits are checked against the CPU backend running
+// it alone, so reused blocks hold no stale keys; at the end every block is free again.
+TEST(CudaBatchBackend, ThousandSequencesLeakNoBlock) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("llama_gqa_tied");
+  const ModelConfig& c = tiny.model.config;
+  auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(6, pool_bytes(c, 9)));
+  ASSERT_EQ(batch->free_blocks(), 9);
+  BackendOptions cpu_options;
+  cpu_options.n_ctx = 64;
+  cpu_options.n_threads = 2;
+  auto cpu = make_cpu_backend(c, tiny.weights, cpu_options);
+  std::mt19937 rng(7);
+  struct Running {
+    int64_t id = -1;
+    std::vector<int32_t> tokens;
+    int64_t done = 0;
+  };
+  std::vector<Running> slots(6);
+  int64_t started = 0, finished = 0, checked = 0;
+  std::vector<float> logits, want(size_t(c.n_vocab));
+  while (finished < 1000) {
+    for (size_t s = 0; s < slots.size(); ++s) {  // refill free slots while blocks last
+      if (slots[s].id >= 0 || started == 1000) continue;
+      const int64_t length = std::uniform_int_distribution<int64_t>(1, 40)(rng);
+      if (!batch->reserve(int32_t(s), length)) break;
+      slots[s] = {started, random_tokens(length, c.n_vocab, uint32_t(1000 + started)), 0};
+      ++started;
+    }
+    std::vector<BatchToken> rows;
+    std::vector<int32_t> logit_rows;
+    for (size_t s = 0; s < slots.size(); ++s) {
+      Running& run = slots[s];
+      if (run.id < 0) continue;
+      const int64_t n = std::min<int64_t>(run.done == 0 ? 7 : 1, int64_t(run.tokens.size()) - run.done);
+      for (int64_t i = 0; i < n; ++i, ++run.done)
+        rows.push_back({run.tokens[size_t(run.done)], int32_t(s), int32_t(run.done)});
+      if (run.done == int64_t(run.tokens.size()) && run.id % 25 == 0) logit_rows.push_back(int32_t(rows.size() - 1));
+    }
+    ASSERT_FALSE(rows.empty());
+    logits.resize(logit_rows.size() * size_t(c.n_vocab));
+    batch->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
+    for (size_t l = 0; l < logit_rows.size(); ++l) {
+      const Running& run = slots[size_t(rows[size_t(logit_rows[l])].seq)];
+      cpu->forward(run.tokens.data(), int64_t(run.tokens.size()), 0, want.data(), false);
+      for (int64_t v = 0; v < c.n_vocab; ++v)
+        ASSERT_NEAR(logits[l * size_t(c.n_vocab) + size_t(v)], want[size_t(v)], 1e-4f) << "sequence " << run.id;
+      ++checked;
+    }
+    for (size_t s = 0; s < slots.size(); ++s)
+      if (slots[s].id >= 0 && slots[s].done == int64_t(slots[s].tokens.size())) {
+        batch->release(int32_t(s));
+        slots[s].id = -1;
+        ++finished;
+      }
+  }
+  EXPECT_EQ(checked, 40);
+  EXPECT_EQ(batch->free_blocks(), 9);
+}
+
+constexpr int32_t kRow0 = 0;
+
+TEST(CudaBatchBackend, RejectsBadStepsChangingNothing) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("llama_gqa_tied");
+  const ModelConfig& c = tiny.model.config;
+  auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(3));
+  ASSERT_TRUE(batch->reserve(0, 20) && batch->reserve(1, 20));
+  const BatchToken prompt[] = {{5, 0, 0}, {6, 0, 1}, {7, 1, 0}};
+  batch->forward(prompt, 3, nullptr, 0, nullptr);
+  std::vector<float> logits(size_t(c.n_vocab));
+  auto expect_error = [&](std::vector<BatchToken> rows) {
+    EXPECT_THROW(batch->forward(rows.data(), int64_t(rows.size()), &kRow0, 1, logits.data()), Error);
+  };
+  expect_error({{8, 0, 3}});                        // a gap: sequence 0 holds 2 positions
+  expect_error({{8, 0, 1}});                        // a rewind
+  expect_error({{8, 0, 2}, {9, 1, 1}, {9, 0, 3}});  // sequence 0's rows apart
+  expect_error({{int32_t(c.n_vocab), 0, 2}});       // outside the vocabulary
+  expect_error({{8, 3, 0}});                        // no such slot
+  expect_error({{8, 2, 0}});                        // nothing reserved for slot 2
+
+  // None of them changed the pool: the sequences go on from where they were, as on the CPU.
+  const BatchToken next[] = {{8, 0, 2}, {9, 1, 1}};
+  const int32_t both[] = {0, 1};
+  std::vector<float> got(2 * size_t(c.n_vocab)), want(2 * size_t(c.n_vocab));
+  batch->forward(next, 2, both, 2, got.data());
+  auto cpu = make_cpu_batch_backend(c, tiny.weights, small_batch(3));
+  ASSERT_TRUE(cpu->reserve(0, 20) && cpu->reserve(1, 20));
+  cpu->forward(prompt, 3, nullptr, 0, nullptr);
+  cpu->forward(next, 2, both, 2, want.data());
+  EXPECT_LE(max_abs_diff(got, want), 1e-4f);
+}
+
+TEST(CudaBatchBackend, RefusesEncodersAndPoolsLargerThanTheGpu) {
+  KILN_REQUIRE_GPU();
+  const Tiny bert("bert");
+  EXPECT_THROW((void)make_cuda_batch_backend(bert.model.config, bert.weights, small_batch(2)), Error);
+
+  // 16384 slots of 65,536 positions would take 2^26 blocks of 8 KiB: 512 GiB.
+  const Tiny tiny("llama_gqa_tied");
+  BatchBackendOptions huge = small_batch(16384, ~uint64_t(0));
+  huge.n_ctx = 65536;
+  try {
+    (void)make_cuda_batch_backend(tiny.model.config, tiny.weights, huge);
+    FAIL() << "a 512 GiB KV pool was accepted";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("of GPU memory"), std::string::npos) << message;
+    EXPECT_NE(message.find("KV pool of 67108864 blocks"), std::string::npos) << message;
+    EXPECT_NE(message.find(" free of "), std::string::npos) << message;
+  }
+  // 0: what the GPU has free, capped by what the slots can use (4 x 256 positions: 64 blocks).
+  auto fitted = make_cuda_batch_backend(tiny.model.config, tiny.weights, small_batch(4, 0));
+  EXPECT_EQ(fitted->free_blocks(), 64);
+}
+
+}  // namespace
+}  // namespace kiln::test
