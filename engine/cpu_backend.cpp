@@ -32,7 +32,9 @@ class ContiguousKv final : public KvStore {
 
 CpuBackend::CpuBackend(const ModelConfig& config, const Weights& weights, const BackendOptions& options)
     : cache_(make_kv_cache(config, context_size(config, weights, options.n_ctx), options.max_kv_bytes)),
-      forward_(config, weights, options.max_batch, cache_.n_ctx, options.n_threads, options.on_tensor) {}
+      // No step holds more tokens than the context: a short context needs no larger workspace.
+      forward_(config, weights, std::min(options.max_batch, cache_.n_ctx), cache_.n_ctx, options.n_threads,
+               options.on_tensor) {}
 
 void CpuBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                          bool all_logits) {
