@@ -20,6 +20,14 @@
 namespace kiln {
 namespace {
 
+// Waits for input on fd for at most 100 ms: poll's result. A waiting reader checks its Ctrl-C flag between
+// waits: the signal's handler may run on another thread (the CPU backend's pool), or just before the
+// wait began, and then never interrupts it.
+int poll_input(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 100);
+}
+
 void strip_line_ending(std::string& line) {
   while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
 }
@@ -55,10 +63,9 @@ class StreamReader final : public LineReader {
   bool fill() {
     for (;;) {
       if (interrupted_ && interrupted_->exchange(false)) return false;
-      // poll, unlike read, returns on a signal even when the handler asks for restarts.
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, -1) < 0) {
-        KILN_CHECK(errno == EINTR, "cannot read the input: {}", std::strerror(errno));
+      const int ready = poll_input(fd_);
+      if (ready <= 0) {  // a signal or the recheck interval: look at the flag again
+        KILN_CHECK(ready == 0 || errno == EINTR, "cannot read the input: {}", std::strerror(errno));
         continue;
       }
       char chunk[1 << 16];
@@ -155,11 +162,9 @@ class TerminalReader final : public LineReader {
         *out = 0x03;
         return 1;
       }
-      pollfd p{STDIN_FILENO, POLLIN, 0};
-      if (::poll(&p, 1, -1) < 0) {
-        if (errno == EINTR) continue;
-        return -1;
-      }
+      const int ready = poll_input(STDIN_FILENO);
+      if (ready == 0 || (ready < 0 && errno == EINTR)) continue;
+      if (ready < 0) return -1;
       const ssize_t n = ::read(STDIN_FILENO, bytes + n_bytes, 1);
       if (n == 0) return 0;
       if (n < 0) {
