@@ -21,28 +21,12 @@
 #include "engine/paged_kv_cache.h"
 #include "engine/weights.h"
 #include "tests/convert/kiln_file_fixture.h"
+#include "tests/engine/batch_backend_test_util.h"
 #include "tests/engine/tiny_model.h"
 #include "tests/model_paths.h"
 
 namespace kiln::test {
 namespace {
-
-std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, int32_t(n_vocab - 1));
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
-  for (auto& t : tokens) t = dist(rng);
-  return tokens;
-}
-
-// A tiny model fixture with its weights bound.
-struct Tiny {
-  explicit Tiny(const char* name, DType dtype = DType::F32)
-      : model(load_tiny_model(name)), store(model, dtype), weights(bind_weights(model.config, store.lookup())) {}
-  TinyModel model;
-  TensorStore store;
-  Weights weights;
-};
 
 // Every position's logits of the sequence run alone: [n, n_vocab].
 std::vector<float> alone(const ModelConfig& c, const Weights& weights, const std::vector<int32_t>& tokens) {
@@ -55,50 +39,20 @@ std::vector<float> alone(const ModelConfig& c, const Weights& weights, const std
   return logits;
 }
 
-BatchBackendOptions small_batch(int64_t max_sequences, uint64_t kv_bytes = uint64_t(64) << 20) {
-  BatchBackendOptions options;
-  options.n_ctx = 256;
-  options.max_sequences = max_sequences;
-  options.max_step_tokens = 64;
-  options.kv_bytes = kv_bytes;
-  options.n_threads = 2;
-  return options;
-}
-
-// A step's rows: `count` next positions of sequence `seq`.
-struct Part {
-  int32_t seq;
-  int64_t count;
-};
-
 // Runs the steps over the sequences' tokens (logits for every row) and checks each row against the
 // sequence alone.
 void run_and_compare(BatchBackend& batch, const std::vector<std::vector<int32_t>>& seqs,
                      const std::vector<std::vector<float>>& want, const std::vector<std::vector<Part>>& steps,
                      float tolerance) {
   const int64_t n_vocab = batch.config().n_vocab;
-  std::vector<int64_t> next(seqs.size(), 0);
-  for (size_t s = 0; s < seqs.size(); ++s) ASSERT_TRUE(batch.reserve(int32_t(s), int64_t(seqs[s].size())));
-  for (size_t i = 0; i < steps.size(); ++i) {
-    std::vector<BatchToken> rows;
-    for (const Part& part : steps[i])
-      for (int64_t r = 0; r < part.count; ++r) {
-        const int64_t position = next[size_t(part.seq)]++;
-        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position)});
-      }
-    std::vector<int32_t> logit_rows(rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) logit_rows[r] = int32_t(rows.size() - 1 - r);  // any order
-    std::vector<float> logits(rows.size() * size_t(n_vocab));
-    batch.forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(rows.size()), logits.data());
-    for (size_t l = 0; l < rows.size(); ++l) {
-      const BatchToken& row = rows[size_t(logit_rows[l])];
-      const float* got = logits.data() + l * size_t(n_vocab);
-      const float* ref = want[size_t(row.seq)].data() + size_t(row.position) * size_t(n_vocab);
+  const Logits got = run_steps(batch, seqs, steps);
+  for (size_t s = 0; s < seqs.size(); ++s)
+    for (size_t position = 0; position < seqs[s].size(); ++position) {
       float diff = 0;
-      for (int64_t v = 0; v < n_vocab; ++v) diff = std::max(diff, std::fabs(got[v] - ref[v]));
-      ASSERT_LE(diff, tolerance) << "step " << i << ", sequence " << row.seq << " at position " << row.position;
+      for (size_t v = position * size_t(n_vocab); v < (position + 1) * size_t(n_vocab); ++v)
+        diff = std::max(diff, std::fabs(got[s][v] - want[s][v]));
+      ASSERT_LE(diff, tolerance) << "sequence " << s << " at position " << position;
     }
-  }
 }
 
 class BatchParity : public ::testing::TestWithParam<const char*> {};

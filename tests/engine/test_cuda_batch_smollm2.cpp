@@ -16,7 +16,7 @@
 #include "engine/cuda_batch_backend.h"
 #include "engine/kiln_file.h"
 #include "tests/convert/kiln_file_fixture.h"
-#include "tests/engine/test_cuda_batch_util.h"
+#include "tests/engine/batch_backend_test_util.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/model_paths.h"
 

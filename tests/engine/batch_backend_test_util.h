@@ -1,7 +1,10 @@
-// Helpers of the batched CUDA backend's tests: random prompts, greedy decoding of many prompts together in a
-// BatchBackend (started in different steps, so prompt chunks run beside decode rows), and greedy decoding on
-// a single-sequence Backend as the reference.
+// Helpers of the batch backends' tests (CPU and CUDA): a tiny model with its weights, small backend options,
+// random prompts, steps of chosen rows run with every row's logits, greedy decoding of many prompts
+// together in a BatchBackend (started in different steps, so prompt chunks run beside decode rows), and
+// greedy decoding on a single-sequence Backend as the reference.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -11,11 +14,70 @@
 #include "engine/backend.h"
 #include "engine/batch_backend.h"
 #include "engine/error.h"
+#include "engine/weights.h"
+#include "tests/engine/tiny_model.h"
 
 namespace kiln::test {
 
 // Logits by sequence: [n_sequences][positions or generated tokens, n_vocab].
 using Logits = std::vector<std::vector<float>>;
+
+// A tiny model fixture with its weights bound.
+struct Tiny {
+  explicit Tiny(const char* name, DType dtype = DType::F32)
+      : model(load_tiny_model(name)), store(model, dtype), weights(bind_weights(model.config, store.lookup())) {}
+  TinyModel model;
+  TensorStore store;
+  Weights weights;
+};
+
+// Backend options for the tiny models: a 256-position context, steps of up to 128 rows.
+inline BatchBackendOptions small_batch(int64_t max_sequences, uint64_t kv_bytes = uint64_t(64) << 20) {
+  BatchBackendOptions options;
+  options.n_ctx = 256;
+  options.max_sequences = max_sequences;
+  options.max_step_tokens = 128;
+  options.kv_bytes = kv_bytes;
+  options.n_threads = 2;
+  return options;
+}
+
+// A step's rows: `count` next positions of sequence `seq`.
+struct Part {
+  int32_t seq;
+  int64_t count;
+};
+
+// Runs the steps over the sequences' tokens, asking logits for every row in reverse order: by sequence,
+// [positions, n_vocab].
+inline Logits run_steps(BatchBackend& batch, const std::vector<std::vector<int32_t>>& seqs,
+                        const std::vector<std::vector<Part>>& steps) {
+  const int64_t n_vocab = batch.config().n_vocab;
+  Logits out(seqs.size());
+  std::vector<int64_t> next(seqs.size(), 0);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    EXPECT_TRUE(batch.reserve(int32_t(s), int64_t(seqs[s].size())));
+    out[s].resize(seqs[s].size() * size_t(n_vocab));
+  }
+  for (const auto& step : steps) {
+    std::vector<BatchToken> rows;
+    for (const Part& part : step)
+      for (int64_t r = 0; r < part.count; ++r) {
+        const int64_t position = next[size_t(part.seq)]++;
+        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position)});
+      }
+    std::vector<int32_t> logit_rows(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) logit_rows[r] = int32_t(rows.size() - 1 - r);
+    std::vector<float> logits(rows.size() * size_t(n_vocab));
+    batch.forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(rows.size()), logits.data());
+    for (size_t l = 0; l < rows.size(); ++l) {
+      const BatchToken& row = rows[size_t(logit_rows[l])];
+      std::copy_n(logits.data() + l * size_t(n_vocab), n_vocab,
+                  out[size_t(row.seq)].data() + size_t(row.position) * size_t(n_vocab));
+    }
+  }
+  return out;
+}
 
 inline std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint32_t seed) {
   std::mt19937 rng(seed);
