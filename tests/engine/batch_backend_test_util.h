@@ -42,6 +42,11 @@ inline BatchBackendOptions small_batch(int64_t max_sequences, uint64_t kv_bytes 
   return options;
 }
 
+// A pool of exactly `blocks` blocks of 16 positions for the model (f32 keys and values).
+inline uint64_t pool_bytes(const ModelConfig& c, int64_t blocks) {
+  return uint64_t(blocks) * 2 * uint64_t(c.n_layers * c.kv_dim()) * 16 * sizeof(float);
+}
+
 // A step's rows: `count` next positions of sequence `seq`.
 struct Part {
   int32_t seq;
@@ -85,6 +90,61 @@ inline std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint32_t s
   std::vector<int32_t> tokens(static_cast<size_t>(n));
   for (auto& t : tokens) t = dist(rng);
   return tokens;
+}
+
+// 1,000 short sequences (1 to 40 tokens) through the batch backend's slots: a finished sequence's slot
+// and blocks are taken at once by the next. Every 25th sequence's last logits are checked (1e-4) against
+// `alone` (a single-sequence backend) running it from position 0, so reused blocks hold no stale keys;
+// at the end every block is free again.
+inline void run_thousand_short_sequences(BatchBackend& batch, Backend& alone) {
+  const int64_t n_vocab = batch.config().n_vocab;
+  const int64_t start_free = batch.free_blocks();
+  std::mt19937 rng(7);
+  struct Running {
+    int64_t id = -1;
+    std::vector<int32_t> tokens;
+    int64_t done = 0;
+  };
+  std::vector<Running> slots(size_t(batch.max_sequences()));
+  int64_t started = 0, finished = 0, checked = 0;
+  std::vector<float> logits, want(static_cast<size_t>(n_vocab));
+  while (finished < 1000) {
+    for (size_t s = 0; s < slots.size(); ++s) {  // refill free slots while blocks last
+      if (slots[s].id >= 0 || started == 1000) continue;
+      const int64_t length = std::uniform_int_distribution<int64_t>(1, 40)(rng);
+      if (!batch.reserve(int32_t(s), length)) break;
+      slots[s] = {started, random_tokens(length, n_vocab, uint32_t(1000 + started)), 0};
+      ++started;
+    }
+    std::vector<BatchToken> rows;
+    std::vector<int32_t> logit_rows;
+    for (size_t s = 0; s < slots.size(); ++s) {
+      Running& run = slots[s];
+      if (run.id < 0) continue;
+      const int64_t n = std::min<int64_t>(run.done == 0 ? 7 : 1, int64_t(run.tokens.size()) - run.done);
+      for (int64_t i = 0; i < n; ++i, ++run.done)
+        rows.push_back({run.tokens[size_t(run.done)], int32_t(s), int32_t(run.done)});
+      if (run.done == int64_t(run.tokens.size()) && run.id % 25 == 0) logit_rows.push_back(int32_t(rows.size() - 1));
+    }
+    ASSERT_FALSE(rows.empty());
+    logits.resize(logit_rows.size() * size_t(n_vocab));
+    batch.forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
+    for (size_t l = 0; l < logit_rows.size(); ++l) {
+      const Running& run = slots[size_t(rows[size_t(logit_rows[l])].seq)];
+      alone.forward(run.tokens.data(), int64_t(run.tokens.size()), 0, want.data(), false);
+      for (int64_t v = 0; v < n_vocab; ++v)
+        ASSERT_NEAR(logits[l * size_t(n_vocab) + size_t(v)], want[size_t(v)], 1e-4f) << "sequence " << run.id;
+      ++checked;
+    }
+    for (size_t s = 0; s < slots.size(); ++s)
+      if (slots[s].id >= 0 && slots[s].done == int64_t(slots[s].tokens.size())) {
+        batch.release(int32_t(s));
+        slots[s].id = -1;
+        ++finished;
+      }
+  }
+  EXPECT_EQ(checked, 40);
+  EXPECT_EQ(batch.free_blocks(), start_free);
 }
 
 inline int32_t argmax(const float* logits, int64_t n) { return int32_t(std::max_element(logits, logits + n) - logits); }

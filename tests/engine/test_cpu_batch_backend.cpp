@@ -153,11 +153,6 @@ TEST(CpuBatchBackend, LogitsOnlyForTheAskedRows) {
   }
 }
 
-// A pool of exactly `blocks` blocks for the model.
-uint64_t pool_bytes(const ModelConfig& c, int64_t blocks) {
-  return uint64_t(blocks) * 2 * uint64_t(c.n_layers * c.kv_dim()) * 16 * sizeof(float);
-}
-
 TEST(CpuBatchBackend, ReserveRefusesWhenThePoolIsShort) {
   const Tiny tiny("llama_gqa_tied");
   const ModelConfig& c = tiny.model.config;
@@ -221,58 +216,13 @@ TEST(KvBlockTable, GrowsWithinTheReservationAndReusesReleasedBlocks) {
 TEST(CpuBatchBackend, ThousandSequencesLeakNoBlock) {
   const Tiny tiny("llama_gqa_tied");
   const ModelConfig& c = tiny.model.config;
-  const Weights& weights = tiny.weights;
-  auto batch = make_cpu_batch_backend(c, weights, small_batch(6, pool_bytes(c, 9)));
-  const int64_t start_free = batch->free_blocks();
-  ASSERT_EQ(start_free, 9);
-  std::mt19937 rng(7);
-  struct Running {
-    int64_t id = -1;
-    std::vector<int32_t> tokens;
-    int64_t done = 0;
-  };
-  std::vector<Running> slots(6);
-  int64_t started = 0, finished = 0, checked = 0;
-  std::vector<int32_t> logit_rows;
-  std::vector<float> logits;
-  while (finished < 1000) {
-    for (size_t s = 0; s < slots.size(); ++s) {  // refill free slots while blocks last
-      if (slots[s].id >= 0 || started == 1000) continue;
-      const int64_t length = std::uniform_int_distribution<int64_t>(1, 40)(rng);
-      if (!batch->reserve(int32_t(s), length)) break;
-      slots[s] = {started, random_tokens(length, c.n_vocab, uint32_t(1000 + started)), 0};
-      ++started;
-    }
-    std::vector<BatchToken> rows;
-    logit_rows.clear();
-    for (size_t s = 0; s < slots.size(); ++s) {
-      Running& run = slots[s];
-      if (run.id < 0) continue;
-      const int64_t n = std::min<int64_t>(run.done == 0 ? 7 : 1, int64_t(run.tokens.size()) - run.done);
-      for (int64_t i = 0; i < n; ++i, ++run.done)
-        rows.push_back({run.tokens[size_t(run.done)], int32_t(s), int32_t(run.done)});
-      if (run.done == int64_t(run.tokens.size()) && run.id % 25 == 0) logit_rows.push_back(int32_t(rows.size() - 1));
-    }
-    ASSERT_FALSE(rows.empty());
-    logits.resize(logit_rows.size() * size_t(c.n_vocab));
-    batch->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
-    for (size_t l = 0; l < logit_rows.size(); ++l) {
-      const Running& run = slots[size_t(rows[size_t(logit_rows[l])].seq)];
-      const std::vector<float> want = alone(c, weights, run.tokens);
-      const float* ref = want.data() + (run.tokens.size() - 1) * size_t(c.n_vocab);
-      for (int64_t v = 0; v < c.n_vocab; ++v)
-        ASSERT_NEAR(logits[l * size_t(c.n_vocab) + size_t(v)], ref[v], 1e-4f) << "sequence " << run.id;
-      ++checked;
-    }
-    for (size_t s = 0; s < slots.size(); ++s)
-      if (slots[s].id >= 0 && slots[s].done == int64_t(slots[s].tokens.size())) {
-        batch->release(int32_t(s));
-        slots[s].id = -1;
-        ++finished;
-      }
-  }
-  EXPECT_EQ(checked, 40);
-  EXPECT_EQ(batch->free_blocks(), start_free);
+  auto batch = make_cpu_batch_backend(c, tiny.weights, small_batch(6, pool_bytes(c, 9)));
+  ASSERT_EQ(batch->free_blocks(), 9);
+  BackendOptions options;
+  options.n_ctx = 64;
+  options.n_threads = 2;
+  auto alone = make_cpu_backend(c, tiny.weights, options);
+  run_thousand_short_sequences(*batch, *alone);
 }
 
 constexpr int32_t kRow0 = 0;

@@ -168,11 +168,6 @@ TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
     EXPECT_EQ(std::memcmp(a[s].data(), b[s].data(), a[s].size() * sizeof(float)), 0) << "prompt " << s;
 }
 
-// A pool of exactly `blocks` blocks for the model (f32 keys and values).
-uint64_t pool_bytes(const ModelConfig& c, int64_t blocks) {
-  return uint64_t(blocks) * 2 * uint64_t(c.n_layers * c.kv_dim()) * 16 * sizeof(float);
-}
-
 // 1,000 short sequences through 6 slots and a pool of 9 blocks: a finished sequence's slot and blocks are
 // taken at once by the next. Every 25th sequence's last logits are checked against the CPU backend running
 // it alone, so reused blocks hold no stale keys; at the end every block is free again.
@@ -186,52 +181,7 @@ TEST(CudaBatchBackend, ThousandSequencesLeakNoBlock) {
   cpu_options.n_ctx = 64;
   cpu_options.n_threads = 2;
   auto cpu = make_cpu_backend(c, tiny.weights, cpu_options);
-  std::mt19937 rng(7);
-  struct Running {
-    int64_t id = -1;
-    std::vector<int32_t> tokens;
-    int64_t done = 0;
-  };
-  std::vector<Running> slots(6);
-  int64_t started = 0, finished = 0, checked = 0;
-  std::vector<float> logits, want(size_t(c.n_vocab));
-  while (finished < 1000) {
-    for (size_t s = 0; s < slots.size(); ++s) {  // refill free slots while blocks last
-      if (slots[s].id >= 0 || started == 1000) continue;
-      const int64_t length = std::uniform_int_distribution<int64_t>(1, 40)(rng);
-      if (!batch->reserve(int32_t(s), length)) break;
-      slots[s] = {started, random_tokens(length, c.n_vocab, uint32_t(1000 + started)), 0};
-      ++started;
-    }
-    std::vector<BatchToken> rows;
-    std::vector<int32_t> logit_rows;
-    for (size_t s = 0; s < slots.size(); ++s) {
-      Running& run = slots[s];
-      if (run.id < 0) continue;
-      const int64_t n = std::min<int64_t>(run.done == 0 ? 7 : 1, int64_t(run.tokens.size()) - run.done);
-      for (int64_t i = 0; i < n; ++i, ++run.done)
-        rows.push_back({run.tokens[size_t(run.done)], int32_t(s), int32_t(run.done)});
-      if (run.done == int64_t(run.tokens.size()) && run.id % 25 == 0) logit_rows.push_back(int32_t(rows.size() - 1));
-    }
-    ASSERT_FALSE(rows.empty());
-    logits.resize(logit_rows.size() * size_t(c.n_vocab));
-    batch->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
-    for (size_t l = 0; l < logit_rows.size(); ++l) {
-      const Running& run = slots[size_t(rows[size_t(logit_rows[l])].seq)];
-      cpu->forward(run.tokens.data(), int64_t(run.tokens.size()), 0, want.data(), false);
-      for (int64_t v = 0; v < c.n_vocab; ++v)
-        ASSERT_NEAR(logits[l * size_t(c.n_vocab) + size_t(v)], want[size_t(v)], 1e-4f) << "sequence " << run.id;
-      ++checked;
-    }
-    for (size_t s = 0; s < slots.size(); ++s)
-      if (slots[s].id >= 0 && slots[s].done == int64_t(slots[s].tokens.size())) {
-        batch->release(int32_t(s));
-        slots[s].id = -1;
-        ++finished;
-      }
-  }
-  EXPECT_EQ(checked, 40);
-  EXPECT_EQ(batch->free_blocks(), 9);
+  run_thousand_short_sequences(*batch, *cpu);
 }
 
 constexpr int32_t kRow0 = 0;
