@@ -163,7 +163,7 @@ int cmd_bench(int argc, char** argv) {
   backend_options.n_threads = threads;
   // The CUDA backend checks the cache against the GPU's free memory; a deep test may need over 32 GiB.
   if (on_gpu) backend_options.max_kv_bytes = std::numeric_limits<uint64_t>::max();
-  const bool kv_f16 = on_gpu && kv_f16_from(args);
+  const bool kv_f16 = kv_f16_from(args) && on_gpu;  // checked on every device; the CPU's cache is f32
   const uint64_t kv_element_bytes = kv_f16 ? 2 : 4;
   StageProfiler profiler(on_gpu ? "CUDA" : "CPU", kv_element_bytes);
   if (profile) {
