@@ -59,7 +59,6 @@ struct BatchScheduler::State {
   std::vector<BatchToken> rows;                     // [step_tokens]
   std::vector<int32_t> logit_rows;                  // [max_parallel]
   std::vector<Sequence*> logit_owners;              // [max_parallel]
-  std::vector<float> logits;                        // [max_parallel, n_vocab]
   BatchProgress progress;
 
   State(BatchBackend& b, const Tokenizer& t) : backend(b), tokenizer(t) {}
@@ -212,7 +211,6 @@ BatchScheduler::BatchScheduler(BatchBackend& backend, const Tokenizer& tokenizer
   st.rows.reserve(size_t(st.step_tokens));
   st.logit_rows.reserve(size_t(parallel));
   st.logit_owners.reserve(size_t(parallel));
-  st.logits.resize(size_t(parallel) * size_t(st.n_vocab));
 }
 
 BatchScheduler::~BatchScheduler() {
@@ -246,15 +244,16 @@ std::vector<BatchResult> BatchScheduler::step() {
   st.build_rows();
   if (st.rows.empty()) return results;
 
+  float* logits = st.backend.logits_buffer(int64_t(st.logit_rows.size()));
   st.backend.forward(st.rows.data(), int64_t(st.rows.size()), st.logit_rows.data(), int64_t(st.logit_rows.size()),
-                     st.logits.data());
+                     logits);
   st.account_rows();
   for (size_t i = 0; i < st.logit_owners.size(); ++i) {
     Sequence& s = *st.logit_owners[i];
     std::optional<FinishReason> reason;
     std::string error;
     try {
-      reason = st.advance(s, st.logits.data() + i * size_t(st.n_vocab));
+      reason = st.advance(s, logits + i * size_t(st.n_vocab));
     } catch (const Error& e) {  // a NaN logit: this request fails, the others go on
       error = e.what();
       reason = FinishReason::Length;

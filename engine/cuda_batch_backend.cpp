@@ -150,6 +150,7 @@ class CudaBatchBackend final : public BatchBackend {
   void forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
                float* logits) override;
   void release(int32_t seq) override { table_->release(seq); }
+  float* logits_buffer(int64_t n_rows) override;
 
  private:
   int64_t plan_blocks(const BatchBackendOptions& options, uint64_t fixed_bytes) const;
@@ -165,6 +166,7 @@ class CudaBatchBackend final : public BatchBackend {
   std::unique_ptr<KvBlockTable> table_;
   BatchStep step_;
   cuda::PinnedBuffer staging_;  // [in_.ints()] what the forward's inputs receive
+  cuda::PinnedBuffer logits_;   // logits_buffer()
   bool use_graph_;
   using StepShape = std::tuple<int64_t, int64_t, bool>;  // rows, logit rows, in order
   std::map<StepShape, int> seen_;                         // steps run per shape, until captured
@@ -266,6 +268,12 @@ void CudaBatchBackend::forward(const BatchToken* tokens, int64_t n_tokens, const
                                     cudaMemcpyDeviceToHost, s));
   KILN_CUDA_CHECK(cudaStreamSynchronize(s));  // the staging buffer is reused by the next step
   forward_->report_stage_times();
+}
+
+float* CudaBatchBackend::logits_buffer(int64_t n_rows) {
+  const size_t bytes = size_t(std::max<int64_t>(n_rows, 1)) * size_t(config_.n_vocab) * sizeof(float);
+  if (logits_.bytes() < bytes) logits_ = cuda::PinnedBuffer(bytes);
+  return logits_.as<float>();
 }
 
 void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order) {

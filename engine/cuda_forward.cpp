@@ -96,12 +96,14 @@ DeviceMatrix rows_from(DeviceMatrix m, int64_t offset) {
 void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows) {
   KILN_CHECK(rows > cuda::kGemvMaxTokens, "a batch-invariant matmul takes more than {} rows a call, not {}",
              cuda::kGemvMaxTokens, rows);
-  const int64_t n_in = args.weight.cols, n_out = args.weight.rows;
+  const int64_t n_in = args.weight.cols, n_y = args.gated.enabled ? args.weight.rows / 2 : args.weight.rows;
   for (int64_t start = 0; start < args.n_tokens; start += rows) {
     cuda::MatmulArgs chunk = args;
     chunk.n_tokens = rows;
     chunk.x = args.x + start * n_in;
-    chunk.y = args.y + start * n_out;
+    chunk.y = args.y + start * n_y;
+    if (args.x16 != nullptr) chunk.x16 = args.x16 + start * n_in;
+    if (args.residual != nullptr) chunk.residual = args.residual + start * n_y;
     if (chunk.norm.enabled) chunk.norm.out = args.norm.out + start * n_in;
     cuda::matmul(chunk);
   }
@@ -212,7 +214,8 @@ void CudaForward::plan_workspace(const CudaForwardOptions& options) {
   const size_t floats[] = {R * size_t(c.dim),      R * size_t(c.dim),    R * size_t(c.qkv_dim()), R * size_t(c.q_dim()),
                            R * size_t(c.kv_dim()), R * size_t(c.q_dim()), R * size_t(c.dim),       R * size_t(up_rows),
                            R * size_t(c.ffn_dim),  R * size_t(c.dim),    R * size_t(c.projects_embedding() ? c.embd_dim() : 0),
-                           R * size_t(c.output_width()), options.attention_floats};
+                           R * size_t(c.output_width()), options.attention_floats,
+                           (R * size_t(c.ffn_dim) + 1) / 2};  // act16: halves
   ws_offsets_.clear();
   size_t bytes = 0;
   for (size_t n : floats) {
@@ -237,8 +240,9 @@ void CudaForward::allocate() {
   float** slots[] = {&ws_.x,  &ws_.xn,  &ws_.qkv,     &ws_.q,    &ws_.k,      &ws_.att,      &ws_.attn_proj,
                      &ws_.up, &ws_.act, &ws_.ffn_out, &ws_.embd, &ws_.logits, &ws_.attention};
   for (size_t i = 0; i < std::size(slots); ++i) *slots[i] = reinterpret_cast<float*>(base + ws_offsets_[i]);
-  ws_.inputs = reinterpret_cast<int32_t*>(base + ws_offsets_[std::size(slots)]);
-  ws_.gemm = base + ws_offsets_[std::size(slots) + 1];
+  ws_.act16 = reinterpret_cast<__half*>(base + ws_offsets_[std::size(slots)]);
+  ws_.inputs = reinterpret_cast<int32_t*>(base + ws_offsets_[std::size(slots) + 1]);
+  ws_.gemm = base + ws_offsets_[std::size(slots) + 2];
   if (gemm_bytes_ > 0)
     gemm_ = std::make_unique<cuda::GemmContext>(ws_.gemm, gemm_bytes_, gemm_tokens_, gemm_n_in_, gemm_int8_);
 }
@@ -360,24 +364,25 @@ void CudaForward::norm(const float* x, const float* weight, const float* bias, f
   cuda::norm(a);
 }
 
-// The residual and gated-activation epilogues serve decode steps of one sequence. Left out: the batch
-// backend (its rows go through fixed-size GEMMs) and a step whose stages are read one by one.
-bool CudaForward::fused_epilogues(int64_t n) const {
-  return !batched_ && !on_tensor_ && n <= cuda::kGemvMaxTokens;
-}
+// Rows that take the GEMV (decode steps of one sequence); the others go through cuBLAS.
+bool CudaForward::takes_gemv(int64_t n) const { return !batched_ && n <= cuda::kGemvMaxTokens; }
 
-// x += W · in + bias: the residual stream updated in the GEMV's epilogue.
-void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, const float* bias, int64_t n) {
+// x += W · in + bias in the matmul itself: the GEMV's epilogue, or cuBLAS accumulating onto x. in16: `in` in
+// f16 already, or nullptr.
+void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
+                                       int64_t n) {
   cuda::MatmulArgs a;
   a.weight = w;
   a.x = in;
+  a.x16 = in16;
   a.y = ws_.x;
   a.residual = ws_.x;
   a.bias = bias;
   a.n_tokens = n;
   a.gemm = gemm_.get();
   a.stream = stream();
-  cuda::matmul(a);
+  if (batched_) matmul_invariant(a, invariant_rows_);
+  else cuda::matmul(a);
 }
 
 cuda::InputNorm CudaForward::input_norm(const float* weight, const float* bias) const {
@@ -392,10 +397,11 @@ cuda::InputNorm CudaForward::input_norm(const float* weight, const float* bias) 
 }
 
 void CudaForward::matmul(const DeviceMatrix& w, const float* x, float* y, const float* bias, int64_t n,
-                         const cuda::InputNorm& norm, const cuda::GatedOutput& gated) {
+                         const cuda::InputNorm& norm, const cuda::GatedOutput& gated, const __half* x16) {
   cuda::MatmulArgs a;
   a.weight = w;
   a.x = x;
+  a.x16 = x16;
   a.y = y;
   a.bias = bias;
   a.n_tokens = n;
@@ -433,16 +439,16 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   kv.attend(layer, ws_.q, ws_.att, n, s);
   emit("attn", layer, ws_.att, n * q_dim);
 
-  // output projection + residual (deferred to the end of the layer for a parallel residual); a decode
-  // step adds the residual in the GEMV's epilogue, a launch and a pass over x saved
-  const bool epilogues = fused_epilogues(n);
+  // output projection + residual (deferred to the end of the layer for a parallel residual); the matmul
+  // adds the residual itself, a launch and a pass over x saved, unless the stages are read one by one
+  const bool residual_in_matmul = !on_tensor_ && !c.parallel_residual;
   cuda::ResidualArgs res;
   res.residual = x;
   res.n_tokens = n;
   res.dim = dim;
   res.stream = s;
-  if (epilogues && !c.parallel_residual) {
-    matmul_into_residual(w.attn_out, ws_.att, w.attn_out_bias, n);
+  if (residual_in_matmul) {
+    matmul_into_residual(w.attn_out, ws_.att, nullptr, w.attn_out_bias, n);
   } else {
     matmul(w.attn_out, ws_.att, ws_.attn_proj, nullptr, n);
     emit("attn_out", layer, ws_.attn_proj, n * dim);
@@ -461,7 +467,7 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   const bool gated = is_gated(c.mlp);
   const float* up_bias = gated ? w.ffn_up_bias : nullptr;  // the plain MLP adds its bias in the activation
   // a gated decode step applies the activation in the GEMV's epilogue: ws_.act directly
-  const bool gate_in_epilogue = gated && epilogues;
+  const bool gate_in_epilogue = gated && takes_gemv(n) && !on_tensor_;
   float* up_out = gate_in_epilogue ? ws_.act : ws_.up;
   const cuda::GatedOutput gate{gate_in_epilogue, activation_of(c.mlp)};
   if (c.post_norm) {
@@ -472,12 +478,17 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
     emit("ffn_norm", layer, xn, n * dim);
   }
   float* hidden = ws_.up;
+  // the activation also writes the down projection's input in f16 when a GEMM reads it so
+  __half* hidden16 = !takes_gemv(n) && (w.ffn_down.dtype == DType::F16 || w.ffn_down.dtype == DType::I8)
+                         ? ws_.act16
+                         : nullptr;
   if (gate_in_epilogue) {
     hidden = ws_.act;
   } else if (gated) {
     cuda::GatedActivationArgs g;
     g.gate_up = ws_.up;
     g.out = ws_.act;
+    g.out16 = hidden16;
     g.n_tokens = n;
     g.ffn = ffn;
     g.act = activation_of(c.mlp);
@@ -487,6 +498,7 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   } else {
     cuda::BiasActivationArgs b;
     b.x = ws_.up;
+    b.x16 = hidden16;
     b.bias = w.ffn_up_bias;
     b.n_tokens = n;
     b.dim = ffn;
@@ -497,10 +509,10 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   emit("ffn_act", layer, hidden, n * ffn);
 
   // down projection + residual
-  if (epilogues && !c.parallel_residual) {
-    matmul_into_residual(w.ffn_down, hidden, w.ffn_down_bias, n);
+  if (residual_in_matmul) {
+    matmul_into_residual(w.ffn_down, hidden, hidden16, w.ffn_down_bias, n);
   } else {
-    matmul(w.ffn_down, hidden, ws_.ffn_out, nullptr, n);
+    matmul(w.ffn_down, hidden, ws_.ffn_out, nullptr, n, {}, {}, hidden16);
     if (c.parallel_residual) {
       res.a = ws_.attn_proj;
       res.a_bias = w.attn_out_bias;

@@ -132,6 +132,7 @@ class CudaForward {
     float *x = nullptr, *xn = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *att = nullptr,
           *attn_proj = nullptr, *up = nullptr, *act = nullptr, *ffn_out = nullptr, *embd = nullptr,
           *logits = nullptr, *attention = nullptr;
+    __half* act16 = nullptr;  // [rows, ffn_dim]: the activation in f16, when a GEMM reads it so
     int32_t* inputs = nullptr;
     void* gemm = nullptr;
   };
@@ -142,9 +143,10 @@ class CudaForward {
   void norm(const float* x, const float* weight, const float* bias, float* y, int64_t n);
   cuda::InputNorm input_norm(const float* weight, const float* bias) const;
   void matmul(const cuda::DeviceMatrix& w, const float* x, float* y, const float* bias, int64_t n,
-              const cuda::InputNorm& norm = {}, const cuda::GatedOutput& gated = {});
-  bool fused_epilogues(int64_t n) const;
-  void matmul_into_residual(const cuda::DeviceMatrix& w, const float* in, const float* bias, int64_t n);
+              const cuda::InputNorm& norm = {}, const cuda::GatedOutput& gated = {}, const __half* x16 = nullptr);
+  bool takes_gemv(int64_t n) const;
+  void matmul_into_residual(const cuda::DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
+                            int64_t n);
   void emit(const char* name, int64_t layer, const float* device_data, int64_t n);
 
   ModelConfig config_;

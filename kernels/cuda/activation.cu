@@ -12,20 +12,24 @@ namespace {
 constexpr int kThreads = 256;
 
 template <Activation kAct>
-__global__ void gated_activation_kernel(const float* __restrict__ gate_up, float* __restrict__ out, int64_t n,
-                                        int64_t ffn) {
+__global__ void gated_activation_kernel(const float* __restrict__ gate_up, float* __restrict__ out,
+                                        __half* __restrict__ out16, int64_t n, int64_t ffn) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / ffn, col = i % ffn;
     const float* row = gate_up + t * 2 * ffn;
-    out[i] = activate<kAct>(row[col]) * row[ffn + col];
+    const float v = activate<kAct>(row[col]) * row[ffn + col];
+    out[i] = v;
+    if (out16 != nullptr) out16[i] = __float2half_rn(v);
   }
 }
 
 template <Activation kAct>
-__global__ void bias_activation_kernel(float* x, const float* __restrict__ bias, int64_t n, int64_t dim) {
+__global__ void bias_activation_kernel(float* x, __half* __restrict__ x16, const float* __restrict__ bias, int64_t n,
+                                       int64_t dim) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = bias != nullptr ? x[i] + bias[i % dim] : x[i];
-    x[i] = activate<kAct>(v);
+    const float v = activate<kAct>(bias != nullptr ? x[i] + bias[i % dim] : x[i]);
+    x[i] = v;
+    if (x16 != nullptr) x16[i] = __float2half_rn(v);
   }
 }
 
@@ -35,10 +39,10 @@ void gated_activation_launch(const GatedActivationArgs& a) {
   const int64_t n = a.n_tokens * a.ffn;
   const unsigned grid = grid_for(n);
   switch (a.act) {
-    case Activation::Gelu: gated_activation_kernel<Activation::Gelu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, n, a.ffn); break;
-    case Activation::GeluTanh: gated_activation_kernel<Activation::GeluTanh><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, n, a.ffn); break;
-    case Activation::Relu: gated_activation_kernel<Activation::Relu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, n, a.ffn); break;
-    case Activation::Silu: gated_activation_kernel<Activation::Silu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, n, a.ffn); break;
+    case Activation::Gelu: gated_activation_kernel<Activation::Gelu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, a.ffn); break;
+    case Activation::GeluTanh: gated_activation_kernel<Activation::GeluTanh><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, a.ffn); break;
+    case Activation::Relu: gated_activation_kernel<Activation::Relu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, a.ffn); break;
+    case Activation::Silu: gated_activation_kernel<Activation::Silu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, a.ffn); break;
   }
   KILN_CUDA_CHECK_LAUNCH();
 }
@@ -47,10 +51,10 @@ void bias_activation_launch(const BiasActivationArgs& a) {
   const int64_t n = a.n_tokens * a.dim;
   const unsigned grid = grid_for(n);
   switch (a.act) {
-    case Activation::Gelu: bias_activation_kernel<Activation::Gelu><<<grid, kThreads, 0, a.stream>>>(a.x, a.bias, n, a.dim); break;
-    case Activation::GeluTanh: bias_activation_kernel<Activation::GeluTanh><<<grid, kThreads, 0, a.stream>>>(a.x, a.bias, n, a.dim); break;
-    case Activation::Relu: bias_activation_kernel<Activation::Relu><<<grid, kThreads, 0, a.stream>>>(a.x, a.bias, n, a.dim); break;
-    case Activation::Silu: bias_activation_kernel<Activation::Silu><<<grid, kThreads, 0, a.stream>>>(a.x, a.bias, n, a.dim); break;
+    case Activation::Gelu: bias_activation_kernel<Activation::Gelu><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, a.dim); break;
+    case Activation::GeluTanh: bias_activation_kernel<Activation::GeluTanh><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, a.dim); break;
+    case Activation::Relu: bias_activation_kernel<Activation::Relu><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, a.dim); break;
+    case Activation::Silu: bias_activation_kernel<Activation::Silu><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, a.dim); break;
   }
   KILN_CUDA_CHECK_LAUNCH();
 }

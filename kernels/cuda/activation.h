@@ -2,6 +2,7 @@
 // twin of kernels/cpu/activation.h.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -19,6 +20,7 @@ enum class Activation {
 struct GatedActivationArgs {
   const float* gate_up = nullptr;  // [n_tokens, 2 * ffn]: gate, then up
   float* out = nullptr;            // [n_tokens, ffn]
+  __half* out16 = nullptr;         // [n_tokens, ffn] or nullptr: out rounded to f16 too (the next GEMM's input)
   int64_t n_tokens = 0;
   int64_t ffn = 0;
   Activation act = Activation::Silu;
@@ -28,6 +30,7 @@ struct GatedActivationArgs {
 // x = act(x + bias)
 struct BiasActivationArgs {
   float* x = nullptr;           // [n_tokens, dim], in place
+  __half* x16 = nullptr;        // [n_tokens, dim] or nullptr: the result rounded to f16 too
   const float* bias = nullptr;  // [dim] or nullptr
   int64_t n_tokens = 0;
   int64_t dim = 0;

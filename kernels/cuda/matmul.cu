@@ -56,10 +56,9 @@ __global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__
 
 unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)); }
 
-// cuBLAS, then the epilogue in extra passes: a residual is copied into y first and accumulated onto
-// (beta = 1); a gated product goes to the context's gate_up buffer and the activation kernel.
-void gemm_launch(const MatmulArgs& a, const float* x) {
-  GemmContext& g = *a.gemm;
+// The call's shapes against the GEMM context's buffers (before anything writes them).
+void check_gemm_fits(const MatmulArgs& a) {
+  const GemmContext& g = *a.gemm;
   const DeviceMatrix& w = a.weight;
   KILN_CHECK(!a.gated.enabled || (w.rows <= g.max_gated_out() && a.n_tokens <= g.max_tokens()),
              "cuda matmul: a gated product of {} x {} exceeds the GEMM context's gate_up buffer ({} x {})",
@@ -70,15 +69,28 @@ void gemm_launch(const MatmulArgs& a, const float* x) {
   KILN_CHECK(w.dtype != DType::I8 || w.rows * w.cols <= g.max_int8_elems(),
              "cuda matmul: an int8 weight of {} values exceeds the GEMM workspace of {}", w.rows * w.cols,
              g.max_int8_elems());
+}
+
+bool reads_f16(DType dtype) { return dtype == DType::F16 || dtype == DType::I8; }
+
+// cuBLAS, then the epilogue: a residual is copied into y first unless it is y, and accumulated onto (beta =
+// 1); a gated product goes to the context's gate_up buffer and the activation kernel. x16: x in f16
+// already (f16 and int8 weights), or nullptr.
+void gemm_launch(const MatmulArgs& a, const float* x, const __half* x16) {
+  GemmContext& g = *a.gemm;
+  const DeviceMatrix& w = a.weight;
   const int64_t n_x = a.n_tokens * w.cols;
   const void* w_in = w.data;
   const void* x_in = x;
   const void* x_lo = nullptr;  // bf16: the second half of the split x
   cudaDataType type = CUDA_R_32F;
-  if (w.dtype == DType::F16 || w.dtype == DType::I8) {
-    to_f16_kernel<<<grid_for(n_x), kThreads, 0, a.stream>>>(x, static_cast<__half*>(g.x16()), n_x);
-    KILN_CUDA_CHECK_LAUNCH();
-    x_in = g.x16();
+  if (reads_f16(w.dtype)) {
+    if (x16 == nullptr) {
+      to_f16_kernel<<<grid_for(n_x), kThreads, 0, a.stream>>>(x, static_cast<__half*>(g.x16()), n_x);
+      KILN_CUDA_CHECK_LAUNCH();
+      x16 = static_cast<const __half*>(g.x16());
+    }
+    x_in = x16;
     type = CUDA_R_16F;
   } else if (w.dtype == DType::BF16) {
     auto* hi = static_cast<__nv_bfloat16*>(g.x16());
@@ -152,6 +164,7 @@ void check_args(const MatmulArgs& a) {
              a.n_tokens);
   KILN_CHECK(!a.gated.enabled || (w.rows % 2 == 0 && a.residual == nullptr),
              "cuda matmul: a gated product needs an even number of rows ({}) and no residual", w.rows);
+  KILN_CHECK(a.x16 == nullptr || !a.norm.enabled, "cuda matmul: an f16 x and an input norm together");
 }
 
 }  // namespace
@@ -191,7 +204,9 @@ void matmul(const MatmulArgs& a) {
   check_args(a);
   if (a.n_tokens == 0) return;
   if (a.n_tokens <= kGemvMaxTokens) return gemv(a);  // the norm is fused there
+  check_gemm_fits(a);
   const float* x = a.x;
+  const __half* x16 = reads_f16(a.weight.dtype) ? a.x16 : nullptr;
   if (a.norm.enabled) {
     NormArgs n;
     n.kind = a.norm.kind;
@@ -203,10 +218,12 @@ void matmul(const MatmulArgs& a) {
     n.dim = a.weight.cols;
     n.eps = a.norm.eps;
     n.stream = a.stream;
+    if (reads_f16(a.weight.dtype)) n.y16 = static_cast<__half*>(a.gemm->x16());  // the GEMM's input, directly
     norm(n);
     x = a.norm.out;
+    x16 = n.y16;
   }
-  gemm_launch(a, x);
+  gemm_launch(a, x, x16);
 }
 
 }  // namespace kiln::cuda

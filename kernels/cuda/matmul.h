@@ -9,11 +9,14 @@
 // weights multiply x rounded to f16; bf16 weights multiply x split into two bf16 terms (hi + lo, two
 // GEMMs), as one bf16 rounding would be the coarsest of the forward; int8 weights are first dequantized
 // to f16 into the workspace, one weight at a time (prefill only: decode never makes a dequantized copy),
-// and multiply x rounded to f16. The epilogues there are extra passes: a residual is copied into y and
-// accumulated onto; a gated product goes through the context's gate_up buffer and the activation kernel.
+// and multiply x rounded to f16. x reaches f16 in the kernel that makes it where it can: the input norm
+// writes it, and a caller may pass it (x16, from the activation before); else a conversion pass. The
+// residual is accumulated onto by cuBLAS itself (y = W x + y, copied into y first unless it is y); a
+// gated product goes through the context's gate_up buffer and the activation kernel.
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -82,6 +85,9 @@ struct MatmulArgs {
   float* y = nullptr;              // [n_tokens, n_out] ([n_tokens, n_out / 2] gated), must not overlap x
   const float* bias = nullptr;     // [n_out] or nullptr
   const float* residual = nullptr; // [n_tokens, n_out] or nullptr: y = residual + W x (+ bias); may equal y
+  // [n_tokens, n_in] or nullptr: x already rounded to f16, which the GEMM path reads instead of converting
+  // x for f16 and int8 weights (x itself is still read by the GEMV and for other weights). Not with norm.
+  const __half* x16 = nullptr;
   int64_t n_tokens = 0;
   InputNorm norm;
   GatedOutput gated;

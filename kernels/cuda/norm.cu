@@ -15,7 +15,8 @@ constexpr int kThreads = 256;
 // cancellation); x stays in L1/L2 between the passes.
 template <bool kLayer>
 __global__ void norm_kernel(const float* x, const float* __restrict__ weight,
-                            const float* __restrict__ bias, float* y, int64_t dim, float eps) {
+                            const float* __restrict__ bias, float* y, __half* __restrict__ y16, int64_t dim,
+                            float eps) {
   __shared__ float scratch[32];
   const float* xt = x + blockIdx.x * dim;
   float* yt = y + blockIdx.x * dim;
@@ -32,17 +33,19 @@ __global__ void norm_kernel(const float* x, const float* __restrict__ weight,
   }
   const float scale = rsqrtf(block_sum(sum_sq, scratch) / float(dim) + eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = (xt[i] - mean) * scale * weight[i];
-    yt[i] = bias != nullptr ? v + bias[i] : v;
+    float v = (xt[i] - mean) * scale * weight[i];
+    if (bias != nullptr) v += bias[i];
+    yt[i] = v;
+    if (y16 != nullptr) y16[blockIdx.x * dim + i] = __float2half_rn(v);
   }
 }
 
 void norm_launch(const NormArgs& a) {
   const dim3 grid(unsigned(a.n_tokens));
   if (a.kind == NormKind::Layer)
-    norm_kernel<true><<<grid, kThreads, 0, a.stream>>>(a.x, a.weight, a.bias, a.y, a.dim, a.eps);
+    norm_kernel<true><<<grid, kThreads, 0, a.stream>>>(a.x, a.weight, a.bias, a.y, a.y16, a.dim, a.eps);
   else
-    norm_kernel<false><<<grid, kThreads, 0, a.stream>>>(a.x, a.weight, a.bias, a.y, a.dim, a.eps);
+    norm_kernel<false><<<grid, kThreads, 0, a.stream>>>(a.x, a.weight, a.bias, a.y, a.y16, a.dim, a.eps);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

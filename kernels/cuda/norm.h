@@ -1,6 +1,7 @@
 // RMSNorm and LayerNorm over the last dimension (f32): the CUDA twin of kernels/cpu/norm.h.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -15,6 +16,7 @@ struct NormArgs {
   const float* weight = nullptr;  // [dim]
   const float* bias = nullptr;    // [dim] or nullptr; RMSNorm adds it after scaling (as the CPU forward does)
   float* y = nullptr;             // [n_tokens, dim]; may equal x
+  __half* y16 = nullptr;          // [n_tokens, dim] or nullptr: y rounded to f16 too (a GEMM's input)
   int64_t n_tokens = 0;
   int64_t dim = 0;
   float eps = 1e-5f;

@@ -150,7 +150,8 @@ inline void run_thousand_short_sequences(BatchBackend& batch, Backend& alone) {
 inline int32_t argmax(const float* logits, int64_t n) { return int32_t(std::max_element(logits, logits + n) - logits); }
 
 // Greedy continuations of several prompts decoded together in one batch backend, the prompts started in
-// different steps so that prompt chunks run beside decode rows. step_tokens: the most rows a step takes.
+// different steps so that prompt chunks run beside decode rows; the logits go to the backend's
+// logits_buffer(). step_tokens: the most rows a step takes.
 // all_logits, when given, receives each prompt's logits of every generated token.
 inline std::vector<std::vector<int32_t>> greedy_batched(BatchBackend& batch,
                                                         const std::vector<std::vector<int32_t>>& prompts, int64_t n_new,
@@ -182,10 +183,10 @@ inline std::vector<std::vector<int32_t>> greedy_batched(BatchBackend& batch,
       owner.push_back(int32_t(s));
     }
     if (rows.empty()) continue;
-    std::vector<float> logits(logit_rows.size() * size_t(n_vocab));
-    batch.forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
+    float* logits = batch.logits_buffer(int64_t(logit_rows.size()));  // the backend's own (pinned on a GPU)
+    batch.forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits);
     for (size_t l = 0; l < owner.size(); ++l) {
-      const float* row = logits.data() + l * size_t(n_vocab);
+      const float* row = logits + l * size_t(n_vocab);
       got[size_t(owner[l])].push_back(argmax(row, n_vocab));
       if (all_logits) (*all_logits)[size_t(owner[l])].insert((*all_logits)[size_t(owner[l])].end(), row, row + n_vocab);
     }

@@ -136,6 +136,7 @@ int run(int argc, char** argv) {
   for (int32_t s = 0; s < a.n_seqs; ++s)
     if (!batch->reserve(s, n_ctx)) throw kiln::Error("the KV pool is too small for the benchmark");
 
+  float* batch_logits = batch->logits_buffer(std::max(a.n_seqs, a.step_tokens));
   // Prompts: steps of up to step_tokens rows, chunks of the prompts in order, logits for each last row.
   std::vector<kiln::BatchToken> rows;
   std::vector<int32_t> logit_rows;
@@ -152,7 +153,7 @@ int run(int argc, char** argv) {
         fed = 0;
       }
     }
-    batch->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
+    batch->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), batch_logits);
   }
   const double prompt_s = seconds_since(start);
 
@@ -165,7 +166,7 @@ int run(int argc, char** argv) {
         rows.push_back({token_at(s, a.n_prompt + i), s, int32_t(a.n_prompt + i)});
         logit_rows.push_back(s);
       }
-      batch->forward(rows.data(), a.n_seqs, logit_rows.data(), with_logits ? a.n_seqs : 0, logits.data());
+      batch->forward(rows.data(), a.n_seqs, logit_rows.data(), with_logits ? a.n_seqs : 0, batch_logits);
     }
     return seconds_since(begin);
   };

@@ -151,6 +151,28 @@ TEST(CudaBatchBackend, SixteenSequencesDecodeAsAlone) {
   }
 }
 
+// The pinned logits buffer receives, bit for bit, what plain memory does, and grows when asked for more.
+TEST(CudaBatchBackend, PinnedLogitsBufferEqualsPlainMemory) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("llama_gqa_tied", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  const std::vector<std::vector<int32_t>> seqs = {random_tokens(9, c.n_vocab, 5), random_tokens(4, c.n_vocab, 6)};
+  auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(2));
+  const Logits plain = run_steps(*batch, seqs, {{{0, 9}, {1, 4}}});
+  auto again = make_cuda_batch_backend(c, tiny.weights, small_batch(2));
+  ASSERT_TRUE(again->reserve(0, 9) && again->reserve(1, 4));
+  std::vector<BatchToken> rows;
+  for (int32_t s = 0; s < 2; ++s)
+    for (size_t p = 0; p < seqs[size_t(s)].size(); ++p) rows.push_back({seqs[size_t(s)][p], s, int32_t(p)});
+  const std::vector<int32_t> logit_rows = {8, 12};  // each sequence's last row
+  ASSERT_NE(again->logits_buffer(1), nullptr);
+  float* logits = again->logits_buffer(2);
+  again->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), 2, logits);
+  EXPECT_EQ(std::memcmp(logits, plain[0].data() + 8 * size_t(c.n_vocab), size_t(c.n_vocab) * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(logits + c.n_vocab, plain[1].data() + 3 * size_t(c.n_vocab), size_t(c.n_vocab) * sizeof(float)),
+            0);
+}
+
 // Steps replayed from captured graphs compute what their launches compute, bit for bit.
 TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
   KILN_REQUIRE_GPU();

@@ -3,8 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <vector>
 
+#include "engine/half.h"
 #include "kernels/cuda/cuda_util.h"
 
 // Skips the test, with the reason, when cudaGetDeviceCount fails or finds no device.
@@ -28,6 +30,13 @@ std::vector<T> to_host(const cuda::DeviceBuffer& buffer, size_t n) {
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
   if (n > 0) KILN_CUDA_CHECK(cudaMemcpy(host.data(), buffer.data(), n * sizeof(T), cudaMemcpyDeviceToHost));
   return host;
+}
+
+// A kernel's f16 copy of its f32 output: each value rounded to nearest even, bit for bit.
+inline void expect_f16_copy(const cuda::DeviceBuffer& copy, const std::vector<float>& values) {
+  const std::vector<uint16_t> got = to_host<uint16_t>(copy, values.size());
+  for (size_t i = 0; i < values.size(); ++i)
+    ASSERT_EQ(got[i], fp32_to_fp16(values[i])) << "the f16 copy at " << i << " of " << values[i];
 }
 
 // A device int32 scalar (the first position the kernels read from device memory).

@@ -41,14 +41,18 @@ TEST(CudaActivation, GatedMatchesReference) {
         gated_activation_reference(gate_up.data(), ref.data(), n_tokens, ffn, act.cpu);
         const auto d_in = test::to_device(gate_up);
         const auto d_out = test::to_device(std::vector<float>(ref.size(), NAN));
+        cuda::DeviceBuffer d_out16(ref.size() * sizeof(uint16_t));
         cuda::GatedActivationArgs a;
         a.gate_up = d_in.as<float>();
         a.out = d_out.as<float>();
+        a.out16 = n_tokens == 7 ? d_out16.as<__half>() : nullptr;
         a.n_tokens = n_tokens;
         a.ffn = ffn;
         a.act = act.gpu;
         cuda::gated_activation(a);
-        expect_close(test::to_host<float>(d_out, ref.size()), ref);
+        const std::vector<float> out = test::to_host<float>(d_out, ref.size());
+        expect_close(out, ref);
+        if (a.out16 != nullptr) test::expect_f16_copy(d_out16, out);
       }
 }
 
@@ -64,14 +68,18 @@ TEST(CudaActivation, BiasMatchesReference) {
         const auto b = test::random_floats(size_t(dim), seed++);
         const auto d_x = test::to_device(x), d_b = test::to_device(b);
         bias_activation_reference(x.data(), bias ? b.data() : nullptr, n_tokens, dim, act.cpu);
+        cuda::DeviceBuffer d_x16(x.size() * sizeof(uint16_t));
         cuda::BiasActivationArgs a;
         a.x = d_x.as<float>();
+        a.x16 = bias ? d_x16.as<__half>() : nullptr;
         a.bias = bias ? d_b.as<float>() : nullptr;
         a.n_tokens = n_tokens;
         a.dim = dim;
         a.act = act.gpu;
         cuda::bias_activation(a);
-        expect_close(test::to_host<float>(d_x, x.size()), x);
+        const std::vector<float> out = test::to_host<float>(d_x, x.size());
+        expect_close(out, x);
+        if (a.x16 != nullptr) test::expect_f16_copy(d_x16, out);
       }
 }
 

@@ -74,6 +74,7 @@ struct Case {
   bool gated = false;
   Activation act = Activation::Silu;
   bool x_unaligned = false;  // x one float past a 16-byte boundary
+  bool x16_only = false;     // x given in f16 (MatmulArgs::x16), its f32 form all nan
 };
 
 cuda::Activation to_cuda(Activation a) {
@@ -166,7 +167,7 @@ void check(Gemm& gemm, const Case& c, uint32_t seed, const std::vector<float>* x
                                   << (c.residual == Residual::Separate  ? " +residual"
                                       : c.residual == Residual::InPlace ? " +residual in place"
                                                                         : "")
-                                  << (c.gated ? " gated" : ""));
+                                  << (c.gated ? " gated" : "") << (c.x16_only ? " x in f16" : ""));
   const auto w = test::make_weight(c.dtype, c.n_out, c.n_in, c.group_size, seed);
   const auto x =
       x_given != nullptr ? *x_given : test::random_floats(size_t(c.n_tokens * c.n_in), seed + 1, -1.0f, 1.0f);
@@ -192,9 +193,16 @@ void check(Gemm& gemm, const Case& c, uint32_t seed, const std::vector<float>* x
       test::to_device(c.residual == Residual::InPlace ? residual : std::vector<float>(residual.size(), NAN));
   const auto d_res = test::to_device(residual);
   const auto d_xn = test::to_device(std::vector<float>(x.size(), NAN));
+  std::vector<uint16_t> x16(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x16[i] = fp32_to_fp16(x[i]);
+  const auto d_x16 = test::to_device(x16), d_nan = test::to_device(std::vector<float>(x.size(), NAN));
   cuda::MatmulArgs a;
   a.weight = w.device;
   a.x = d_x.as<float>() + (c.x_unaligned ? 1 : 0);
+  if (c.x16_only) {
+    a.x = d_nan.as<float>();
+    a.x16 = d_x16.as<__half>();
+  }
   a.y = d_y.as<float>();
   a.bias = d_bias.as<float>();
   if (c.residual == Residual::Separate) a.residual = d_res.as<float>();
@@ -385,6 +393,23 @@ TEST(CudaMatmul, Int8NonFiniteInputPoisonsItsToken) {
       for (int64_t r = 0; r < n_out; ++r)
         EXPECT_EQ(std::isnan(y[size_t(t * n_out + r)]), t == 1) << "token " << t << " row " << r;
   }
+}
+
+// The GEMM reads x16 when given (x itself is nan here): with the residual epilogue, as the down projection
+// after the activation runs it.
+TEST(CudaMatmul, GemmReadsGivenF16Input) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 7000;
+  for (DType dtype : {DType::F16, DType::I8})
+    for (auto [n_out, n_in] : {std::pair<int64_t, int64_t>{96, 576}, {577, 1000}})
+      for (int64_t n_tokens : {9, 33})
+        for (Residual res : {Residual::None, Residual::InPlace}) {
+          Case c{dtype, n_out, n_in, n_tokens, group_for(n_in, 64)};
+          c.residual = res;
+          c.x16_only = true;
+          check(gemm, c, seed++);
+        }
 }
 
 TEST(CudaMatmul, RejectsBadArguments) {
