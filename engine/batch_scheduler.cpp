@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <deque>
 #include <optional>
+#include <string>
+#include <thread>
 
 #include "engine/batch_backend.h"
 #include "engine/error.h"
 #include "engine/stop_filter.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace kiln {
 namespace {
@@ -59,6 +62,9 @@ struct BatchScheduler::State {
   std::vector<BatchToken> rows;                     // [step_tokens]
   std::vector<int32_t> logit_rows;                  // [max_parallel]
   std::vector<Sequence*> logit_owners;              // [max_parallel]
+  std::vector<int32_t> sampled;                     // [max_parallel] each owner's token, -1 when none
+  std::vector<std::string> sample_errors;           // [max_parallel] why an owner's logits were refused
+  std::unique_ptr<ThreadPool> pool;                 // samples the owners in parallel
   BatchProgress progress;
 
   State(BatchBackend& b, const Tokenizer& t) : backend(b), tokenizer(t) {}
@@ -157,11 +163,33 @@ struct BatchScheduler::State {
     }
   }
 
-  // Generator's loop body after a forward: sample, then decide whether to go on. Returns why the
+  static bool at_max_tokens(const Sequence& s) {
+    return s.request.max_tokens >= 0 && s.n_generated >= s.request.max_tokens;
+  }
+
+  // Every owner's next token, each from its own sampler, on the pool: 256 rows of a 32K vocabulary take
+  // milliseconds on one core. A sampler's draws depend on its sequence alone, so the order does not matter.
+  void sample_owners(const float* logits) {
+    const size_t n = logit_owners.size();
+    sampled.assign(n, -1);
+    sample_errors.assign(n, {});
+    pool->parallel_for(int64_t(n), [&](int64_t begin, int64_t end) {
+      for (auto i = size_t(begin); i < size_t(end); ++i) {
+        Sequence& s = *logit_owners[i];
+        if (at_max_tokens(s)) continue;
+        try {
+          sampled[i] = s.sampler.sample(logits + i * size_t(n_vocab));
+        } catch (const Error& e) {  // a NaN logit: this request fails, the others go on
+          sample_errors[i] = e.what();
+        }
+      }
+    });
+  }
+
+  // Generator's loop body after a forward and the sampling: decide whether to go on. Returns why the
   // sequence finished, or nothing when it goes on with next_token.
-  std::optional<FinishReason> advance(Sequence& s, const float* logits_row) {
-    if (s.request.max_tokens >= 0 && s.n_generated >= s.request.max_tokens) return FinishReason::Length;
-    const int32_t token = s.sampler.sample(logits_row);
+  std::optional<FinishReason> advance(Sequence& s, int32_t token) {
+    if (at_max_tokens(s)) return FinishReason::Length;
     ++s.n_generated;
     ++progress.n_generated_tokens;
     if (tokenizer.is_eog(token)) return FinishReason::EndOfTurn;
@@ -211,6 +239,10 @@ BatchScheduler::BatchScheduler(BatchBackend& backend, const Tokenizer& tokenizer
   st.rows.reserve(size_t(st.step_tokens));
   st.logit_rows.reserve(size_t(parallel));
   st.logit_owners.reserve(size_t(parallel));
+  const int threads = options.sampling_threads > 0
+                          ? options.sampling_threads
+                          : int(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 16));
+  st.pool = std::make_unique<ThreadPool>(int(std::min<int64_t>(threads, parallel)));
 }
 
 BatchScheduler::~BatchScheduler() {
@@ -248,16 +280,11 @@ std::vector<BatchResult> BatchScheduler::step() {
   st.backend.forward(st.rows.data(), int64_t(st.rows.size()), st.logit_rows.data(), int64_t(st.logit_rows.size()),
                      logits);
   st.account_rows();
+  st.sample_owners(logits);
   for (size_t i = 0; i < st.logit_owners.size(); ++i) {
     Sequence& s = *st.logit_owners[i];
-    std::optional<FinishReason> reason;
-    std::string error;
-    try {
-      reason = st.advance(s, logits + i * size_t(st.n_vocab));
-    } catch (const Error& e) {  // a NaN logit: this request fails, the others go on
-      error = e.what();
-      reason = FinishReason::Length;
-    }
+    std::string& error = st.sample_errors[i];
+    const std::optional<FinishReason> reason = error.empty() ? st.advance(s, st.sampled[i]) : FinishReason::Length;
     if (reason) results.push_back(st.finish(s, *reason, std::move(error)));
   }
   return results;

@@ -37,6 +37,7 @@ struct BatchResult {
 struct BatchOptions {
   int64_t max_parallel = 0;        // sequences decoding at once; <= 0: as many as the KV memory holds
   int64_t max_step_tokens = 512;   // tokens per forward step (prompt chunks fill what decode leaves)
+  int sampling_threads = 0;        // threads sampling the step's sequences; <= 0: all cores, at most 16
 };
 
 struct BatchProgress {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -58,6 +59,10 @@ std::unique_ptr<BatchBackend> make_batch_backend(const std::string& device, cons
 #ifdef KILN_HAVE_CUDA
   CudaBatchOptions cuda;
   cuda.kv_f16 = kv_f16;
+  // Every matmul call as many rows as the decode rows a step can hold, 64 to 256: a call of 256 rows reads
+  // the weights once for four times the rows (7B on an H200, 256 sequences: 20.5K generated t/s against
+  // 10.1K with 64-row calls); a step with fewer rows pays for the padding.
+  cuda.matmul_rows = std::clamp<int64_t>((options.max_sequences + 63) / 64 * 64, 64, 256);
   if (device == "cuda") return make_cuda_batch_backend(file, options, cuda);
 #else
   (void)kv_f16;
