@@ -5,8 +5,10 @@
 // them), over enough copies of the weight that they do not fit the L2 cache: every GEMV streams its
 // weight from device memory. GB/s counts the weight's bytes (int8: and its scales) per GEMV.
 //
-//   bench_cuda_matmul [--tokens 1,8] [--extras 0|1]
+//   bench_cuda_matmul [--tokens 1,8] [--extras 0|1] [--gemm 64,256]
 // --extras: the fused input norm and the epilogues against the separate launches they replace.
+// --gemm: f16 only, cuBLAS calls of those row counts (x rounded to f16 first): the batch backend's matmuls.
+//   --tokens 0 leaves the GEMV table out.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -30,7 +32,7 @@ namespace {
 constexpr size_t kArenaBytes = size_t(1) << 30;
 constexpr size_t kStreamBytes = size_t(256) << 20;  // weights cycled through per graph: 4x the L2
 constexpr int64_t kMaxCopies = 512;
-constexpr int64_t kMaxTokens = 8;
+constexpr int64_t kMaxTokens = 256;
 
 struct Shape {
   const char* name;
@@ -222,14 +224,46 @@ void bench_fusions(const Buffers& b, cudaStream_t stream) {
   }
 }
 
+// The batch backend's matmuls: f16 weights, cuBLAS calls of `rows` rows.
+void bench_gemm(const Buffers& b, cudaStream_t stream, const std::vector<int>& rows, double copy_gbs) {
+  int64_t max_in = 0;
+  for (const Shape& s : kShapes) max_in = std::max(max_in, s.n_in);
+  cuda::DeviceBuffer space(cuda::gemm_workspace_bytes(kMaxTokens, max_in, 0));
+  cuda::GemmContext gemm(space.data(), space.bytes(), kMaxTokens, max_in, 0);
+  std::string head = fmt::format("\n{:<12} {:>5} {:>5} {:>8}", "GEMM (f16)", "n_in", "n_out", "MB");
+  for (int r : rows) head += fmt::format(" | {:>3} rows: {:>7} {:>5} {:>4}", r, "us", "GB/s", "%");
+  fmt::print("{}\n", head);
+  for (const Shape& s : kShapes) {
+    const Weights w = weights_for(b, s, kDtypes[0]);
+    std::string line = fmt::format("{:<12} {:>5} {:>5} {:>8.2f}", s.name, s.n_in, s.n_out, double(w.bytes) / 1e6);
+    for (int r : rows) {
+      const double us = time_steps(stream, int64_t(w.copies.size()), [&](int64_t i) {
+        cuda::MatmulArgs a = args_for(b, w.copies[size_t(i)], r, stream);
+        a.gemm = &gemm;
+        cuda::matmul(a);
+      });
+      const double gbs = double(w.bytes) / us / 1e3;
+      line += fmt::format(" | {:>3} rows: {:>7.2f} {:>5.0f} {:>3.0f}%", r, us, gbs, 100 * gbs / copy_gbs);
+    }
+    fmt::print("{}\n", line);
+    std::fflush(stdout);
+  }
+}
+
 int run(int argc, char** argv) {
-  std::vector<int> tokens = {1, 8};
+  std::vector<int> tokens = {1, 8}, gemm_rows;
   bool extras = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--tokens") == 0) tokens = parse_list(argv[i + 1]);
     else if (std::strcmp(argv[i], "--extras") == 0) extras = std::atoi(argv[i + 1]) != 0;
-    else fail("unknown option {}: use --tokens LIST, --extras 0|1", argv[i]);
+    else if (std::strcmp(argv[i], "--gemm") == 0) gemm_rows = parse_list(argv[i + 1]);
+    else fail("unknown option {}: use --tokens LIST, --extras 0|1, --gemm LIST", argv[i]);
   }
+  for (int t : tokens)
+    KILN_CHECK(t >= 0 && t <= cuda::kGemvMaxTokens, "--tokens takes 1 to {} (0: none), not {}", cuda::kGemvMaxTokens, t);
+  for (int r : gemm_rows)
+    KILN_CHECK(r > cuda::kGemvMaxTokens && r <= kMaxTokens, "--gemm takes {} to {} rows, not {}",
+               cuda::kGemvMaxTokens + 1, kMaxTokens, r);
   cudaDeviceProp prop{};
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_gbs = cuda::copy_bandwidth_gbs();
@@ -237,8 +271,10 @@ int run(int argc, char** argv) {
              prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
   Buffers buffers;
   cuda::CudaStream stream;
-  bench_shapes(buffers, stream.get(), tokens, copy_gbs);
+  tokens.erase(std::remove(tokens.begin(), tokens.end(), 0), tokens.end());
+  if (!tokens.empty()) bench_shapes(buffers, stream.get(), tokens, copy_gbs);
   if (extras) bench_fusions(buffers, stream.get());
+  if (!gemm_rows.empty()) bench_gemm(buffers, stream.get(), gemm_rows, copy_gbs);
   return 0;
 }
 
