@@ -56,23 +56,29 @@ extern "C" void remove_partial_and_exit(int signal) {
   ::raise(signal);
 }
 
+void on_stop_signals(void (*handler)(int)) {
+  for (int signal : {SIGINT, SIGTERM, SIGHUP}) ::signal(signal, handler);
+}
+
 class TempFile {
  public:
+  // The handlers come first: a signal the moment the file exists must find them in place.
   TempFile(std::string path, const std::string& final_path) : path_(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    KILN_CHECK(fd_ >= 0, "cannot write '{}' (its temporary file '{}' cannot be created: {}): choose a folder you can "
-               "write to", final_path, path_, std::strerror(errno));
     g_partial_path = path_.c_str();
-    ::signal(SIGINT, remove_partial_and_exit);
-    ::signal(SIGTERM, remove_partial_and_exit);
-    ::signal(SIGHUP, remove_partial_and_exit);
+    on_stop_signals(remove_partial_and_exit);
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      const int error = errno;
+      on_stop_signals(SIG_DFL);
+      g_partial_path = nullptr;
+      fail("cannot write '{}' (its temporary file '{}' cannot be created: {}): choose a folder you can write to",
+           final_path, path_, std::strerror(error));
+    }
   }
   ~TempFile() {
     if (fd_ >= 0) ::close(fd_);
     if (!committed_) ::unlink(path_.c_str());
-    ::signal(SIGINT, SIG_DFL);
-    ::signal(SIGTERM, SIG_DFL);
-    ::signal(SIGHUP, SIG_DFL);
+    on_stop_signals(SIG_DFL);
     g_partial_path = nullptr;
   }
   void write_at(const void* data, uint64_t bytes, uint64_t offset) {
