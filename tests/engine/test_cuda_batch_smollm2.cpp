@@ -10,15 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "convert/conversion.h"
-#include "convert/from_gguf.h"
 #include "engine/cuda_backend.h"
 #include "engine/cuda_batch_backend.h"
 #include "engine/kiln_file.h"
-#include "tests/convert/kiln_file_fixture.h"
 #include "tests/engine/batch_backend_test_util.h"
+#include "tests/engine/smollm2_test_util.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
-#include "tests/model_paths.h"
 
 namespace kiln::test {
 namespace {
@@ -46,29 +43,18 @@ BatchBackendOptions batch_options(int64_t max_sequences) {
 class CudaBatchSmolLM2 : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string gguf_path = testing::smollm2_gguf_path();
-    if (gguf_path.empty() || !cuda::device_available()) return;
-    dir_ = new testing::TempDir;
-    const GgufFile gguf = GgufFile::open(gguf_path);
-    for (DType dtype : {DType::F32, DType::F16}) {
-      ConvertOptions options;
-      options.weight_dtype = dtype;
-      write_conversion(conversion_from_gguf(gguf), path(dtype), options);
-    }
+    files_ = testing::convert_smollm2({DType::F32, DType::F16}, cuda::device_available());
   }
-  static void TearDownTestSuite() {
-    delete dir_;
-    dir_ = nullptr;
-  }
+  static void TearDownTestSuite() { files_.reset(); }
   void SetUp() override {
     KILN_REQUIRE_GPU();
-    if (!dir_) GTEST_SKIP() << "SmolLM2 GGUF not found under " << testing::model_cache_dir() << ": run scripts/test";
+    if (!files_) GTEST_SKIP() << testing::smollm2_missing();
   }
-  static std::string path(DType dtype) { return dir_->file(std::string(dtype_name(dtype)) + ".kiln"); }
+  static std::string path(DType dtype) { return files_->path(dtype); }
 
-  static testing::TempDir* dir_;
+  static std::unique_ptr<testing::SmolLM2Files> files_;
 };
-testing::TempDir* CudaBatchSmolLM2::dir_ = nullptr;
+std::unique_ptr<testing::SmolLM2Files> CudaBatchSmolLM2::files_;
 
 TEST_F(CudaBatchSmolLM2, GreedyTokensEqualTheSingleSequenceBackend) {
   const KilnFile file = KilnFile::open(path(DType::F32));
