@@ -15,6 +15,7 @@
 #include "engine/batch_backend.h"
 #include "engine/error.h"
 #include "engine/weights.h"
+#include "tests/engine/greedy_test_util.h"
 #include "tests/engine/tiny_model.h"
 
 namespace kiln::test {
@@ -147,8 +148,6 @@ inline void run_thousand_short_sequences(BatchBackend& batch, Backend& alone) {
   EXPECT_EQ(batch.free_blocks(), start_free);
 }
 
-inline int32_t argmax(const float* logits, int64_t n) { return int32_t(std::max_element(logits, logits + n) - logits); }
-
 // Greedy continuations of several prompts decoded together in one batch backend, the prompts started in
 // different steps so that prompt chunks run beside decode rows; the logits go to the backend's
 // logits_buffer(). step_tokens: the most rows a step takes.
@@ -192,20 +191,6 @@ inline std::vector<std::vector<int32_t>> greedy_batched(BatchBackend& batch,
     }
   }
   return got;
-}
-
-// Greedy on a single-sequence backend: its prompt in one pass, then one token at a time.
-inline std::vector<int32_t> greedy_single(Backend& backend, const std::vector<int32_t>& prompt, int64_t n_new) {
-  const int64_t n_vocab = backend.config().n_vocab;
-  std::vector<float> logits(static_cast<size_t>(n_vocab));
-  backend.reset();
-  backend.forward(prompt.data(), int64_t(prompt.size()), 0, logits.data(), false);
-  std::vector<int32_t> out;
-  for (int64_t i = 0; i < n_new; ++i) {
-    out.push_back(argmax(logits.data(), n_vocab));
-    backend.forward(&out.back(), 1, int64_t(prompt.size()) + i, logits.data(), false);
-  }
-  return out;
 }
 
 }  // namespace kiln::test

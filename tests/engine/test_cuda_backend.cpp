@@ -16,6 +16,7 @@
 #include "engine/error.h"
 #include "engine/weights.h"
 #include "tests/engine/tiny_model.h"
+#include "tests/engine/greedy_test_util.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace kiln::test {
@@ -60,23 +61,6 @@ Versus versus_reference(const PromptReference& ref, const std::vector<float>& lo
     v.top1_agree += (std::max_element(row, row + n_vocab) - row) == ref.argmax[p];
   }
   return v;
-}
-
-// Greedy continuation of n_gen tokens after prompt, one decode step at a time; the logits of every
-// step are appended to *all_logits when given.
-std::vector<int32_t> greedy(Backend& backend, const std::vector<int32_t>& prompt, int n_gen,
-                            std::vector<float>* all_logits = nullptr) {
-  const int64_t n_vocab = backend.config().n_vocab;
-  std::vector<float> logits(static_cast<size_t>(n_vocab));
-  backend.forward(prompt.data(), int64_t(prompt.size()), 0, logits.data(), false);
-  std::vector<int32_t> out;
-  for (int i = 0; i < n_gen; ++i) {
-    if (all_logits) all_logits->insert(all_logits->end(), logits.begin(), logits.end());
-    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    out.push_back(next);
-    backend.forward(&next, 1, int64_t(prompt.size()) + i, logits.data(), false);
-  }
-  return out;
 }
 
 // The first n tokens of the longest reference prompt.
@@ -159,7 +143,7 @@ TEST_P(CudaParity, GreedyTokensEqualTheCpu) {
   const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
   auto cpu = make_cpu_backend(model.config, weights, options_with(512));
   auto gpu = make_cuda_backend(model.config, weights, options_with(512));
-  EXPECT_EQ(greedy(*gpu, prompt, 40), greedy(*cpu, prompt, 40));
+  EXPECT_EQ(test::greedy_single(*gpu, prompt, 40), test::greedy_single(*cpu, prompt, 40));
 }
 
 // The captured decode step replays exactly what the launches compute, at every position.
@@ -177,7 +161,7 @@ TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
     auto with_graph = make_cuda_backend(model.config, weights, options_with(512));
     auto without = make_cuda_backend(model.config, weights, options_with(512), launches);
     std::vector<float> a, b;
-    EXPECT_EQ(greedy(*with_graph, prompt, 30, &a), greedy(*without, prompt, 30, &b));
+    EXPECT_EQ(test::greedy_single(*with_graph, prompt, 30, &a), test::greedy_single(*without, prompt, 30, &b));
     ASSERT_EQ(a.size(), b.size());
     EXPECT_EQ(max_abs_diff(a, b), 0.0f);
   }
@@ -197,7 +181,7 @@ TEST_P(CudaParity, F16KvCacheFollowsTheF32One) {
   auto f32_cache = make_cuda_backend(model.config, weights, options_with(512));
   auto f16_cache = make_cuda_backend(model.config, weights, options_with(512), f16);
   std::vector<float> a;
-  const std::vector<int32_t> tokens = greedy(*f32_cache, prompt, 30, &a);
+  const std::vector<int32_t> tokens = test::greedy_single(*f32_cache, prompt, 30, &a);
   const int64_t n_vocab = model.config.n_vocab;
   std::vector<float> b(size_t(n_vocab) * tokens.size());
   f16_cache->forward(prompt.data(), int64_t(prompt.size()), 0, b.data(), false);

@@ -12,26 +12,12 @@
 #include "engine/cuda_backend.h"
 #include "engine/kiln_file.h"
 #include "tests/engine/smollm2_test_util.h"
+#include "tests/engine/greedy_test_util.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln {
 namespace {
-
-std::vector<int32_t> greedy(Backend& backend, const std::vector<int32_t>& prompt, int n_gen,
-                            std::vector<float>* all_logits = nullptr) {
-  std::vector<float> logits(size_t(backend.config().n_vocab));
-  backend.reset();
-  backend.forward(prompt.data(), int64_t(prompt.size()), 0, logits.data(), false);
-  std::vector<int32_t> out;
-  for (int i = 0; i < n_gen; ++i) {
-    if (all_logits) all_logits->insert(all_logits->end(), logits.begin(), logits.end());
-    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    out.push_back(next);
-    backend.forward(&next, 1, int64_t(prompt.size()) + i, logits.data(), false);
-  }
-  return out;
-}
 
 // Converts the GGUF once per dtype for the whole suite.
 class CudaSmolLM2 : public ::testing::TestWithParam<DType> {
@@ -77,7 +63,7 @@ TEST_P(CudaSmolLM2, GreedyTokensEqualTheCpu) {
   auto cpu = make_cpu_backend(*file_, options);
   for (const auto& [prompt, expected] : testing::smollm2_reference()["greedy"].items()) {
     const auto ids = tokenizer_->encode(prompt, false, false);
-    const auto on_gpu = greedy(*backend_, ids, 32), on_cpu = greedy(*cpu, ids, 32);
+    const auto on_gpu = test::greedy_single(*backend_, ids, 32), on_cpu = test::greedy_single(*cpu, ids, 32);
     const size_t compare = GetParam() == DType::F16 ? on_cpu.size() : 4;
     EXPECT_EQ(std::vector<int32_t>(on_gpu.begin(), on_gpu.begin() + long(compare)),
               std::vector<int32_t>(on_cpu.begin(), on_cpu.begin() + long(compare)))
@@ -93,7 +79,7 @@ TEST_P(CudaSmolLM2, GraphDecodeEqualsLaunches) {
   auto without = make_cuda_backend(*file_, options, launches);
   const auto ids = tokenizer_->encode("The capital of France is", false, false);
   std::vector<float> a, b;
-  EXPECT_EQ(greedy(*backend_, ids, 64, &a), greedy(*without, ids, 64, &b));
+  EXPECT_EQ(test::greedy_single(*backend_, ids, 64, &a), test::greedy_single(*without, ids, 64, &b));
   ASSERT_EQ(a.size(), b.size());
   EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin())) << "graph replay and launches differ";
 }
