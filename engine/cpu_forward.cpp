@@ -29,8 +29,9 @@ Activation activation_of(MlpKind mlp) {
 
 // Batch invariance: from these row counts up, the matmul kernels up to AVX-512 compute a row the same
 // way whatever the row count. Below them a row takes the GEMV kernels, with another summation order,
-// and int8 activation rounding can amplify that last-bit difference into other tokens. AMX is left out:
-// it would take f16 and bf16 rows from 16 on only, and is slower than AVX-512 below ~100 rows anyway.
+// and int8 activation rounding can amplify that last-bit difference into other tokens. AMX is left out
+// for f16 and bf16 weights (it would take their rows from 16 on only, with other sums); its int8 kernel
+// gives the AVX-512 GEMM's bits, so int8 weights keep it.
 constexpr int64_t kInvariantRowsInt8 = 4;
 constexpr int64_t kInvariantRows = 12;
 
@@ -49,7 +50,7 @@ CpuForward::CpuForward(const ModelConfig& config, const Weights& weights, int64_
       weights_(weights),
       max_tokens_(max_tokens),
       batch_invariant_(batch_invariant),
-      level_(batch_invariant ? std::min(cpu_level_default(), CpuLevel::Avx512) : cpu_level_default()),
+      level_(cpu_level_default()),
       ws_(make_workspace(config, batch_invariant ? std::max(max_tokens, kInvariantRows) : max_tokens)),
       pool_(n_threads),
       on_tensor_(std::move(on_tensor)) {
@@ -99,7 +100,7 @@ void CpuForward::head(const float* hidden, int64_t rows, float* out) {
     matmul_rows(weights_.output, hidden, padded_logits_.data(), rows);
     std::copy_n(padded_logits_.data(), rows * config_.n_vocab, out);
   } else {
-    matmul(weights_.output, hidden, out, rows, pool_, level_);
+    matmul(weights_.output, hidden, out, rows, pool_, level_for(weights_.output));
   }
   add_bias(out, weights_.output_bias, rows, config_.n_vocab);
   emit("logits", -1, out, rows * config_.n_vocab);
@@ -145,9 +146,13 @@ void CpuForward::norm(const float* x, const float* weight, const float* bias, fl
   }
 }
 
+CpuLevel CpuForward::level_for(const TensorView& w) const {
+  return batch_invariant_ && w.dtype != DType::I8 ? std::min(level_, CpuLevel::Avx512) : level_;
+}
+
 void CpuForward::matmul_rows(const TensorView& w, const float* x, float* y, int64_t n) {
   if (batch_invariant_) n = std::max(n, w.dtype == DType::I8 ? kInvariantRowsInt8 : kInvariantRows);
-  matmul(w, x, y, n, pool_, level_);
+  matmul(w, x, y, n, pool_, level_for(w));
 }
 
 void CpuForward::layer_forward(int64_t layer, const int32_t* positions, int64_t n, KvStore& kv) {

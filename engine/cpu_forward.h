@@ -55,6 +55,7 @@ class CpuForward {
   void embed(const int32_t* tokens, const int32_t* positions, int64_t n);
   void layer_forward(int64_t layer, const int32_t* positions, int64_t n, KvStore& kv);
   void norm(const float* x, const float* weight, const float* bias, float* y, int64_t n) const;
+  CpuLevel level_for(const TensorView& w) const;
   // y: [n, rows of w] = x: [n, cols of w] · wᵀ, over padding rows of x and y too when batch-invariant.
   void matmul_rows(const TensorView& w, const float* x, float* y, int64_t n);
   void emit(const char* name, int64_t layer, const float* data, int64_t n) const {
@@ -65,7 +66,7 @@ class CpuForward {
   Weights weights_;
   int64_t max_tokens_;
   bool batch_invariant_;
-  CpuLevel level_;                     // of the matmuls
+  CpuLevel level_;                     // of the matmuls (level_for: what a weight's matmul may use)
   Workspace ws_;                       // rows for max_tokens, or the padding minimum if larger
   std::vector<float> padded_logits_;  // batch-invariant: [padding minimum, output_width]
   ThreadPool pool_;

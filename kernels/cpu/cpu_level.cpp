@@ -33,13 +33,13 @@ CpuLevel cpu_level_from_name(std::string_view name) {
 namespace {
 
 #if KILN_X86_SIMD
-// AMX needs the tile and BF16 instructions (cpuid 7.0 edx, and AVX512_BF16 in 7.1 eax for the
+// AMX needs the tile, BF16 and INT8 instructions (cpuid 7.0 edx, and AVX512_BF16 in 7.1 eax for the
 // activations' conversion), the OS saving the tile state (XCR0 bits 17-18), and Linux's per-process
 // permission for the 8 KB of tile data, which the first request grants.
 bool amx_usable(unsigned leaf7_edx) {
-  const bool amx_bf16 = leaf7_edx & (1u << 22), amx_tile = leaf7_edx & (1u << 24);
+  const bool amx_bf16 = leaf7_edx & (1u << 22), amx_tile = leaf7_edx & (1u << 24), amx_int8 = leaf7_edx & (1u << 25);
   unsigned eax, ebx, ecx, edx;
-  if (!(amx_bf16 && amx_tile) || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !(eax & (1u << 5)))
+  if (!(amx_bf16 && amx_tile && amx_int8) || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !(eax & (1u << 5)))
     return false;
   unsigned xcr0_lo, xcr0_hi;
   __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));

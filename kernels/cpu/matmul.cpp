@@ -82,13 +82,24 @@ void matmul(const TensorView& weight, const float* x, float* y, int64_t n_tokens
   if (weight.dtype == DType::I8) {
     job.w_scales = weight.scales;
     job.group_size = weight.group_size;
-    void* buffer = pool.shared_scratch(quantized_activations_bytes(n_tokens, job.n_in, job.group_size));
+    // One buffer: x quantized, then for AMX the same values rearranged as tiles.
+    const bool amx = level == CpuLevel::Amx && matmul_detail::amx_int8_takes(job);
+    const size_t q_bytes = (quantized_activations_bytes(n_tokens, job.n_in, job.group_size) + 63) / 64 * 64;
+    auto* buffer = static_cast<char*>(
+        pool.shared_scratch(q_bytes + (amx ? matmul_detail::vnni_activations_bytes(n_tokens, job.n_in, job.group_size) : 0)));
     job.xq = quantized_activations_layout(n_tokens, job.n_in, job.group_size, buffer);
     if (n_tokens < kParallelQuantizeTokens) {
       quantize_activation_tokens(x, job.xq, 0, n_tokens, level);
     } else {
       pool.parallel_for(n_tokens,
                         [&](int64_t begin, int64_t end) { quantize_activation_tokens(x, job.xq, begin, end, level); });
+    }
+    if (amx) {
+      auto* xv = reinterpret_cast<int8_t*>(buffer + q_bytes);
+      pool.parallel_for((n_tokens + 15) / 16, [&](int64_t begin, int64_t end) {
+        matmul_detail::vnni_activation_tiles(job.xq, xv, begin, end);
+      });
+      job.xv = xv;
     }
   }
 

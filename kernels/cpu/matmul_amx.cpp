@@ -60,14 +60,6 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-void load_tile_config() {
-  TileConfig config;
-  for (int i = 0; i < 8; ++i) {
-    config.bytes_per_row[i] = 64;
-    config.rows[i] = 16;
-  }
-  _tile_loadconfig(&config);
-}
 
 // 16 bf16 values widened to f32 (exactly: bf16 is the top half of an f32).
 inline __m512 widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
@@ -187,7 +179,7 @@ template <DType D>
 void rows_amx(const MatmulJob& job, int64_t row_begin, int64_t row_end, void* scratch) {
   uint16_t* panel = static_cast<uint16_t*>(scratch);
   float* out = reinterpret_cast<float*>(static_cast<char*>(scratch) + panel_bytes(job));
-  load_tile_config();
+  load_amx_tile_config();
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kPanelRows) {
     pack_panel<D>(job, r0, panel);
     for (int64_t t0 = 0; t0 < job.n_tokens; t0 += kTileTokens) tile_tokens<D>(job, panel, r0, t0, out);
@@ -197,7 +189,19 @@ void rows_amx(const MatmulJob& job, int64_t row_begin, int64_t row_end, void* sc
 
 }  // namespace
 
+void load_amx_tile_config() {
+  TileConfig config;
+  for (int i = 0; i < 8; ++i) {
+    config.bytes_per_row[i] = 64;
+    config.rows[i] = 16;
+  }
+  // As asm with the config as a memory operand: GCC 12 takes _tile_loadconfig for a call that reads no
+  // memory and drops the stores above once this function stands alone.
+  __asm__ volatile("ldtilecfg %0" : : "m"(config));
+}
+
 MatmulPlan plan_amx(const MatmulJob& job) {
+  if (job.dtype == DType::I8) return plan_amx_int8(job);
   if (!amx_takes(job) || job.xs.hi == nullptr) return plan_avx512(job);
   MatmulPlan plan;
   plan.row_block = kPanelRows;
@@ -215,6 +219,7 @@ MatmulPlan plan_amx(const MatmulJob& job) {
 namespace kiln::matmul_detail {
 void split_activation_rows(const float*, int64_t, int64_t, const SplitActivations&, int64_t, int64_t) {}
 MatmulPlan plan_amx(const MatmulJob& job) { return plan_scalar(job); }
+void load_amx_tile_config() {}
 }  // namespace kiln::matmul_detail
 
 #endif

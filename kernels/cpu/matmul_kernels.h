@@ -30,6 +30,7 @@ struct MatmulJob {
   const float* x = nullptr;           // [n_tokens, n_in]
   QuantizedActivations xq;            // int8: x quantized in groups of group_size
   SplitActivations xs;                // AMX plans only
+  const int8_t* xv = nullptr;         // AMX int8 plans only: xq.q as tiles (vnni_activation_tiles)
   float* y = nullptr;                 // [n_tokens, n_out]
 };
 
@@ -58,5 +59,18 @@ SplitActivations split_activations_layout(int64_t n_tokens, int64_t n_in, void* 
 void split_activation_rows(const float* x, int64_t n_tokens, int64_t n_in, const SplitActivations& xs,
                            int64_t row_begin, int64_t row_end);
 MatmulPlan plan_amx(const MatmulJob& job);  // only where cpu_level_supported() == Amx
+void load_amx_tile_config();                // every tile 16 rows of 64 bytes; AMX level only
+
+// AMX int8 (kernels/cpu/matmul_amx_int8.cpp): weights whose groups are a multiple of 64 columns, from
+// kAmxMinTokensInt8 tokens, bit for bit what the AVX-512 GEMM computes. plan_amx hands these jobs on; a
+// job for it needs job.xv filled first.
+constexpr int64_t kAmxMinTokensInt8 = 8;
+bool amx_int8_takes(const MatmulJob& job);
+size_t vnni_activations_bytes(int64_t n_tokens, int64_t n_in, int64_t group_size);
+// xq.q rearranged as the tile unit's B operand: per tile of 16 tokens and 64 columns (1 KB), [16 column
+// quads][16 tokens][4 values], tokens past n_tokens zero; then the scales, [token tiles][n_groups][16].
+// Fills token tiles [tile_begin, tile_end).
+void vnni_activation_tiles(const QuantizedActivations& xq, int8_t* xv, int64_t tile_begin, int64_t tile_end);
+MatmulPlan plan_amx_int8(const MatmulJob& job);
 
 }  // namespace kiln::matmul_detail

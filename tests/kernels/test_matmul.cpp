@@ -230,6 +230,26 @@ TEST_P(MatmulLevel, ZeroTokensWritesNothing) {
 
 INSTANTIATE_TEST_SUITE_P(Levels, MatmulLevel, testing::ValuesIn(test::levels()), test::level_name);
 
+// AMX's int8 kernel gives the AVX-512 GEMM's bits (the batch backend runs rows through either), at row and
+// token counts around its 16 x 16 tiles, for groups of one and two tile steps; both also at 4 threads.
+TEST(Matmul, AmxInt8EqualsAvx512Bits) {
+  if (cpu_level_supported() < CpuLevel::Amx) GTEST_SKIP() << "this CPU has no AMX";
+  ThreadPool pool(4);
+  uint32_t seed = 500;
+  for (int64_t gs : {64, 128})
+    for (const Shape& shape : shapes({1, 15, 16, 17, 33, 577}, {128, 576, 1536}, {8, 15, 16, 17, 33, 64})) {
+      const auto [n_out, n_in, n_tokens] = shape;
+      if (n_in % gs != 0) continue;
+      const Weights w = make_weights(DType::I8, n_out, n_in, gs, seed++);
+      const auto x = test::random_floats(size_t(n_tokens * n_in), seed++, -2.0f, 2.0f);
+      std::vector<float> avx512(size_t(n_tokens * n_out)), amx(avx512.size(), NAN);
+      matmul(w.view, x.data(), avx512.data(), n_tokens, pool, CpuLevel::Avx512);
+      matmul(w.view, x.data(), amx.data(), n_tokens, pool, CpuLevel::Amx);
+      ASSERT_EQ(std::memcmp(avx512.data(), amx.data(), avx512.size() * sizeof(float)), 0)
+          << shape_string(shape) << " group " << gs;
+    }
+}
+
 // The reference itself, on values worked out by hand.
 TEST(MatmulReference, HandValues) {
   // W = [[1, 2, 3], [-1, 0.5, 4]], x = [[1, 1, 1], [2, 0, -1]] -> y = [[6, 3.5], [-1, -6]]
