@@ -381,6 +381,11 @@ void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, c
   a.n_tokens = n;
   a.gemm = gemm_.get();
   a.stream = stream();
+  run_matmul(a);
+}
+
+// Batched rows go through the batch-invariant calls; a sequence's rows take cuda::matmul's own choice.
+void CudaForward::run_matmul(const cuda::MatmulArgs& a) {
   if (batched_) matmul_invariant(a, invariant_rows_);
   else cuda::matmul(a);
 }
@@ -409,8 +414,7 @@ void CudaForward::matmul(const DeviceMatrix& w, const float* x, float* y, const 
   a.gated = gated;
   a.gemm = gemm_.get();
   a.stream = stream();
-  if (batched_) matmul_invariant(a, invariant_rows_);
-  else cuda::matmul(a);
+  run_matmul(a);
 }
 
 void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {

@@ -145,6 +145,7 @@ class CudaForward {
   void matmul(const cuda::DeviceMatrix& w, const float* x, float* y, const float* bias, int64_t n,
               const cuda::InputNorm& norm = {}, const cuda::GatedOutput& gated = {}, const __half* x16 = nullptr);
   bool takes_gemv(int64_t n) const;
+  void run_matmul(const cuda::MatmulArgs& a);
   void matmul_into_residual(const cuda::DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
                             int64_t n);
   void emit(const char* name, int64_t layer, const float* device_data, int64_t n);
