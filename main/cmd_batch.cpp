@@ -94,7 +94,9 @@ RequestDefaults defaults_from(const cxxopts::ParseResult& args) {
   return d;
 }
 
-BatchBackendOptions backend_options(const cxxopts::ParseResult& args, const std::string& device) {
+// n_requests: the input's lines; sequence slots beyond them would only take memory (and on a GPU widen
+// every matmul call).
+BatchBackendOptions backend_options(const cxxopts::ParseResult& args, const std::string& device, int64_t n_requests) {
   BatchBackendOptions o;
   o.n_ctx = args["ctx-size"].as<int64_t>();
   KILN_CHECK(o.n_ctx >= 0, "-c {} must be 0 (the model's) or a positive token count", o.n_ctx);
@@ -106,7 +108,7 @@ BatchBackendOptions backend_options(const cxxopts::ParseResult& args, const std:
   o.max_step_tokens = args["batch-size"].as<int64_t>();
   KILN_CHECK(o.max_step_tokens >= 1 && o.max_step_tokens <= 65536, "-b {} must be a token count from 1 to 65536",
              o.max_step_tokens);
-  o.max_sequences = parallel > 0 ? parallel : std::min<int64_t>(256, o.max_step_tokens);
+  o.max_sequences = parallel > 0 ? parallel : std::clamp<int64_t>(std::min<int64_t>(256, n_requests), 1, o.max_step_tokens);
   o.kv_bytes = parse_memory(args["kv-memory"].as<std::string>(), device);
   return o;
 }
@@ -133,7 +135,8 @@ class BatchRun {
       }
     context_ = {std::filesystem::path(model_path).stem().string(), int64_t(std::time(nullptr)), random_hex()};
     const std::string device = choose_device(args_["device"].as<std::string>());
-    auto backend = make_batch_backend(device, model.file, backend_options(args_, device), kv_f16_from(args_));
+    auto backend = make_batch_backend(device, model.file, backend_options(args_, device, int64_t(input_.items.size())),
+                                      kv_f16_from(args_));
     BatchOptions options;
     options.max_parallel = args_["parallel"].as<int64_t>();
     options.max_step_tokens = backend->max_step_tokens();
@@ -238,7 +241,7 @@ int cmd_batch(int argc, char** argv) {
       "stop", "stop before this text unless the request says (repeatable)", cxxopts::value<std::vector<std::string>>())(
       "chat", "wrap plain prompts in the model's chat template as a user turn")(
       "no-bos", "do not prepend BOS to prompts that skip the chat template")(
-      "parallel", "sequences decoding at once (0: as many as the KV memory holds)",
+      "parallel", "sequences decoding at once (0: as many as the KV memory holds, at most 256 and the input's lines)",
       cxxopts::value<int64_t>()->default_value("0"))(
       "kv-memory",
       "memory for the KV cache of all sequences (512M, 2G; auto: 1G on the CPU, on a GPU what it has free beside the "

@@ -110,6 +110,8 @@ TEST_F(BatchCli, PlainTextGivesOneRecordPerLineWithGenerateGreedyText) {
   const ProcessResult r = batch(file("plain.txt"), file("plain.jsonl"), {"-n", "8"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("[batch: 3 ok, 1 failed, 0 resumed | generated 24 tokens"), std::string::npos) << r.err;
+  // no more sequence slots than lines (without --parallel)
+  EXPECT_NE(r.err.find("up to 4 sequences at once"), std::string::npos) << r.err;
   const auto out = records(file("plain.jsonl"));
   ASSERT_EQ(out.size(), 4u);
   const char* prompts[] = {"The cat", "", "sat on the mat and", "x"};
