@@ -105,6 +105,7 @@ void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows) {
     if (args.x16 != nullptr) chunk.x16 = args.x16 + start * n_in;
     if (args.residual != nullptr) chunk.residual = args.residual + start * n_y;
     if (chunk.norm.enabled) chunk.norm.out = args.norm.out + start * n_in;
+    chunk.weight_dequantized = start > 0;  // an int8 weight's f16 copy serves every call after the first
     cuda::matmul(chunk);
   }
 }

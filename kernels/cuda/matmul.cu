@@ -101,10 +101,12 @@ void gemm_launch(const MatmulArgs& a, const float* x, const __half* x16) {
     type = CUDA_R_16BF;
   }
   if (w.dtype == DType::I8) {
-    const int64_t n_w = w.rows * w.cols;
-    dequantize_int8_kernel<<<grid_for(n_w), kThreads, 0, a.stream>>>(
-        static_cast<const int8_t*>(w.data), w.scales, w.group_size, w.cols, n_w, static_cast<__half*>(g.w16()));
-    KILN_CUDA_CHECK_LAUNCH();
+    if (!a.weight_dequantized) {
+      const int64_t n_w = w.rows * w.cols;
+      dequantize_int8_kernel<<<grid_for(n_w), kThreads, 0, a.stream>>>(
+          static_cast<const int8_t*>(w.data), w.scales, w.group_size, w.cols, n_w, static_cast<__half*>(g.w16()));
+      KILN_CUDA_CHECK_LAUNCH();
+    }
     w_in = g.w16();
   }
   float* out = a.gated.enabled ? g.gate_up() : a.y;

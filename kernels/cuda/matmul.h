@@ -92,6 +92,9 @@ struct MatmulArgs {
   InputNorm norm;
   GatedOutput gated;
   GemmContext* gemm = nullptr;     // needed above kGemvMaxTokens tokens
+  // GEMM path, int8 weights: the context's f16 copy already holds this weight (the call before, on the
+  // same stream, dequantized it): the later calls of one matmul split into several.
+  bool weight_dequantized = false;
   bool force_generic = false;      // tests: the element-wise GEMV (the path for unaligned shapes)
   cudaStream_t stream = nullptr;
 };
