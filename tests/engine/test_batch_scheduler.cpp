@@ -91,11 +91,17 @@ class ReferenceBatchBackend : public BatchBackend {
                                              all.begin() + ptrdiff_t((i + 1) * size_t(config_.n_vocab)));
       s.n_past += int64_t(ids.size());
     }
+    bool poisoned = false;
     for (int64_t i = 0; i < n_logit_rows; ++i) {
       KILN_CHECK(logit_rows[i] >= 0 && logit_rows[i] < n_tokens, "logit row {} is outside the step", logit_rows[i]);
       std::copy(row_logits[size_t(logit_rows[i])].begin(), row_logits[size_t(logit_rows[i])].end(),
                 logits + i * config_.n_vocab);
+      if (tokens[logit_rows[i]].seq == poison_slot_once) {
+        std::fill_n(logits + i * config_.n_vocab, config_.n_vocab, NAN);
+        poisoned = true;
+      }
     }
+    if (poisoned) poison_slot_once = -1;
   }
 
   void release(int32_t seq) override {
@@ -107,6 +113,7 @@ class ReferenceBatchBackend : public BatchBackend {
 
   int64_t n_steps = 0;
   int64_t max_reserved_sequences = 0;
+  int32_t poison_slot_once = -1;  // the next logits of this slot are nan (a model gone bad), once
 
  private:
   static constexpr int64_t kBlock = 16;
@@ -170,6 +177,26 @@ TEST_F(BatchScheduler_, GreedyAndSampledOutputEqualsGeneratorAlone) {
   const auto results = run_all(scheduler, requests);
   expect_all_alone(results, requests, 96, *tokenizer_);
   EXPECT_GT(backend->max_reserved_sequences, 1) << "the requests ran one at a time";
+}
+
+// nan logits fail their request alone, with the sampler's message; the requests sampled beside it in the
+// same steps (on the sampling threads) give what they give alone.
+TEST_F(BatchScheduler_, NanLogitsFailOnlyTheirRequest) {
+  const auto requests = mixed_requests(6, model_->config.n_vocab, 11);
+  auto backend = reference(96, 40, 24, 3);
+  backend->poison_slot_once = 0;  // the first request admitted takes slot 0
+  BatchOptions options;
+  options.sampling_threads = 3;
+  BatchScheduler scheduler(*backend, *tokenizer_, options);
+  const auto results = run_all(scheduler, requests);
+  const BatchResult& failed = results.at(requests[0].index);
+  EXPECT_NE(failed.error.find("the model produced invalid output"), std::string::npos) << failed.error;
+  EXPECT_TRUE(failed.text.empty());
+  for (size_t i = 1; i < requests.size(); ++i) {
+    SCOPED_TRACE(requests[i].index);
+    EXPECT_TRUE(results.at(requests[i].index).error.empty());
+    expect_same(results.at(requests[i].index), alone(requests[i], 96, *tokenizer_));
+  }
 }
 
 TEST_F(BatchScheduler_, PromptChunksOfOneTokenAndATightPoolGiveTheSameText) {
