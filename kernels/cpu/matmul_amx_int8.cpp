@@ -88,12 +88,11 @@ Scratch scratch_at(const MatmulJob& job, void* memory) {
   return s;
 }
 
-// One row block and token tile: the weight rows (`stride` bytes apart), the token tile's activations
+// One row block and token tile: the weight rows (n_in bytes apart), the token tile's activations
 // and scales, and the next rows to prefetch. Tiles: 1 the weights, 2 the activations, 0 and 3 the dot
 // products of alternate groups, so that one group's sums are scaled while the next group's multiply.
 struct Block {
   const int8_t* w;
-  int64_t stride;
   const int8_t* x_tiles;
   const float* x_scales;  // [n_groups][16 tokens]
   const int8_t* next_rows;
@@ -109,7 +108,7 @@ void multiply_group(const Block& b, int64_t n_in, int64_t g) {
   else _tile_zero(3);
   for (int64_t step = g * b.steps_per_group; step < (g + 1) * b.steps_per_group; ++step) {
     for (int64_t r = 0; r < b.n_next; ++r) _mm_prefetch(b.next_rows + r * n_in + step * kStepColumns, _MM_HINT_T1);
-    _tile_loadd(1, b.w + step * kStepColumns, b.stride);
+    _tile_loadd(1, b.w + step * kStepColumns, n_in);
     _tile_loadd(2, b.x_tiles + step * kStepBytes, 64);
     if constexpr (C == 0) _tile_dpbssd(0, 1, 2);
     else _tile_dpbssd(3, 1, 2);
@@ -156,7 +155,7 @@ void rows_amx_int8(const MatmulJob& job, int64_t row_begin, int64_t row_end, voi
   load_amx_tile_config();
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kTile) {
     const int64_t rows = job.n_out - r0 < kTile ? job.n_out - r0 : kTile;
-    Block b{w + r0 * n_in, n_in, nullptr, nullptr, w + (r0 + kTile) * n_in,
+    Block b{w + r0 * n_in, nullptr, nullptr, w + (r0 + kTile) * n_in,
             r0 + kTile < row_end ? std::min(kTile, row_end - r0 - kTile) : 0, job.group_size / kStepColumns};
     if (rows < kTile) {  // the last rows, padded with zeros
       std::memcpy(s.tail_rows, b.w, size_t(rows * n_in));
