@@ -54,15 +54,19 @@ inline std::string smollm2_missing() {
   return "SmolLM2 GGUF not found under " + model_cache_dir() + ": run scripts/test";
 }
 
-inline nlohmann::json smollm2_reference() {
-  std::ifstream in(std::string(KILN_SOURCE_DIR) + "/tests/data/smollm2_reference.json");
-  return nlohmann::json::parse(in);
+// Parsed once and kept: callers range over its members, which a returned temporary would free.
+inline const nlohmann::json& smollm2_reference() {
+  static const nlohmann::json reference = [] {
+    std::ifstream in(std::string(KILN_SOURCE_DIR) + "/tests/data/smollm2_reference.json");
+    return nlohmann::json::parse(in);
+  }();
+  return reference;
 }
 
 // Bounds per dtype: f16 only rounds the (already 4-bit) weights; int8 adds group quantization (and on the
 // CPU the activations' quantization per row).
 inline void expect_perplexity_matches_reference(Backend& backend, const Tokenizer& tokenizer, DType dtype) {
-  const auto ref = smollm2_reference();
+  const auto& ref = smollm2_reference();
   std::ifstream in(std::string(KILN_SOURCE_DIR) + "/" + ref["text"].get<std::string>(), std::ios::binary);
   const std::string text{std::istreambuf_iterator<char>(in), {}};
   const auto tokens = tokenizer.encode(text, false, false);
@@ -93,7 +97,7 @@ inline void expect_greedy_matches_reference(Backend& backend, const Tokenizer& t
 
 // Logits here span about ±20. f16 only rounds the weights; int8 moves a logit by up to about 1.
 inline void expect_last_logits_match_reference(Backend& backend, const Tokenizer& tokenizer, DType dtype) {
-  const auto ref = smollm2_reference();
+  const auto& ref = smollm2_reference();
   const auto prompt = tokenizer.encode(ref["logits_prompt"].get<std::string>(), false, false);
   std::vector<float> logits(size_t(backend.config().n_vocab));
   backend.forward(prompt.data(), int64_t(prompt.size()), 0, logits.data(), false);
