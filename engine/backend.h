@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "engine/model_config.h"
+#include "engine/tensor_shard.h"
 
 namespace kiln {
 
@@ -38,6 +39,9 @@ struct BackendOptions {
   uint64_t max_kv_bytes = uint64_t(32) << 30;  // refuse a larger KV cache rather than swap
   TensorCallback on_tensor;  // optional debugging hook; slows the forward when set
   std::shared_ptr<StageTimer> stage_timer;  // optional; costs nothing while disabled
+  // Set for each rank by the tensor-parallel backend: the part of the whole model that the backend's
+  // config and weights are (engine/tensor_shard.h). By default the whole model.
+  TensorShard shard;
 };
 
 class Backend {

@@ -34,7 +34,7 @@ CpuBackend::CpuBackend(const ModelConfig& config, const Weights& weights, const 
     : cache_(make_kv_cache(config, context_size(config, weights, options.n_ctx), options.max_kv_bytes)),
       // No step holds more tokens than the context: a short context needs no larger workspace.
       forward_(config, weights, std::min(options.max_batch, cache_.n_ctx), cache_.n_ctx, options.n_threads,
-               options.on_tensor) {}
+               options.on_tensor, false, options.shard) {}
 
 void CpuBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                          bool all_logits) {
@@ -54,8 +54,8 @@ void CpuBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_
              "this {} model attends both ways: run the whole input (at most {} tokens) in one call",
              config().architecture, forward_.max_tokens());
   for (int64_t i = 0; i < n_tokens; ++i)
-    KILN_CHECK(tokens[i] >= 0 && tokens[i] < config().n_vocab, "token {} at index {} is outside the vocabulary of {}",
-               tokens[i], i, config().n_vocab);
+    KILN_CHECK(tokens[i] >= 0 && tokens[i] < forward_.shard().n_vocab,
+               "token {} at index {} is outside the vocabulary of {}", tokens[i], i, forward_.shard().n_vocab);
 
   n_past_ = first_position;
   for (int64_t start = 0; start < n_tokens; start += forward_.max_tokens()) {

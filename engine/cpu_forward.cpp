@@ -45,8 +45,9 @@ void add_bias(float* x, const float* bias, int64_t n_tokens, int64_t dim) {
 }  // namespace
 
 CpuForward::CpuForward(const ModelConfig& config, const Weights& weights, int64_t max_tokens, int64_t n_ctx,
-                       int n_threads, TensorCallback on_tensor, bool batch_invariant)
+                       int n_threads, TensorCallback on_tensor, bool batch_invariant, const TensorShard& shard)
     : config_(config),
+      shard_(shard.whole() ? whole_model(config) : shard),
       weights_(weights),
       max_tokens_(max_tokens),
       batch_invariant_(batch_invariant),
@@ -58,7 +59,7 @@ CpuForward::CpuForward(const ModelConfig& config, const Weights& weights, int64_
   if (batch_invariant) padded_logits_.resize(size_t(kInvariantRows * config.output_width()));
   KILN_CHECK(int64_t(weights.layers.size()) == config.n_layers, "the weights hold {} layers, the config {}",
              weights.layers.size(), config.n_layers);
-  if (config.position == PositionKind::Alibi) alibi_ = alibi_slopes(int(config.n_heads));
+  if (config.position == PositionKind::Alibi) alibi_ = alibi_slopes(int(shard_.n_heads));
   if (config.position == PositionKind::Rotary) {
     rotary_.mode = config.rotary_style == RotaryStyle::Half ? RotaryMode::RotateHalf : RotaryMode::RotateEveryTwo;
     rotary_.rotary_dim = int(config.rotary_dim);
@@ -73,7 +74,7 @@ CpuForward::CpuForward(const ModelConfig& config, const Weights& weights, int64_
   ap.scale = config.attention_scale > 0 ? config.attention_scale : 1.0f / std::sqrt(float(config.head_dim));
   ap.causal = config.causal;
   ap.window = config.sliding_window;
-  ap.alibi_slopes = alibi_.empty() ? nullptr : alibi_.data();
+  ap.alibi_slopes = alibi_.empty() ? nullptr : alibi_.data() + shard_.head_begin;
 }
 
 void CpuForward::run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, KvStore& kv) {
@@ -110,12 +111,10 @@ void CpuForward::embed(const int32_t* tokens, const int32_t* positions, int64_t 
   const int64_t dim = config_.dim;
   float* x = ws_.x.data();
   if (config_.projects_embedding()) {  // narrow rows, then the projection in
-    const int64_t embd_dim = config_.embd_dim();
-    for (int64_t t = 0; t < n_tokens; ++t)
-      dequantize_row(weights_.token_embd, tokens[t], ws_.embd.data() + t * embd_dim);
+    embedding_rows(tokens, n_tokens, ws_.embd.data(), config_.embd_dim());
     matmul_rows(weights_.token_embd_proj, ws_.embd.data(), x, n_tokens);
   } else {
-    for (int64_t t = 0; t < n_tokens; ++t) dequantize_row(weights_.token_embd, tokens[t], x + t * dim);
+    embedding_rows(tokens, n_tokens, x, dim);
   }
   // Every token has type 0; its row is added before the position, in the order the reference adds them.
   float* type0 = ws_.attn_proj.data();  // free until the first attention
@@ -134,6 +133,17 @@ void CpuForward::embed(const int32_t* tokens, const int32_t* positions, int64_t 
   }
   if (weights_.token_embd_norm) norm(x, weights_.token_embd_norm, weights_.token_embd_norm_bias, x, n_tokens);
   emit("token_embd", -1, x, n_tokens * dim);
+}
+
+void CpuForward::embedding_rows(const int32_t* tokens, int64_t n_tokens, float* out, int64_t width) {
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const int64_t row = tokens[t] - shard_.vocab_begin;  // another rank's token: its rows are zero here
+    if (row >= 0 && row < config_.n_vocab)
+      dequantize_row(weights_.token_embd, row, out + t * width);
+    else
+      std::fill_n(out + t * width, width, 0.0f);
+  }
+  sum_over_ranks(out, n_tokens * width);
 }
 
 void CpuForward::norm(const float* x, const float* weight, const float* bias, float* y, int64_t n_tokens) const {
@@ -197,9 +207,11 @@ void CpuForward::layer_forward(int64_t layer, const int32_t* positions, int64_t 
   kv.attend(layer, q, att, ap, pool_);
   emit("attn", layer, att, n * q_dim);
 
-  // output projection + residual (deferred to the end of the layer for a parallel residual)
+  // output projection, summed over the ranks, + residual (deferred to the end of the layer for a parallel
+  // residual)
   float* attn_proj = ws_.attn_proj.data();
   matmul_rows(w.attn_out, att, attn_proj, n);
+  sum_over_ranks(attn_proj, n * dim);
   emit("attn_out", layer, attn_proj, n * dim);
   if (!c.parallel_residual) residual_add_bias(x, attn_proj, w.attn_out_bias, nullptr, nullptr, n, dim);
   if (c.post_norm) {
@@ -226,9 +238,10 @@ void CpuForward::layer_forward(int64_t layer, const int32_t* positions, int64_t 
   }
   emit("ffn_act", layer, hidden, n * ffn);
 
-  // down projection + residual
+  // down projection, summed over the ranks, + residual
   float* ffn_out = ws_.ffn_out.data();
   matmul_rows(w.ffn_down, hidden, ffn_out, n);
+  sum_over_ranks(ffn_out, n * dim);
   if (c.parallel_residual)
     residual_add_bias(x, attn_proj, w.attn_out_bias, ffn_out, w.ffn_down_bias, n, dim);
   else

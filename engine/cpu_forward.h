@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/tensor_shard.h"
 #include "engine/weights.h"
 #include "engine/workspace.h"
 #include "kernels/cpu/attention.h"
@@ -37,11 +38,13 @@ class CpuForward {
   // max_tokens: rows per call; n_ctx: positions a sequence may reach (the rotary table's size).
   // batch_invariant: every row's result is bit for bit the same whatever the other rows of the call (small
   // calls run their matmuls over padding rows, so they take the kernels of large ones, and never AMX);
-  // else a single row takes the faster GEMV kernels.
+  // else a single row takes the faster GEMV kernels. shard: the part of the whole model that config and
+  // weights describe, under tensor parallelism (engine/tensor_shard.h); by default the whole model.
   CpuForward(const ModelConfig& config, const Weights& weights, int64_t max_tokens, int64_t n_ctx, int n_threads,
-             TensorCallback on_tensor, bool batch_invariant = false);
+             TensorCallback on_tensor, bool batch_invariant = false, const TensorShard& shard = {});
 
   const ModelConfig& config() const { return config_; }
+  const TensorShard& shard() const { return shard_; }
   int64_t max_tokens() const { return max_tokens_; }
   Workspace& workspace() { return ws_; }
 
@@ -53,6 +56,12 @@ class CpuForward {
 
  private:
   void embed(const int32_t* tokens, const int32_t* positions, int64_t n);
+  // out: [n, width] = the token embedding rows of tokens: [n] (this shard's rows, summed over the ranks).
+  void embedding_rows(const int32_t* tokens, int64_t n, float* out, int64_t width);
+  // Adds up the ranks' partial rows of a matmul split by columns; nothing for the whole model.
+  void sum_over_ranks(float* data, int64_t n) {
+    if (shard_.comm) shard_.comm->all_reduce_sum(data, n);
+  }
   void layer_forward(int64_t layer, const int32_t* positions, int64_t n, KvStore& kv);
   void norm(const float* x, const float* weight, const float* bias, float* y, int64_t n) const;
   CpuLevel level_for(const TensorView& w) const;
@@ -63,6 +72,7 @@ class CpuForward {
   }
 
   ModelConfig config_;
+  TensorShard shard_;
   Weights weights_;
   int64_t max_tokens_;
   bool batch_invariant_;
@@ -71,7 +81,7 @@ class CpuForward {
   std::vector<float> padded_logits_;  // batch-invariant: [padding minimum, output_width]
   ThreadPool pool_;
   AttentionParams attention_shape_;
-  std::vector<float> alibi_;  // [n_heads] ALiBi slopes, empty for other position kinds
+  std::vector<float> alibi_;  // [the whole model's n_heads] ALiBi slopes, empty for other position kinds
   RotaryParams rotary_;
   std::unique_ptr<RotaryTable> rotary_table_;  // cos and sin for positions [0, n_ctx); rotary models only
   TensorCallback on_tensor_;

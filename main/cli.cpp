@@ -8,11 +8,15 @@ namespace kiln {
 
 bool parse_or_help(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& result) {
   options.add_options()("h,help", "show this help");
-  // llama.cpp's multi-letter short flag: cxxopts would read "-sys" as "-s ys" (the seed).
+  // Multi-letter short flags (llama.cpp's, vLLM's -tp): cxxopts would read "-sys" as "-s ys" (the seed).
+  static char system_flag[] = "--system", gpu_layers_flag[] = "--ngl", tensor_parallel_flag[] = "--tensor-parallel";
   std::vector<char*> args(argv, argv + argc);
-  static char system_flag[] = "--system";
-  for (auto& arg : args)
-    if (std::string_view(arg) == "-sys") arg = system_flag;
+  for (auto& arg : args) {
+    const std::string_view a(arg);
+    if (a == "-sys") arg = system_flag;
+    if (a == "-ngl") arg = gpu_layers_flag;
+    if (a == "-tp") arg = tensor_parallel_flag;
+  }
   result = options.parse(argc, args.data());
   if (result.count("help")) {
     fmt::print("{}\n", options.help());

@@ -135,6 +135,7 @@ class BatchRun {
       }
     context_ = {std::filesystem::path(model_path).stem().string(), int64_t(std::time(nullptr)), random_hex()};
     const std::string device = choose_device(args_["device"].as<std::string>());
+    KILN_CHECK(tensor_parallel_from(args_) == 1, "kiln batch runs a model on one rank: leave out -tp");
     auto backend = make_batch_backend(device, model.file, backend_options(args_, device, int64_t(input_.items.size())),
                                       kv_f16_from(args_));
     BatchOptions options;

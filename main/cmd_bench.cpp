@@ -170,7 +170,9 @@ int cmd_bench(int argc, char** argv) {
     backend_options.stage_timer = profiler.timer();
     if (!on_gpu) backend_options.on_tensor = profiler.host_clock();
   }
-  const std::unique_ptr<Backend> backend_owner = make_backend_on(device, file, backend_options, kv_f16);
+  const int tensor_parallel = tensor_parallel_from(args);
+  const std::unique_ptr<Backend> backend_owner =
+      make_backend_on(device, file, backend_options, kv_f16, tensor_parallel);
   Backend& backend = *backend_owner;
   for (const Test& t : tests)
     KILN_CHECK(t.positions() <= backend.n_ctx(), "test {} needs {} positions but the context holds {}: raise -c",
@@ -195,6 +197,7 @@ int cmd_bench(int argc, char** argv) {
                           {"n_params", bytes.n_params},
                           {"backend", std::string(backend.name())},
                           {"n_threads", threads},
+                          {"tensor_parallel", tensor_parallel},
                           {"n_ctx", backend.n_ctx()},
                           {"test", test.name()},
                           {"n_prompt", test.n_prompt},

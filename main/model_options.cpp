@@ -3,6 +3,7 @@
 #include <random>
 
 #include "engine/error.h"
+#include "engine/tensor_parallel_backend.h"
 #ifdef KILN_HAVE_CUDA
 #include "engine/cuda_backend.h"
 #endif
@@ -19,7 +20,16 @@ void add_model_options(cxxopts::Options& options) {
       "ngl,n-gpu-layers", "accepted for llama.cpp compatibility; kiln runs every layer on the chosen device",
       cxxopts::value<int>()->default_value("-1"))(
       "cache-type", "the GPU's KV cache type: f16 (half the bytes attention reads) or f32 (the CPU keeps f32)",
-      cxxopts::value<std::string>()->default_value("f16"));
+      cxxopts::value<std::string>()->default_value("f16"))(
+      "tp,tensor-parallel",
+      "split the model by heads over N ranks (at most its key/value heads); on the CPU, N groups of threads",
+      cxxopts::value<int>()->default_value("1"));
+}
+
+int tensor_parallel_from(const cxxopts::ParseResult& args) {
+  const int size = args["tensor-parallel"].as<int>();
+  KILN_CHECK(size >= 1 && size <= 64, "-tp {} must be a rank count from 1 to 64", size);
+  return size;
 }
 
 bool kv_f16_from(const cxxopts::ParseResult& args) {
@@ -78,16 +88,20 @@ std::string choose_device(const std::string& requested) {
 }
 
 std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                         const BackendOptions& options, bool kv_f16) {
+                                         const BackendOptions& options, bool kv_f16, int tensor_parallel) {
 #ifdef KILN_HAVE_CUDA
   CudaOptions cuda;
   cuda.kv_f16 = kv_f16;
-  if (device == "cuda") return make_cuda_backend(file, options, cuda);
+  if (device == "cuda") {
+    KILN_CHECK(tensor_parallel == 1, "-tp {} runs on the CPU only in this kiln: add --device cpu, or leave out -tp",
+               tensor_parallel);
+    return make_cuda_backend(file, options, cuda);
+  }
 #else
   (void)kv_f16;
 #endif
   KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
-  return make_cpu_backend(file, options);
+  return make_cpu_tensor_parallel_backend(file, options, tensor_parallel);
 }
 
 LoadedModel load_model(const cxxopts::ParseResult& args) {
@@ -105,7 +119,7 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   BackendOptions options;
   options.n_ctx = n_ctx;
   options.n_threads = threads;
-  model.backend = make_backend_on(device, model.file, options, kv_f16_from(args));
+  model.backend = make_backend_on(device, model.file, options, kv_f16_from(args), tensor_parallel_from(args));
   return model;
 }
 

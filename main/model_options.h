@@ -15,7 +15,7 @@
 
 namespace kiln {
 
-void add_model_options(cxxopts::Options& options);     // -m -c -t --device -ngl
+void add_model_options(cxxopts::Options& options);     // -m -c -t --device -ngl -tp
 void add_sampling_options(cxxopts::Options& options);  // --temp --top-k ... -s
 void add_chat_options(cxxopts::Options& options);      // -sys --chat-template
 
@@ -32,9 +32,14 @@ struct LoadedModel {
 // --device: "cpu", "cuda", or "auto" (or empty): cuda when this kiln has CUDA and a GPU is present.
 [[nodiscard]] std::string choose_device(const std::string& requested);
 
-// kv_f16: the GPU's KV cache in f16 (--cache-type); the CPU's is f32.
+// kv_f16: the GPU's KV cache in f16 (--cache-type); the CPU's is f32. tensor_parallel: ranks the model is
+// split over (-tp).
 [[nodiscard]] std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                                       const BackendOptions& options, bool kv_f16);
+                                                       const BackendOptions& options, bool kv_f16,
+                                                       int tensor_parallel);
+
+// -tp: the tensor-parallel size. Throws kiln::Error outside [1, 64].
+[[nodiscard]] int tensor_parallel_from(const cxxopts::ParseResult& args);
 
 // --cache-type: true for f16. Throws kiln::Error for another type.
 [[nodiscard]] bool kv_f16_from(const cxxopts::ParseResult& args);

@@ -304,7 +304,8 @@ TEST_F(BatchCli, BadArgumentsGiveOneLineErrors) {
            {{"batch", file("missing.txt"), "-o", file("x.jsonl"), "-m", model()}, "cannot read the input"},
            {{"batch", file("args.txt"), "-o", file("x.jsonl")}, "give the model"},
            {{"batch", file("args.txt"), "-o", file("x.jsonl"), "-m", model(), "--kv-memory", "lots"}, "kv-memory"},
-           {{"batch", file("args.txt"), "-o", file("x.jsonl"), "-m", model(), "--parallel", "-2"}, "--parallel"}}) {
+           {{"batch", file("args.txt"), "-o", file("x.jsonl"), "-m", model(), "--parallel", "-2"}, "--parallel"},
+           {{"batch", file("args.txt"), "-o", file("x.jsonl"), "-m", model(), "-tp", "2"}, "leave out -tp"}}) {
     const ProcessResult r = run_kiln(args);
     EXPECT_NE(r.exit_code, 0);
     EXPECT_LT(r.exit_code, 128) << r.err;

@@ -65,6 +65,20 @@ TEST_F(Generate, TakesLlamaCppsSysFlag) {
   EXPECT_FALSE(r.out.empty());
 }
 
+// Split over 3 ranks on the CPU (tensor parallelism), the model writes what it writes on one.
+TEST_F(Generate, TensorParallelGivesTheSameText) {
+  const std::vector<std::string> args = {"generate", "-m", model(), "-p", "The capital of France is", "-n", "6",
+                                         "--temp", "0", "--device", "cpu"};
+  auto split_args = args;
+  split_args.insert(split_args.end(), {"-tp", "3"});
+  const auto one = run_kiln(args), split = run_kiln(split_args);
+  ASSERT_EQ(split.exit_code, 0) << split.err;
+  EXPECT_EQ(split.out, one.out);
+  expect_clean_error(run_kiln({"generate", "-m", model(), "-p", "hi", "--device", "cpu", "-tp", "4"}),
+                     "use at most -tp 3");
+  expect_clean_error(run_kiln({"generate", "-m", model(), "-p", "hi", "-tp", "0"}), "-tp 0 must be");
+}
+
 TEST_F(Generate, SameSeedSameText) {
   std::vector<std::string> args = {"generate", "-m", model(), "-p", "Once upon a time", "-n", "12", "-s", "42"};
   const auto a = run_kiln(args), b = run_kiln(args);
