@@ -51,12 +51,6 @@ Comparison compare(const PromptReference& ref, const std::vector<float>& logits,
   return c;
 }
 
-std::vector<float> run_all(Backend& backend, const std::vector<int32_t>& tokens) {
-  std::vector<float> logits(tokens.size() * size_t(backend.config().n_vocab));
-  backend.forward(tokens.data(), int64_t(tokens.size()), 0, logits.data(), true);
-  return logits;
-}
-
 class Parity : public ::testing::TestWithParam<const char*> {};
 
 // f32 weights: the only differences from the float64 reference are f32 rounding, bounded by 1e-4 on logits
@@ -74,7 +68,7 @@ TEST_P(Parity, F32MatchesHuggingFace) {
     auto backend = make_cpu_backend(model.config, weights, options);
     for (const auto& ref : refs) {
       SCOPED_TRACE(testing::Message() << "max_batch " << max_batch << ", prompt of " << ref.tokens.size());
-      const Comparison c = compare(ref, run_all(*backend, ref.tokens), model.config.n_vocab);
+      const Comparison c = compare(ref, forward_all(*backend, ref.tokens), model.config.n_vocab);
       EXPECT_LE(c.kept_max_abs, 1e-4f);
       EXPECT_LE(c.stat_max_abs, 1e-4f);
       EXPECT_LE(c.argmax_gap, 2e-4f);  // top-1 agrees up to near-ties
@@ -107,7 +101,7 @@ TEST_P(Parity, QuantizedWeightsStayClose) {
     float worst = 0;
     int agree = 0, total = 0;
     for (const auto& ref : refs) {
-      const Comparison c = compare(ref, run_all(*backend, ref.tokens), model.config.n_vocab);
+      const Comparison c = compare(ref, forward_all(*backend, ref.tokens), model.config.n_vocab);
       worst = std::max({worst, c.kept_max_abs, c.stat_max_abs});
       agree += c.top1_agree;
       total += c.n_positions;
@@ -134,7 +128,7 @@ TEST_P(Parity, DecodeMatchesOnePass) {
   for (const auto& ref : refs) {
     const auto& tokens = ref.tokens;
     const int64_t n = int64_t(tokens.size());
-    const std::vector<float> all = run_all(*backend, tokens);
+    const std::vector<float> all = forward_all(*backend, tokens);
 
     // Prefill with last-token logits only equals the last row.
     std::vector<float> last(static_cast<size_t>(n_vocab));

@@ -25,26 +25,6 @@ namespace {
 const char* const kModels[] = {"llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2", "gpt2",
                                "gptneox",        "gptj",      "bloom",             "opt",         "opt_post_ln"};
 
-BackendOptions options_with(int64_t max_batch) {
-  BackendOptions o;
-  o.n_ctx = 512;
-  o.n_threads = 2;
-  o.max_batch = max_batch;
-  return o;
-}
-
-std::vector<float> run_all(Backend& backend, const std::vector<int32_t>& tokens) {
-  std::vector<float> logits(tokens.size() * size_t(backend.config().n_vocab));
-  backend.forward(tokens.data(), int64_t(tokens.size()), 0, logits.data(), true);
-  return logits;
-}
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
-  return a.size() == b.size() ? worst : INFINITY;
-}
-
 // Largest error against the reference's kept logits, and the positions whose top-1 token agrees.
 struct Versus {
   float kept_max_abs = 0;
@@ -81,13 +61,13 @@ TEST_P(CudaParity, F32MatchesCpuAndHuggingFace) {
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
-  auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+  auto cpu = make_cpu_backend(model.config, weights, tiny_backend_options(512));
   for (int64_t max_batch : {512, 48, 8}) {
-    auto gpu = make_cuda_backend(model.config, weights, options_with(max_batch));
+    auto gpu = make_cuda_backend(model.config, weights, tiny_backend_options(max_batch));
     for (const auto& ref : refs) {
       SCOPED_TRACE(testing::Message() << "max_batch " << max_batch << ", prompt of " << ref.tokens.size());
-      const auto g = run_all(*gpu, ref.tokens);
-      EXPECT_LE(max_abs_diff(g, run_all(*cpu, ref.tokens)), 1e-4f);
+      const auto g = forward_all(*gpu, ref.tokens);
+      EXPECT_LE(max_abs_difference(g, forward_all(*cpu, ref.tokens)), 1e-4f);
       const Versus v = versus_reference(ref, g, model.config.n_vocab);
       EXPECT_LE(v.kept_max_abs, 1e-4f);
     }
@@ -112,15 +92,15 @@ TEST_P(CudaParity, QuantizedWeightsStayClose) {
     SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(q.dtype));
     const TensorStore store(model, q.dtype, 32);
     const Weights weights = bind_weights(model.config, store.lookup());
-    auto gpu = make_cuda_backend(model.config, weights, options_with(512));
-    auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+    auto gpu = make_cuda_backend(model.config, weights, tiny_backend_options(512));
+    auto cpu = make_cpu_backend(model.config, weights, tiny_backend_options(512));
     float worst_ref = 0, worst_cpu = 0;
     int agree = 0, total = 0;
     for (const auto& ref : refs) {
-      const auto g = run_all(*gpu, ref.tokens);
+      const auto g = forward_all(*gpu, ref.tokens);
       const Versus v = versus_reference(ref, g, model.config.n_vocab);
       worst_ref = std::max(worst_ref, v.kept_max_abs);
-      worst_cpu = std::max(worst_cpu, max_abs_diff(g, run_all(*cpu, ref.tokens)));
+      worst_cpu = std::max(worst_cpu, max_abs_difference(g, forward_all(*cpu, ref.tokens)));
       agree += v.top1_agree;
       total += int(ref.tokens.size());
     }
@@ -141,8 +121,8 @@ TEST_P(CudaParity, GreedyTokensEqualTheCpu) {
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
   const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
-  auto cpu = make_cpu_backend(model.config, weights, options_with(512));
-  auto gpu = make_cuda_backend(model.config, weights, options_with(512));
+  auto cpu = make_cpu_backend(model.config, weights, tiny_backend_options(512));
+  auto gpu = make_cuda_backend(model.config, weights, tiny_backend_options(512));
   EXPECT_EQ(test::greedy_single(*gpu, prompt, 40), test::greedy_single(*cpu, prompt, 40));
 }
 
@@ -158,12 +138,12 @@ TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
     const std::vector<int32_t> prompt = prompt_prefix(refs, 5);
     CudaOptions launches;
     launches.use_graph = false;
-    auto with_graph = make_cuda_backend(model.config, weights, options_with(512));
-    auto without = make_cuda_backend(model.config, weights, options_with(512), launches);
+    auto with_graph = make_cuda_backend(model.config, weights, tiny_backend_options(512));
+    auto without = make_cuda_backend(model.config, weights, tiny_backend_options(512), launches);
     std::vector<float> a, b;
     EXPECT_EQ(test::greedy_single(*with_graph, prompt, 30, &a), test::greedy_single(*without, prompt, 30, &b));
     ASSERT_EQ(a.size(), b.size());
-    EXPECT_EQ(max_abs_diff(a, b), 0.0f);
+    EXPECT_EQ(max_abs_difference(a, b), 0.0f);
   }
 }
 
@@ -178,8 +158,8 @@ TEST_P(CudaParity, F16KvCacheFollowsTheF32One) {
   const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
   CudaOptions f16;
   f16.kv_f16 = true;
-  auto f32_cache = make_cuda_backend(model.config, weights, options_with(512));
-  auto f16_cache = make_cuda_backend(model.config, weights, options_with(512), f16);
+  auto f32_cache = make_cuda_backend(model.config, weights, tiny_backend_options(512));
+  auto f16_cache = make_cuda_backend(model.config, weights, tiny_backend_options(512), f16);
   std::vector<float> a;
   const std::vector<int32_t> tokens = test::greedy_single(*f32_cache, prompt, 30, &a);
   const int64_t n_vocab = model.config.n_vocab;
@@ -190,7 +170,7 @@ TEST_P(CudaParity, F16KvCacheFollowsTheF32One) {
   ASSERT_EQ(a.size(), b.size());
   float scale = 1.0f;
   for (float v : a) scale = std::max(scale, std::fabs(v));
-  const float diff = max_abs_diff(a, b);
+  const float diff = max_abs_difference(a, b);
   EXPECT_LE(diff, 2e-2f * scale);
   EXPECT_GT(diff, 0.0f) << "the f16 cache gave the f32 one's logits bit for bit: was it used?";
 }
@@ -204,11 +184,11 @@ TEST_P(CudaParity, DecodeMatchesOnePass) {
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
   const int64_t n_vocab = model.config.n_vocab;
-  auto backend = make_cuda_backend(model.config, weights, options_with(64));
+  auto backend = make_cuda_backend(model.config, weights, tiny_backend_options(64));
   for (const auto& ref : refs) {
     const auto& tokens = ref.tokens;
     const int64_t n = int64_t(tokens.size());
-    const std::vector<float> all = run_all(*backend, tokens);
+    const std::vector<float> all = forward_all(*backend, tokens);
     std::vector<float> last(static_cast<size_t>(n_vocab));
     if (!model.config.causal) continue;
     const int64_t k = n / 2;
@@ -246,14 +226,14 @@ TEST_P(CudaParity, NamedIntermediatesMatchTheCpu) {
     };
   };
   std::vector<Seen> cpu_seen, gpu_seen;
-  BackendOptions o = options_with(512);
+  BackendOptions o = tiny_backend_options(512);
   o.on_tensor = record(cpu_seen);
   auto cpu = make_cpu_backend(model.config, weights, o);
   o.on_tensor = record(gpu_seen);
   auto gpu = make_cuda_backend(model.config, weights, o);
   const std::vector<int32_t> tokens = prompt_prefix(refs, 12);
-  run_all(*cpu, tokens);
-  run_all(*gpu, tokens);
+  forward_all(*cpu, tokens);
+  forward_all(*gpu, tokens);
   ASSERT_EQ(cpu_seen.size(), gpu_seen.size());
   for (size_t i = 0; i < cpu_seen.size(); ++i) {
     SCOPED_TRACE(testing::Message() << cpu_seen[i].name << " layer " << cpu_seen[i].layer);
@@ -261,7 +241,7 @@ TEST_P(CudaParity, NamedIntermediatesMatchTheCpu) {
     EXPECT_EQ(gpu_seen[i].layer, cpu_seen[i].layer);
     float scale = 1;
     for (float v : cpu_seen[i].values) scale = std::max(scale, std::fabs(v));
-    EXPECT_LE(max_abs_diff(gpu_seen[i].values, cpu_seen[i].values), 1e-4f * scale);
+    EXPECT_LE(max_abs_difference(gpu_seen[i].values, cpu_seen[i].values), 1e-4f * scale);
   }
 }
 
@@ -279,8 +259,8 @@ TEST(CudaBackend, EncoderMatchesCpuAndHuggingFace) {
     SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(dtype));
     const TensorStore store(model, dtype, 32);
     const Weights weights = bind_weights(model.config, store.lookup());
-    auto gpu = make_cuda_backend(model.config, weights, options_with(512));
-    auto cpu = make_cpu_backend(model.config, weights, options_with(512));
+    auto gpu = make_cuda_backend(model.config, weights, tiny_backend_options(512));
+    auto cpu = make_cpu_backend(model.config, weights, tiny_backend_options(512));
     float worst_ref = 0, worst_cpu = 0;
     for (const auto& ref : refs) {
       const auto n = int64_t(ref.tokens.size());
@@ -289,8 +269,8 @@ TEST(CudaBackend, EncoderMatchesCpuAndHuggingFace) {
       gpu->forward(ref.tokens.data(), n, 0, g.data(), true);
       cpu->reset();
       cpu->forward(ref.tokens.data(), n, 0, c.data(), true);
-      worst_ref = std::max(worst_ref, max_abs_diff(g, ref.hidden));
-      worst_cpu = std::max(worst_cpu, max_abs_diff(g, c));
+      worst_ref = std::max(worst_ref, max_abs_difference(g, ref.hidden));
+      worst_cpu = std::max(worst_cpu, max_abs_difference(g, c));
     }
     std::printf("bert %s: max abs %.2e vs reference, %.2e vs CPU\n", std::string(dtype_name(dtype)).c_str(), worst_ref,
                 worst_cpu);
@@ -304,7 +284,7 @@ TEST(CudaBackend, RejectsBadInputAndTooLargeContexts) {
   const TinyModel model = load_tiny_model("llama_mha");
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
-  auto gpu = make_cuda_backend(model.config, weights, options_with(16));
+  auto gpu = make_cuda_backend(model.config, weights, tiny_backend_options(16));
   const int32_t bad = int32_t(model.config.n_vocab);
   std::vector<float> logits(size_t(model.config.n_vocab));
   EXPECT_THROW(gpu->forward(&bad, 1, 0, logits.data(), false), Error);
@@ -312,7 +292,7 @@ TEST(CudaBackend, RejectsBadInputAndTooLargeContexts) {
   EXPECT_THROW(gpu->forward(&ok, 1, 5, logits.data(), false), Error);  // a gap in the cache
 
   // A cache larger than the GPU: the message gives the bytes needed and free.
-  BackendOptions huge = options_with(16);
+  BackendOptions huge = tiny_backend_options(16);
   huge.n_ctx = int64_t(1) << 30;
   huge.max_kv_bytes = ~uint64_t(0);
   try {

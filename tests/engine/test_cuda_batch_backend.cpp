@@ -43,12 +43,6 @@ const std::vector<std::vector<Part>> kMixedSteps = {
     {{0, 20}, {3, 1}, {2, 6}},          // a chunk far past the window
 };
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
-  return a.size() == b.size() ? worst : INFINITY;
-}
-
 class CudaBatchParity : public ::testing::TestWithParam<const char*> {};
 
 // The same steps on the CPU batch backend: f32 weights part only by f32 rounding in another order; f16
@@ -64,7 +58,7 @@ TEST_P(CudaBatchParity, MixedStepsMatchTheCpuBatchBackend) {
     auto gpu = make_cuda_batch_backend(c, tiny.weights, small_batch(4));
     const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps);
     for (size_t s = 0; s < seqs.size(); ++s) {
-      const float diff = max_abs_diff(got[s], want[s]);
+      const float diff = max_abs_difference(got[s], want[s]);
       std::printf("%s %s sequence %zu: max abs %.2e vs CPU\n", GetParam(), std::string(dtype_name(dtype)).c_str(), s,
                   diff);
       EXPECT_LE(diff, tolerance) << "sequence " << s;
@@ -236,7 +230,7 @@ TEST(CudaBatchBackend, RejectsBadStepsChangingNothing) {
   ASSERT_TRUE(cpu->reserve(0, 20) && cpu->reserve(1, 20));
   cpu->forward(prompt, 3, nullptr, 0, nullptr);
   cpu->forward(next, 2, both, 2, want.data());
-  EXPECT_LE(max_abs_diff(got, want), 1e-4f);
+  EXPECT_LE(max_abs_difference(got, want), 1e-4f);
 }
 
 TEST(CudaBatchBackend, RefusesEncodersAndPoolsLargerThanTheGpu) {

@@ -29,14 +29,6 @@ float max_error(Backend& backend, const std::vector<HiddenReference>& refs) {
   return worst;
 }
 
-BackendOptions options_for(int64_t max_batch) {
-  BackendOptions options;
-  options.n_ctx = 512;
-  options.n_threads = 2;
-  options.max_batch = max_batch;
-  return options;
-}
-
 TEST(EncoderParity, ConfigDescribesAnEncoder) {
   const TinyModel model = load_tiny_model("bert");
   EXPECT_FALSE(model.config.causal);
@@ -50,7 +42,7 @@ TEST(EncoderParity, F32MatchesHuggingFace) {
   const TinyModel model = load_tiny_model("bert");
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
-  auto backend = make_cpu_backend(model.config, weights, options_for(512));
+  auto backend = make_cpu_backend(model.config, weights, tiny_backend_options(512));
   const auto refs = load_hidden_reference("bert");
   ASSERT_GE(refs.back().tokens.size(), 300u);
   const float worst = max_error(*backend, refs);
@@ -66,7 +58,7 @@ TEST(EncoderParity, QuantizedWeightsStayClose) {
                                      std::pair{DType::I8, 1.5e-1f}}) {
     const TensorStore store(model, dtype, 32);
     const Weights weights = bind_weights(model.config, store.lookup());
-    auto backend = make_cpu_backend(model.config, weights, options_for(512));
+    auto backend = make_cpu_backend(model.config, weights, tiny_backend_options(512));
     const float worst = max_error(*backend, refs);
     std::printf("bert %s: max abs %.2e\n", std::string(dtype_name(dtype)).c_str(), worst);
     EXPECT_LE(worst, bound) << dtype_name(dtype);
@@ -80,7 +72,7 @@ TEST(EncoderParity, RefusesPiecewiseInput) {
   const TinyModel model = load_tiny_model("bert");
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
-  auto backend = make_cpu_backend(model.config, weights, options_for(16));
+  auto backend = make_cpu_backend(model.config, weights, tiny_backend_options(16));
   const auto refs = load_hidden_reference("bert");
   const auto& tokens = refs[1].tokens;
   std::vector<float> hidden(tokens.size() * size_t(model.config.dim));

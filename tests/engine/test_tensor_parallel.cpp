@@ -175,27 +175,6 @@ TEST(HostCommunicator, EveryRankEndsWithTheRankOrderSum) {
   }
 }
 
-BackendOptions small_options(int64_t max_batch) {
-  BackendOptions options;
-  options.n_ctx = 512;
-  options.n_threads = 2;
-  options.max_batch = max_batch;
-  return options;
-}
-
-std::vector<float> all_logits(Backend& backend, const std::vector<int32_t>& tokens) {
-  std::vector<float> logits(tokens.size() * size_t(backend.config().output_width()));
-  backend.reset();
-  backend.forward(tokens.data(), int64_t(tokens.size()), 0, logits.data(), true);
-  return logits;
-}
-
-float max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  float worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
-  return worst;
-}
-
 // The tensor-parallel sizes a tiny model splits into (its key/value heads bound them).
 std::vector<int> sizes_for(const ModelConfig& c) {
   std::vector<int> sizes;
@@ -213,13 +192,13 @@ TEST_P(TensorParallel, F32LogitsMatchOneRankAndHuggingFace) {
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
-  auto one = make_cpu_backend(model.config, weights, small_options(48));
+  auto one = make_cpu_backend(model.config, weights, tiny_backend_options(48));
   for (int size : sizes_for(model.config)) {
     SCOPED_TRACE(testing::Message() << "-tp " << size);
-    auto split = make_cpu_tensor_parallel_backend(model.config, weights, small_options(48), size);
+    auto split = make_cpu_tensor_parallel_backend(model.config, weights, tiny_backend_options(48), size);
     for (const auto& ref : refs) {
-      const std::vector<float> logits = all_logits(*split, ref.tokens);
-      EXPECT_LE(max_abs_difference(logits, all_logits(*one, ref.tokens)), 2e-5f);
+      const std::vector<float> logits = forward_all(*split, ref.tokens);
+      EXPECT_LE(max_abs_difference(logits, forward_all(*one, ref.tokens)), 2e-5f);
       float worst = 0;
       for (size_t m = 0; m < ref.positions.size(); ++m)
         for (int64_t v = 0; v < model.config.n_vocab; ++v)
@@ -240,8 +219,8 @@ TEST_P(TensorParallel, DecodeMatchesOnePass) {
   const auto& tokens = refs.front().tokens;
   const int64_t n = int64_t(tokens.size()), n_vocab = model.config.n_vocab, k = n / 2;
   for (int size : sizes_for(model.config)) {
-    auto split = make_cpu_tensor_parallel_backend(model.config, weights, small_options(512), size);
-    const std::vector<float> all = all_logits(*split, tokens);
+    auto split = make_cpu_tensor_parallel_backend(model.config, weights, tiny_backend_options(512), size);
+    const std::vector<float> all = forward_all(*split, tokens);
     split->reset();
     split->forward(tokens.data(), k, 0, nullptr, false);
     std::vector<float> last(size_t(n_vocab), 0.0f);
@@ -266,7 +245,7 @@ TEST_P(TensorParallel, Int8StaysCloseToHuggingFace) {
     const Weights weights = bind_weights(model.config, store.lookup());
     std::unique_ptr<Backend> split;
     const std::string refused =
-        error_of([&] { split = make_cpu_tensor_parallel_backend(model.config, weights, small_options(512), size); });
+        error_of([&] { split = make_cpu_tensor_parallel_backend(model.config, weights, tiny_backend_options(512), size); });
     if (!refused.empty()) {  // a head boundary inside a group: checked by RefusesASplitInsideAnInt8Group
       EXPECT_NE(refused.find("int8 group"), std::string::npos) << refused;
       continue;
@@ -274,7 +253,7 @@ TEST_P(TensorParallel, Int8StaysCloseToHuggingFace) {
     float worst = 0;
     int agree = 0, total = 0;
     for (const auto& ref : refs) {
-      const std::vector<float> logits = all_logits(*split, ref.tokens);
+      const std::vector<float> logits = forward_all(*split, ref.tokens);
       for (size_t m = 0; m < ref.positions.size(); ++m)
         for (int64_t v = 0; v < model.config.n_vocab; ++v)
           worst = std::max(worst, std::fabs(logits[size_t(ref.positions[m] * model.config.n_vocab + v)] -
@@ -301,9 +280,9 @@ TEST(TensorParallelEncoder, HiddenStatesMatchOneRank) {
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_hidden_reference("bert");
   const auto& tokens = refs.front().tokens;
-  auto one = make_cpu_backend(model.config, weights, small_options(512));
-  auto split = make_cpu_tensor_parallel_backend(model.config, weights, small_options(512), 2);
-  EXPECT_LE(max_abs_difference(all_logits(*split, tokens), all_logits(*one, tokens)), 2e-5f);
+  auto one = make_cpu_backend(model.config, weights, tiny_backend_options(512));
+  auto split = make_cpu_tensor_parallel_backend(model.config, weights, tiny_backend_options(512), 2);
+  EXPECT_LE(max_abs_difference(forward_all(*split, tokens), forward_all(*one, tokens)), 2e-5f);
 }
 
 // Every rank refuses the same bad call before its first collective, so the call fails with the one-rank
@@ -312,7 +291,7 @@ TEST(TensorParallelErrors, BadCallsFailOnEveryRankAndLeaveItUsable) {
   const TinyModel model = load_tiny_model("llama_gqa_tied");
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
-  auto split = make_cpu_tensor_parallel_backend(model.config, weights, small_options(512), 2);
+  auto split = make_cpu_tensor_parallel_backend(model.config, weights, tiny_backend_options(512), 2);
   std::vector<float> logits(size_t(model.config.n_vocab));
   const int32_t outside = int32_t(model.config.n_vocab);
   EXPECT_NE(error_of([&] { split->forward(&outside, 1, 0, logits.data(), false); }).find("outside the vocabulary of 256"),
@@ -322,12 +301,12 @@ TEST(TensorParallelErrors, BadCallsFailOnEveryRankAndLeaveItUsable) {
   // The last vocabulary row is the last rank's.
   const int32_t last = outside - 1;
   split->forward(&last, 1, 0, logits.data(), false);
-  auto one = make_cpu_backend(model.config, weights, small_options(512));
+  auto one = make_cpu_backend(model.config, weights, tiny_backend_options(512));
   std::vector<float> expected(logits.size());
   one->forward(&last, 1, 0, expected.data(), false);
   EXPECT_LE(max_abs_difference(logits, expected), 2e-5f);
   const std::string refused =
-      error_of([&] { (void)make_cpu_tensor_parallel_backend(model.config, weights, small_options(512), 3); });
+      error_of([&] { (void)make_cpu_tensor_parallel_backend(model.config, weights, tiny_backend_options(512), 3); });
   EXPECT_NE(refused.find("2 key/value heads"), std::string::npos) << refused;
 }
 

@@ -321,4 +321,24 @@ std::vector<HiddenReference> load_hidden_reference(const std::string& name) {
   return prompts;
 }
 
+BackendOptions tiny_backend_options(int64_t max_batch) {
+  BackendOptions options;
+  options.n_ctx = 512;
+  options.n_threads = 2;
+  options.max_batch = max_batch;
+  return options;
+}
+
+std::vector<float> forward_all(Backend& backend, const std::vector<int32_t>& tokens) {
+  std::vector<float> out(tokens.size() * size_t(backend.config().output_width()));
+  backend.forward(tokens.data(), int64_t(tokens.size()), 0, out.data(), true);
+  return out;
+}
+
+float max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  float worst = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  return a.size() == b.size() ? worst : INFINITY;
+}
+
 }  // namespace kiln::test

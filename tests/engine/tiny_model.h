@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/model_config.h"
 #include "engine/tensor.h"
 #include "engine/weights.h"
@@ -71,5 +72,14 @@ struct HiddenReference {
 };
 
 std::vector<HiddenReference> load_hidden_reference(const std::string& name);
+
+// The options the tiny models' backend tests share: 512 positions, 2 threads, max_batch tokens a step.
+BackendOptions tiny_backend_options(int64_t max_batch = 512);
+
+// Every position's output (logits, or an encoder's hidden states) for tokens run from position 0.
+std::vector<float> forward_all(Backend& backend, const std::vector<int32_t>& tokens);
+
+// The largest |a - b| over the elements; infinity when the sizes differ.
+float max_abs_difference(const std::vector<float>& a, const std::vector<float>& b);
 
 }  // namespace kiln::test
