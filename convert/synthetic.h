@@ -21,7 +21,7 @@ struct SyntheticShape {
   bool tied_embeddings;
 };
 
-// smollm2-135m, tinyllama-1.1b, llama2-7b, llama3-8b, and test-tiny (for tests).
+// smollm2-135m, tinyllama-1.1b, llama2-7b, llama3-8b, llama2-70b, and test-tiny (for tests).
 std::span<const SyntheticShape> synthetic_shapes();
 
 // The llama config of a shape; throws kiln::Error listing the shapes for an unknown name.

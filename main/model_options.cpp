@@ -21,8 +21,9 @@ void add_model_options(cxxopts::Options& options) {
       cxxopts::value<int>()->default_value("-1"))(
       "cache-type", "the GPU's KV cache type: f16 (half the bytes attention reads) or f32 (the CPU keeps f32)",
       cxxopts::value<std::string>()->default_value("f16"))(
-      "tp,tensor-parallel",
-      "split the model by heads over N ranks (at most its key/value heads); on the CPU, N groups of threads",
+      "tensor-parallel,tp",
+      "-tp N: split the model by heads over N ranks (at most its key/value heads); on the CPU, N groups of "
+      "threads",
       cxxopts::value<int>()->default_value("1"));
 }
 

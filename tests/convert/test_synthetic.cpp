@@ -36,6 +36,7 @@ TEST(Synthetic, ShapesHaveThePublishedModelsParameterCounts) {
   EXPECT_EQ(parameter_count(synthetic_config("tinyllama-1.1b")), 1'100'048'384);
   EXPECT_EQ(parameter_count(synthetic_config("llama2-7b")), 6'738'415'616);
   EXPECT_EQ(parameter_count(synthetic_config("llama3-8b")), 8'030'261'248);
+  EXPECT_EQ(parameter_count(synthetic_config("llama2-70b")), 68'976'648'192);
   // What the counts do not pin down: grouped-query heads, head size, rotary base, tying.
   const ModelConfig smol = synthetic_config("smollm2-135m"), l3 = synthetic_config("llama3-8b");
   EXPECT_EQ(smol.n_kv_heads, 3);
@@ -47,6 +48,7 @@ TEST(Synthetic, ShapesHaveThePublishedModelsParameterCounts) {
   EXPECT_EQ(l3.n_vocab, 128256);
   EXPECT_EQ(l3.rope_theta, 500000.0f);
   EXPECT_EQ(synthetic_config("llama2-7b").n_kv_heads, 32);
+  EXPECT_EQ(synthetic_config("llama2-70b").n_kv_heads, 8);
 }
 
 TEST(Synthetic, UnknownShapeListsTheKnownOnes) {
