@@ -58,9 +58,10 @@ TEST_F(Generate, StopsAtAStopStringAndAtTheEndOfTurn) {
   EXPECT_NE(r.err.find("| stop]"), std::string::npos) << "the reply ends at the end of turn: " << r.err;
 }
 
-TEST_F(Generate, TakesLlamaCppsSysFlag) {
+// -sys and -ngl, which cxxopts alone would read as "-s ys" and "-n gl".
+TEST_F(Generate, TakesLlamaCppsMultiLetterFlags) {
   const auto r = run_kiln({"generate", "-m", model(), "--chat", "-sys", "Answer in one word.", "-p", "Hi", "-n", "4",
-                           "--temp", "0"});
+                           "--temp", "0", "-ngl", "99"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_FALSE(r.out.empty());
 }
