@@ -269,7 +269,9 @@ int cmd_bench(int argc, char** argv) {
       const bool tg = r.contains("achieved_bandwidth_gbs");
       fmt::print("| {}{} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} |\n", c.architecture,
                  file.synthetic() ? " (synthetic)" : "", format_bytes(file.file_bytes()),
-                 r["weight_dtype"].get<std::string>(), backend.name(), r["n_threads"].get<int>(),
+                 r["weight_dtype"].get<std::string>(),
+                 tensor_parallel > 1 ? fmt::format("{} -tp {}", backend.name(), tensor_parallel) : backend.name(),
+                 r["n_threads"].get<int>(),
                  r["test"].get<std::string>(), r["avg_ts"].get<double>(), r["stddev_ts"].get<double>(),
                  tg ? fmt::format("{:.1f}", r["achieved_bandwidth_gbs"].get<double>()) : "",
                  tg ? fmt::format("{:.0f}%", r["bandwidth_percent"].get<double>()) : "");
