@@ -21,8 +21,8 @@ class RankThreads {
   RankThreads& operator=(const RankThreads&) = delete;
 
   // Runs fn(rank) for every rank together and returns when all are done; rethrows the lowest rank's
-  // exception. A rank that throws before a collective the others wait in would leave them waiting, so
-  // callers check their input before the ranks start, and the ranks' own checks are the same on all.
+  // exception. A rank that throws while the others wait in a collective call would leave them waiting:
+  // the ranks' checks come before their first collective and are the same on every rank.
   void run(const std::function<void(int rank)>& fn);
 
  private:

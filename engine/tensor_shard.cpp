@@ -1,6 +1,7 @@
 #include "engine/tensor_shard.h"
 
 #include <cstring>
+#include <numeric>
 #include <tuple>
 #include <utility>
 
@@ -133,8 +134,9 @@ TensorShard plan_shard(const ModelConfig& c, const Weights& w, int rank, int siz
                "column {}): convert with a group size that divides {}, or use another -tp",
                rank, size, l.attn_out.name, g, s.head_begin * c.head_dim, c.head_dim * group);
   }
-  const TensorView* down = w.layers.empty() ? nullptr : &w.layers[0].ffn_down;
-  const int64_t unit = down && down->dtype == DType::I8 ? down->group_size : 1;
+  int64_t unit = 1;  // hidden units that stay together: every layer's ffn_down int8 group
+  for (const LayerWeights& l : w.layers)
+    if (l.ffn_down.dtype == DType::I8) unit = std::lcm(unit, int64_t(l.ffn_down.group_size));
   const int64_t units = c.ffn_dim / unit;
   KILN_CHECK(size <= units, "the MLP's {} hidden units in int8 groups of {} cannot be split over {} ranks", c.ffn_dim,
              unit, size);
