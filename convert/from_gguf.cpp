@@ -84,8 +84,10 @@ TokenizerData tokenizer_from_gguf(const GgufFile& gguf) {
 
 Conversion conversion_from_gguf(const GgufFile& gguf) {
   const std::string arch = gguf.get_string("general.architecture").value_or("");
-  KILN_CHECK(arch == "llama", "'{}': architecture '{}' is not supported from GGUF yet (supported: llama)", gguf.path(),
-             arch);
+  KILN_CHECK(arch == kGgufArchitecture,
+             "'{}': architecture '{}' is not supported from GGUF yet (supported: {}; a Hugging Face folder of the "
+             "model may be: see kiln convert --list-archs)",
+             gguf.path(), arch, kGgufArchitecture);
   const std::string p = arch + ".";
   Conversion conv;
   ModelConfig& c = conv.config;

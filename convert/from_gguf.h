@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "convert/conversion.h"
 #include "convert/gguf_reader.h"
@@ -12,6 +13,9 @@ namespace kiln {
 
 // The returned conversion reads tensors from `gguf`, which must outlive it.
 Conversion conversion_from_gguf(const GgufFile& gguf);
+
+// The general.architecture kiln converts from GGUF.
+inline constexpr std::string_view kGgufArchitecture = "llama";
 
 // The tokenizer a GGUF file describes (tokenizer.ggml.*).
 TokenizerData tokenizer_from_gguf(const GgufFile& gguf);

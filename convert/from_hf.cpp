@@ -81,16 +81,19 @@ void map_llama(const HfFolder& folder, Conversion& conv) {
 
 }  // namespace hf
 
+std::string supported_hf_model_types() {
+  std::string types;
+  for (const Family& f : kFamilies) types += fmt::format("{}{}", types.empty() ? "" : ", ", f.model_type);
+  return types;
+}
+
 Conversion conversion_from_hf(const HfFolder& folder) {
   const std::string model_type = hf::value<std::string>(folder, "model_type");
   const Family* family = nullptr;
-  std::string supported;
-  for (const Family& f : kFamilies) {
+  for (const Family& f : kFamilies)
     if (f.model_type == model_type) family = &f;
-    supported += fmt::format("{}{}", supported.empty() ? "" : ", ", f.model_type);
-  }
-  KILN_CHECK(family != nullptr, "'{}': model_type '{}' is not supported (supported: {})", folder.dir().string(),
-             model_type, supported);
+  KILN_CHECK(family != nullptr, "'{}': model_type '{}' is not supported (supported: {}; see kiln convert --list-archs)",
+             folder.dir().string(), model_type, supported_hf_model_types());
   Conversion conv;
   family->map(folder, conv);
   try {

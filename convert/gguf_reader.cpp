@@ -397,8 +397,8 @@ void GgufFile::dequantize_rows(const GgufTensor& tensor, uint64_t row_begin, uin
              tensor.n_rows());
   const GgmlTypeInfo* info = ggml_type_info(uint32_t(tensor.type));
   KILN_CHECK(info && info->dequantizable, "tensor '{}' has GGML type {}, which kiln cannot read: convert from a "
-             "GGUF whose weights are F32, F16, BF16, Q8_0, Q4_0 or Q4_1, or from the original safetensors",
-             tensor.name, ggml_type_name(tensor.type));
+             "GGUF whose weights are {}, or from the original safetensors",
+             tensor.name, ggml_type_name(tensor.type), readable_ggml_types());
   const uint64_t row_bytes = tensor.row_length() / info->block_size * info->block_bytes;
   dequantize_ggml(tensor.type, tensor_data(tensor) + row_begin * row_bytes, n_rows * tensor.row_length(), out);
 }

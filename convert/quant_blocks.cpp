@@ -84,6 +84,13 @@ const GgmlTypeInfo* ggml_type_info(uint32_t raw_type) {
   return nullptr;
 }
 
+std::string readable_ggml_types() {
+  std::string names;
+  for (const auto& info : kGgmlTypes)
+    if (info.dequantizable) names += (names.empty() ? "" : ", ") + std::string(info.name);
+  return names;
+}
+
 std::string ggml_type_name(GgmlType type) {
   const GgmlTypeInfo* info = ggml_type_info(uint32_t(type));
   return info ? std::string(info->name) : "type id " + std::to_string(uint32_t(type));
@@ -92,9 +99,9 @@ std::string ggml_type_name(GgmlType type) {
 void dequantize_ggml(GgmlType type, const uint8_t* src, uint64_t n, float* out) {
   const GgmlTypeInfo* info = ggml_type_info(uint32_t(type));
   KILN_CHECK(info && info->dequantizable,
-             "kiln cannot read GGML type {}: convert from a GGUF whose weights are F32, F16, BF16, Q8_0, "
-             "Q4_0 or Q4_1, or from the original safetensors",
-             ggml_type_name(type));
+             "kiln cannot read GGML type {}: convert from a GGUF whose weights are {}, or from the original "
+             "safetensors",
+             ggml_type_name(type), readable_ggml_types());
   KILN_CHECK(n % info->block_size == 0, "{} values of type {} are not a whole number of {}-value blocks", n,
              info->name, info->block_size);
   switch (type) {

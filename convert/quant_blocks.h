@@ -55,6 +55,8 @@ struct GgmlTypeInfo {
 // nullptr for an id kiln does not know (its size cannot be checked, so such a file is refused).
 const GgmlTypeInfo* ggml_type_info(uint32_t raw_type);
 std::string ggml_type_name(GgmlType type);
+// "F32, F16, Q4_0, Q4_1, Q8_0, BF16": the GGML types kiln dequantizes, for messages and --list-archs.
+std::string readable_ggml_types();
 
 inline constexpr uint32_t kQk = 32;  // elements per block of the 32-wide legacy quants
 

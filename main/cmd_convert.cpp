@@ -12,6 +12,7 @@
 #include "convert/from_hf.h"
 #include "convert/gguf_reader.h"
 #include "convert/hf_folder.h"
+#include "convert/quant_blocks.h"
 #include "convert/synthetic.h"
 #include "engine/error.h"
 #include "main/cli.h"
@@ -30,11 +31,19 @@ int cmd_convert(int argc, char** argv) {
       "o,output", "the .kiln file to write", cxxopts::value<std::string>())(
       "type", "weight type: f16, bf16, f32 or int8", cxxopts::value<std::string>()->default_value("f16"))(
       "group-size", "int8: values per scale along a row", cxxopts::value<uint32_t>()->default_value("64"))(
-      "f,force", "overwrite the output if it exists")("q,quiet", "no progress bar");
+      "f,force", "overwrite the output if it exists")("q,quiet", "no progress bar")(
+      "list-archs", "list the model families and weight types kiln converts");
   options.parse_positional({"source"});
   options.positional_help("SOURCE -o OUT.kiln");
   cxxopts::ParseResult args;
   if (!parse_or_help(options, argc, argv, args)) return 0;
+  if (args.count("list-archs")) {
+    fmt::print("Hugging Face folders (config.json model_type): {}\n", supported_hf_model_types());
+    fmt::print("  weights in safetensors as F32, F16 or BF16; quantized checkpoints (GPTQ, AWQ, FP8, ...) are refused\n");
+    fmt::print("GGUF files (general.architecture): {}\n", kGgufArchitecture);
+    fmt::print("  tensors of {}, dequantized exactly\n", readable_ggml_types());
+    return 0;
+  }
   const bool synthetic = args.count("synthetic") > 0;
   KILN_CHECK(args.count("source") || synthetic, "give the model to convert: kiln convert SOURCE -o OUT.kiln");
   KILN_CHECK(!(args.count("source") && synthetic), "give a SOURCE or --synthetic SHAPE, not both");

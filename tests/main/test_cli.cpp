@@ -5,6 +5,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "convert/kiln_writer.h"
@@ -37,6 +40,29 @@ TEST(Cli, HelpListsEveryCommandAndEachHasItsOwnHelp) {
   }
   expect_clean_error(run_kiln({"frobnicate"}), "unknown command 'frobnicate'");
   expect_clean_error(run_kiln({"info", "--no-such-flag"}), "no-such-flag");
+}
+
+// Every family kiln lists is one it converts in the tests: the tiny Hugging Face fixtures (tests/data/tiny_*)
+// hold exactly the listed model types, and the GGUF tests read the listed tensor types.
+TEST(Cli, ListArchsNamesTheFamiliesTheFixturesConvert) {
+  const auto r = run_kiln({"convert", "--list-archs"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string marker = "(config.json model_type): ";
+  const size_t begin = r.out.find(marker);
+  ASSERT_NE(begin, std::string::npos) << r.out;
+  std::set<std::string> listed;
+  std::stringstream types(r.out.substr(begin + marker.size(), r.out.find('\n', begin) - begin - marker.size()));
+  for (std::string type; std::getline(types >> std::ws, type, ',');) listed.insert(type);
+  std::set<std::string> fixtures;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(KILN_SOURCE_DIR) + "/tests/data")) {
+    if (!entry.path().filename().string().starts_with("tiny_")) continue;
+    std::ifstream config(entry.path() / "config.json");
+    fixtures.insert(nlohmann::json::parse(config).at("model_type").get<std::string>());
+  }
+  EXPECT_EQ(listed, fixtures);
+  EXPECT_NE(r.out.find("(general.architecture): llama"), std::string::npos) << r.out;
+  for (const char* type : {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"})
+    EXPECT_NE(r.out.find(type), std::string::npos) << type;
 }
 
 TEST(Cli, ConvertInfoVerifyTheDefaultModel) {
