@@ -1,8 +1,10 @@
 #include "convert/conversion.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 
@@ -58,6 +60,13 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
   return out;
 }
 
+std::string joined_types(const std::vector<std::string>& types) {
+  std::vector<std::string> distinct;
+  for (const std::string& type : types)
+    if (std::find(distinct.begin(), distinct.end(), type) == distinct.end()) distinct.push_back(type);
+  return fmt::format("{}", fmt::join(distinct, "+"));
+}
+
 void check_conversion(const Conversion& conversion) {
   conversion.config.validate();
   std::map<std::string, const SourceTensor*> by_name;
@@ -87,8 +96,11 @@ void write_conversion(const Conversion& conversion, const std::string& output, c
                              {"provenance", provenance}};
 
   KilnWriter writer(std::move(metadata));
+  std::vector<std::string> log_lines;  // [tensor] as the writer adds them
   for (const auto& t : conversion.tensors) {
     const DType dtype = storage_dtype(t, options);
+    log_lines.push_back(fmt::format("{} {} -> {} [{}]", t.name, t.source_type.empty() ? "made" : t.source_type,
+                                    dtype_name(dtype), fmt::join(t.dims, ", ")));
     TensorSpec spec{t.name, dtype, t.dims, dtype == DType::I8 ? options.group_size : 0u};
     writer.add(spec, [&t, dtype, group = spec.group_size](std::span<uint8_t> values, std::span<uint8_t> scales) {
       int64_t numel = 1;
@@ -100,13 +112,16 @@ void write_conversion(const Conversion& conversion, const std::string& output, c
   }
   const std::string& spm = conversion.tokenizer.spm_model;
   if (!spm.empty()) {
+    log_lines.push_back(fmt::format("{} SentencePiece model -> u8 [{}]", kSpmModelTensor, spm.size()));
     writer.add({std::string(kSpmModelTensor), DType::U8, {int64_t(spm.size())}, 0},
                [&spm](std::span<uint8_t> values, std::span<uint8_t>) { std::copy(spm.begin(), spm.end(), values.begin()); });
   }
 
   const auto start = std::chrono::steady_clock::now();
   WriteProgress progress;
-  if (options.progress) {
+  if (options.log_tensors) {
+    progress = [&log_lines](size_t done, size_t, uint64_t) { fmt::print(stderr, "{}\n", log_lines[done - 1]); };
+  } else if (options.progress) {
     progress = [start](size_t done, size_t total, uint64_t bytes) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const int width = 30, filled = int(width * done / std::max<size_t>(total, 1));

@@ -20,7 +20,12 @@ struct SourceTensor {
   std::string name;            // the kiln name (docs/FORMAT.md)
   std::vector<int64_t> dims;   // outermost first
   std::function<void(float* out)> read;  // fills [numel] f32 values
+  std::string source_type;     // for the log: the source's element type (Q4_1, BF16; parts' types joined by
+                               // '+'), empty for values the conversion makes
 };
+
+// "F16" or "F16+Q8_0": the distinct types of a tensor's parts, in order of first appearance.
+std::string joined_types(const std::vector<std::string>& types);
 
 struct Conversion {
   ModelConfig config;
@@ -34,6 +39,7 @@ struct ConvertOptions {
   uint32_t group_size = 64;         // int8 only
   bool overwrite = false;
   bool progress = false;            // a progress bar on stderr
+  bool log_tensors = false;         // a line per tensor on stderr instead (name, type -> type, shape)
 };
 
 // Checks that the conversion holds every tensor the config needs, with the right shape.

@@ -18,9 +18,11 @@ SourceTensor stacked(const GgufFile& gguf, std::string name, const std::vector<s
   SourceTensor t;
   t.name = std::move(name);
   std::vector<const GgufTensor*> sources;
+  std::vector<std::string> types;
   int64_t rows = 0, cols = -1;
   for (const auto& part : parts) {
     const GgufTensor& src = gguf.tensor(part);
+    types.push_back(ggml_type_name(src.type));
     KILN_CHECK(src.shape.size() <= 2, "'{}': tensor '{}' has {} dims, expected at most 2", gguf.path(), part,
                src.shape.size());
     KILN_CHECK(cols < 0 || int64_t(src.row_length()) == cols, "'{}': tensor '{}' has rows of {}, expected {}",
@@ -31,6 +33,7 @@ SourceTensor stacked(const GgufFile& gguf, std::string name, const std::vector<s
   }
   t.dims = sources.size() == 1 && sources[0]->shape.size() == 1 ? std::vector<int64_t>{cols}
                                                                  : std::vector<int64_t>{rows, cols};
+  t.source_type = joined_types(types);
   t.read = [&gguf, sources](float* out) {
     for (const GgufTensor* src : sources) {
       gguf.dequantize(*src, out);

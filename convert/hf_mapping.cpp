@@ -69,9 +69,11 @@ SourceTensor stacked(const HfFolder& folder, std::string name, const std::vector
   int64_t rows = 0, cols = -1, numel = 0;
   size_t n_vectors = 0;
   std::vector<uint64_t> sizes;
+  std::vector<std::string> types;
   for (const auto& part : parts) {
     const HfTensorRef ref = folder.tensor(part);
     const auto& shape = ref.tensor->shape;
+    types.push_back(safetensors_dtype_name(ref.tensor->dtype));
     KILN_CHECK(shape.size() == 1 || shape.size() == 2, "tensor '{}' has shape {}, expected 1 or 2 dims", part,
                ref.tensor->shape_string());
     if (shape.size() == 1) {
@@ -87,6 +89,7 @@ SourceTensor stacked(const HfFolder& folder, std::string name, const std::vector
   }
   KILN_CHECK(n_vectors == 0 || n_vectors == parts.size(), "cannot stack vectors with matrices for '{}'", t.name);
   t.dims = n_vectors ? std::vector<int64_t>{numel} : std::vector<int64_t>{rows, cols};
+  t.source_type = joined_types(types);
   t.read = [&folder, parts, sizes](float* out) {
     for (size_t i = 0; i < parts.size(); ++i) {
       folder.read_f32(parts[i], out);
@@ -104,6 +107,7 @@ SourceTensor transposed(const HfFolder& folder, std::string name, const std::str
   SourceTensor t;
   t.name = std::move(name);
   t.dims = {cols, rows};
+  t.source_type = safetensors_dtype_name(ref.tensor->dtype);
   t.read = [&folder, part, rows, cols](float* out) {
     std::vector<float> source(size_t(rows * cols));
     folder.read_f32(part, source.data());
@@ -124,6 +128,7 @@ SourceTensor heads_to_qkv(const HfFolder& folder, std::string name, const std::s
   SourceTensor t;
   t.name = std::move(name);
   t.dims = shape.size() == 2 ? std::vector<int64_t>{int64_t(shape[0]), cols} : std::vector<int64_t>{int64_t(shape[0])};
+  t.source_type = safetensors_dtype_name(ref.tensor->dtype);
   t.read = [&folder, part, n_heads, head_dim, cols](float* out) {
     std::vector<float> source(size_t(3 * n_heads * head_dim * cols));
     folder.read_f32(part, source.data());

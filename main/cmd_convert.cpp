@@ -32,6 +32,7 @@ int cmd_convert(int argc, char** argv) {
       "type", "weight type: f16, bf16, f32 or int8", cxxopts::value<std::string>()->default_value("f16"))(
       "group-size", "int8: values per scale along a row", cxxopts::value<uint32_t>()->default_value("64"))(
       "f,force", "overwrite the output if it exists")("q,quiet", "no progress bar")(
+      "v,verbose", "a line per tensor (name, source type -> stored type, shape) instead of the progress bar")(
       "list-archs", "list the model families and weight types kiln converts");
   options.parse_positional({"source"});
   options.positional_help("SOURCE -o OUT.kiln");
@@ -59,6 +60,7 @@ int cmd_convert(int argc, char** argv) {
   convert.group_size = args["group-size"].as<uint32_t>();
   convert.overwrite = args.count("force") > 0;
   convert.progress = !args.count("quiet") && ::isatty(STDERR_FILENO);
+  convert.log_tensors = args.count("verbose") > 0;
   KILN_CHECK(synthetic || std::filesystem::absolute(source) != std::filesystem::absolute(output),
              "the output '{}' is the source: choose another output name", output);
   // Fail before the (long) conversion on what the writer would refuse at its end.

@@ -33,6 +33,8 @@ TEST_P(ConvertHf, ConvertedModelMatchesTransformers) {
 
   const HfFolder hf = HfFolder::open(folder.string());
   const Conversion conversion = conversion_from_hf(hf);
+  for (const SourceTensor& t : conversion.tensors)  // make_tiny_models.py saves every tensor in f32
+    EXPECT_EQ(t.source_type, "F32") << t.name;
   ConvertOptions options;
   options.weight_dtype = DType::F32;
   write_conversion(conversion, dir.file("tiny.kiln"), options);
@@ -66,6 +68,13 @@ TEST_P(ConvertHf, ConvertedModelMatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Tiny, ConvertHf,
                          ::testing::Values("llama_gqa_tied", "llama_mha", "llama_rope_linear", "mistral_swa", "qwen2"));
+
+// A fused tensor's log names each of its parts' types once (BF16 is not mistaken for F16).
+TEST(ConvertLog, JoinedTypesKeepEachTypeOnceInOrder) {
+  EXPECT_EQ(joined_types({"BF16", "F16", "BF16", "Q8_0", "F16"}), "BF16+F16+Q8_0");
+  EXPECT_EQ(joined_types({"Q4_1", "Q4_1", "Q4_1"}), "Q4_1");
+  EXPECT_EQ(joined_types({}), "");
+}
 
 TEST(ConvertHfErrors, NamesWhatIsMissing) {
   testing::TempDir dir;

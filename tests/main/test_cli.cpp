@@ -81,7 +81,13 @@ TEST(Cli, ConvertInfoVerifyTheDefaultModel) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
   expect_clean_error(run_kiln({"convert", gguf, "-o", out}), "use --force");
-  EXPECT_EQ(run_kiln({"convert", gguf, "-o", out, "--force", "--type", "f16"}).exit_code, 0);
+  // -v: a line per tensor, the GGUF's own types (Q4_1 matrices, a Q8_0 embedding, F32 norms) to the stored.
+  r = run_kiln({"convert", gguf, "-o", out, "--force", "--type", "f16", "-v"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  for (const char* line : {"token_embd.weight Q8_0 -> f16 [49152, 576]\n", "blk.0.attn_qkv.weight Q4_1 -> f16 [960, 576]\n",
+                           "blk.29.ffn_down.weight Q4_1 -> f16 [576, 1536]\n", "output_norm.weight F32 -> f32 [576]\n"})
+    EXPECT_NE(r.err.find(line), std::string::npos) << line << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1 + 30 * 6 + 1 + 1) << "embedding, 30 layers of 6, norm, 'wrote'";
   EXPECT_NE(run_kiln({"info", out}).out.find("f16"), std::string::npos);
 }
 
