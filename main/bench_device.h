@@ -16,6 +16,8 @@ struct GpuMemory {
   uint64_t total_bytes = 0;
 };
 GpuMemory gpu_memory();            // the current device's free and total memory
+std::string gpu_name();            // the current device's name, with the driver's CUDA version; "" without CUDA
+std::string cpu_name();            // the first "model name" of /proc/cpuinfo; "" where there is none
 double gpu_copy_bandwidth_gbs();   // device-to-device copies of 1 GiB, read + write counted, best of 5
 
 // The GPU memory in use beyond what a CUDA backend allocated for weights, KV cache and workspace.

@@ -48,6 +48,13 @@ std::vector<int64_t> int_list(const cxxopts::ParseResult& args, const char* key)
   return out;
 }
 
+// One timed run: its seconds, the time to its first token's logits (the prompt's, or the first decode
+// step's), and each decode step's seconds.
+struct RunTime {
+  double seconds = 0, first_token = 0;
+  std::vector<double> steps;
+};
+
 // Runs tests on random tokens. The cached depth is filled once per depth (untimed); each run then rewinds
 // to it, so a deep test does not pay its fill again at every repetition.
 class Runner {
@@ -55,18 +62,27 @@ class Runner {
   explicit Runner(Backend& backend)
       : backend_(backend), token_(0, int32_t(backend.config().n_vocab - 1)), logits_(size_t(backend.config().n_vocab)) {}
 
-  // Seconds for one run of the test.
-  double run_once(const Test& test) {
+  RunTime run_once(const Test& test) {
+    using Clock = std::chrono::steady_clock;
+    const auto since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
     fill_depth(test.n_depth);
     std::vector<int32_t> prompt = random_tokens(test.n_prompt);
-    const auto start = std::chrono::steady_clock::now();
+    RunTime time;
+    const auto start = Clock::now();
     int64_t position = test.n_depth;
     if (test.n_prompt) {
       backend_.forward(prompt.data(), test.n_prompt, position, logits_.data(), false);
       position += test.n_prompt;
+      time.first_token = since(start);
     }
-    for (int64_t i = 0; i < test.n_gen; ++i, ++position) decode_step(position);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (int64_t i = 0; i < test.n_gen; ++i, ++position) {
+      const auto step = Clock::now();
+      decode_step(position);
+      time.steps.push_back(since(step));
+    }
+    time.seconds = since(start);
+    if (!test.n_prompt) time.first_token = time.steps.front();
+    return time;
   }
 
   // One token at `position`, after the cache holds the depth the last test filled.
@@ -186,8 +202,13 @@ int cmd_bench(int argc, char** argv) {
   std::string profiles_md;
   for (const Test& test : tests) {
     runner.run_once(test);  // warm-up
-    std::vector<double> rates;
-    for (int r = 0; r < repetitions; ++r) rates.push_back(double(test.n_prompt + test.n_gen) / runner.run_once(test));
+    std::vector<double> rates, first_token_ms, step_ms;
+    for (int r = 0; r < repetitions; ++r) {
+      const RunTime time = runner.run_once(test);
+      rates.push_back(double(test.n_prompt + test.n_gen) / time.seconds);
+      first_token_ms.push_back(1e3 * time.first_token);
+      for (double s : time.steps) step_ms.push_back(1e3 * s);
+    }
     const double mean = mean_of(rates);
     nlohmann::json row = {{"model", file.path()},
                           {"architecture", c.architecture},
@@ -208,7 +229,14 @@ int cmd_bench(int argc, char** argv) {
                           {"stddev_ts", stddev_of(rates)},
                           {"samples_ts", rates},
                           {"rss_bytes", resident_bytes()},
-                          {"read_bandwidth_gbs", read_gbs}};
+                          {"read_bandwidth_gbs", read_gbs},
+                          {"ttft_ms", mean_of(first_token_ms)},
+                          {"samples_ttft_ms", first_token_ms},
+                          {"samples_token_ms", step_ms},
+                          {"kiln_version", KILN_VERSION},
+                          {"build_commit", KILN_GIT_HASH},
+                          {"cpu_info", cpu_name()}};
+    if (on_gpu) row["gpu_info"] = gpu_name();
     if (on_gpu) row["copy_bandwidth_gbs"] = copy_gbs;
     if (test.n_prompt == 0) {
       // Each generated token reads every weight once, plus the keys and values cached so far: the step at

@@ -48,6 +48,37 @@ const nlohmann::json& row_named(const nlohmann::json& rows, const std::string& t
   return none;
 }
 
+// Every row says what built it and the CPU it ran on, and times its first token and each generated one:
+// a prompt row's first token is its whole run, a generation row's token times add up to its run.
+TEST_F(Bench, RowsTimeTheFirstAndEveryTokenAndNameTheBuild) {
+  const auto r = run_kiln({"bench", "-m", model(), "--device", "cpu", "-t", "1", "-p", "8", "-n", "4", "-r", "3",
+                           "-o", "json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto rows = nlohmann::json::parse(r.out);
+  const std::string version = run_kiln({"--version"}).out;
+  for (const auto& row : rows) {
+    EXPECT_NE(version.find("(git " + row["build_commit"].get<std::string>() + ")"), std::string::npos) << version;
+    EXPECT_NE(version.find("kiln " + row["kiln_version"].get<std::string>()), std::string::npos) << version;
+    EXPECT_TRUE(row.contains("cpu_info"));
+    EXPECT_FALSE(row.contains("gpu_info")) << "a CPU run";
+  }
+  const auto& pp = row_named(rows, "pp8");
+  const auto& tg = row_named(rows, "tg4");
+  ASSERT_EQ(pp["samples_ttft_ms"].size(), 3u);
+  EXPECT_TRUE(pp["samples_token_ms"].empty());
+  ASSERT_EQ(tg["samples_token_ms"].size(), 12u) << "4 tokens in each of 3 repetitions";
+  for (size_t i = 0; i < 3; ++i) {
+    const double pp_seconds = 8 / pp["samples_ts"][i].get<double>();
+    EXPECT_NEAR(pp["samples_ttft_ms"][i].get<double>(), 1e3 * pp_seconds, 1e-3 * pp_seconds * 1e3 + 0.01);
+    double tokens_ms = 0;
+    for (size_t t = 0; t < 4; ++t) tokens_ms += tg["samples_token_ms"][4 * i + t].get<double>();
+    const double tg_ms = 1e3 * 4 / tg["samples_ts"][i].get<double>();
+    EXPECT_LE(tokens_ms, tg_ms);
+    EXPECT_GE(tokens_ms, 0.5 * tg_ms);  // loose: a preemption between two steps counts in the run alone
+    EXPECT_EQ(tg["samples_ttft_ms"][i], tg["samples_token_ms"][4 * i]) << "the first generated token's step";
+  }
+}
+
 TEST_F(Bench, DecodeRowsStateTheirBandwidthFromTheBytesTheyRead) {
   const auto r = run_kiln({"bench", "-m", model(), "--device", "cpu", "-t", "1", "-p", "8", "-n", "4", "-d", "0,16",
                            "-r", "2", "-o", "json"});
