@@ -18,6 +18,7 @@
 #include "main/chat_input.h"
 #include "main/chat_prompt.h"
 #include "main/chat_session.h"
+#include "main/chat_settings.h"
 #include "main/cli.h"
 #include "main/commands.h"
 #include "main/line_reader.h"
@@ -67,6 +68,8 @@ a line starting with """ opens a block of lines that the next line ending in """
   /load FILE       replace the conversation with one saved by /save
   /regen           write the last reply again
   /system [TEXT]   show, or set, the system prompt
+  /set [NAME VAL]  show the reply settings, or set one: temp, top-k, top-p, min-p, repeat-penalty, seed, n
+  /read FILE       send a text file as a message
   /stats           token counts and speeds
 Ctrl-C stops a reply; pressed twice at the prompt it leaves. Begin a message with // to send one that
 starts with /.
@@ -176,12 +179,35 @@ class ChatLoop {
         session_.system = arg;
         fmt::print(stderr, "[system prompt set]\n");
       }
+    } else if (name == "/set") {
+      change_setting(arg);
+    } else if (name == "/read") {
+      KILN_CHECK(!arg.empty(), "give the file: /read FILE");
+      const std::string text = read_message_file(expand_home(arg));
+      fmt::print(stderr, "[read {} bytes from {}]\n", text.size(), arg);
+      answer(text);
     } else if (name == "/stats") {
       print_totals();
     } else {
       fail("unknown command '{}': /help lists them (begin a message with // to send one starting with /)", name);
     }
     return true;
+  }
+
+  // /set: the next replies sample with the changed settings (a fresh generator, as on start-up).
+  void change_setting(const std::string& arg) {
+    const ReplySettings current{settings_.sampling, settings_.max_tokens};
+    if (arg.empty()) {
+      fmt::print("{}\n", describe(current));
+      return;
+    }
+    const size_t space = arg.find_first_of(" \t");
+    KILN_CHECK(space != std::string::npos, "give a setting and its value: /set temp 0.7 (/set alone lists them)");
+    const ReplySettings changed = with_setting(current, arg.substr(0, space), trim(arg.substr(space)));
+    settings_.sampling = changed.sampling;
+    settings_.max_tokens = changed.max_tokens;
+    generator_ = std::make_unique<Generator>(*model_.backend, *model_.tokenizer, settings_.sampling);
+    fmt::print(stderr, "[{}]\n", describe(changed));
   }
 
   void answer(const std::string& text) {

@@ -176,6 +176,41 @@ TEST_F(Chat, CommandsActOnTheConversation) {
   EXPECT_EQ(count(r.err, "[prompt "), 0u) << "nothing after /exit is read: " << r.err;
 }
 
+// /set changes the next replies as the flags would have set them from the start.
+TEST_F(Chat, SetChangesTheRepliesAsTheFlagsWould) {
+  const ProcessResult by_flags = chat(kFact + "\n", {"--temp", "0.7", "-s", "5", "-n", "6"});
+  ASSERT_EQ(by_flags.exit_code, 0) << by_flags.err;
+  const ProcessResult by_set = chat("/set temp 0.7\n/set seed 5\n/set n 6\n" + kFact + "\n");
+  ASSERT_EQ(by_set.exit_code, 0) << by_set.err;
+  EXPECT_EQ(by_set.out, by_flags.out);
+  EXPECT_NE(by_set.err.find("[temp 0.7, top-k 40, top-p 0.95, min-p 0.05, repeat-penalty 1, seed 5, n 6]"),
+            std::string::npos) << by_set.err;
+
+  const ProcessResult r = chat("/set\n/set temp -1\n/set warmth 2\n/set seed x\n/set top-k 2.5\n/set n\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("temp 0, top-k 40"), std::string::npos) << "/set alone lists them: " << r.out;
+  for (const char* part : {"temperature -1", "unknown setting 'warmth'", "'x' is not a number",
+                           "'2.5' is not a whole number", "give a setting and its value"})
+    EXPECT_NE(r.err.find(part), std::string::npos) << part << "\n" << r.err;
+}
+
+// /read sends a file's text as the message, as if typed (its trailing newlines dropped).
+TEST_F(Chat, ReadSendsAFileAsTheMessage) {
+  TempDir dir;
+  std::ofstream(dir.file("fact.txt")) << kFact << "\n\n";
+  std::ofstream(dir.file("blank.txt")) << " \n";
+  const ProcessResult r = chat("/read " + dir.file("fact.txt") + "\n" + kQuestion + "\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, chat(kFact + "\n" + kQuestion + "\n").out);
+  EXPECT_NE(r.err.find("[read " + std::to_string(kFact.size()) + " bytes from"), std::string::npos) << r.err;
+
+  const ProcessResult bad = chat("/read " + dir.file("absent.txt") + "\n/read " + dir.file("blank.txt") + "\n/read\n");
+  EXPECT_NE(bad.err.find("absent.txt' is not a file"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("blank.txt' is empty"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("give the file: /read FILE"), std::string::npos) << bad.err;
+  EXPECT_EQ(count(bad.err, "[prompt "), 0u) << "nothing was sent: " << bad.err;
+}
+
 TEST_F(Chat, MultiLineInputIsOneMessage) {
   TempDir dir;
   const std::string saved = dir.file("lines.json");
