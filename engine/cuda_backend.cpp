@@ -6,6 +6,7 @@
 #include "engine/cuda_forward.h"
 #include "engine/error.h"
 #include "engine/kiln_file.h"
+#include "engine/tensor_parallel_backend.h"
 #include "engine/weights.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_util.h"
@@ -110,8 +111,10 @@ class ContiguousKv final : public CudaKvStore {
   const float* alibi_slopes_ = nullptr;
 };
 
-CudaForwardOptions forward_options(const BackendOptions& options, size_t attention_floats) {
+CudaForwardOptions forward_options(const BackendOptions& options, const CudaOptions& cuda, size_t attention_floats) {
   CudaForwardOptions o;
+  o.shard = options.shard;
+  o.nccl = cuda.nccl;
   o.max_tokens = options.max_batch;
   o.input_ints = 2 * options.max_batch;  // tokens, then positions
   o.attention_floats = attention_floats;
@@ -124,6 +127,7 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(const ModelConfig& config, const Weights& weights, const BackendOptions& options,
               const CudaOptions& cuda);
+  ~CudaBackend() override { cudaSetDevice(device_); }  // the members free their memory on the right GPU
 
   const ModelConfig& config() const override { return config_; }
   int64_t n_ctx() const override { return n_ctx_; }
@@ -143,6 +147,7 @@ class CudaBackend final : public Backend {
 
   ModelConfig config_;
   CudaOptions cuda_;
+  int64_t n_vocab_;  // the whole model's: a split model's rank takes every token
   int device_;
   int64_t max_tokens_, n_ctx_;
   bool on_tensor_;
@@ -157,6 +162,7 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
                          const CudaOptions& cuda)
     : config_(config),
       cuda_(cuda),
+      n_vocab_(options.shard.whole() ? config.n_vocab : options.shard.n_vocab),
       device_(select_cuda_device(cuda.device)),
       max_tokens_(options.max_batch),
       n_ctx_(context_size(config, weights, options.n_ctx)),
@@ -171,7 +177,7 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
              n_ctx_, double(kv_->bytes()) / (1u << 30), double(options.max_kv_bytes) / (1u << 30));
   // Plan the weights, KV cache and workspace, and check they fit before allocating any of them.
   const size_t partial_floats = kv_->partial_floats(max_tokens_);
-  forward_ = std::make_unique<CudaForward>(config_, weights, forward_options(options, partial_floats));
+  forward_ = std::make_unique<CudaForward>(config_, weights, forward_options(options, cuda, partial_floats));
   check_gpu_memory(device_, forward_->weight_bytes(), kv_->bytes(), fmt::format("KV cache for {} positions", n_ctx_),
                    forward_->workspace_bytes(), max_tokens_, "use a smaller context (-c) or --device cpu");
   forward_->allocate();
@@ -193,8 +199,8 @@ void CudaBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first
              "this {} model attends both ways: run the whole input (at most {} tokens) in one call",
              config_.architecture, max_tokens_);
   for (int64_t i = 0; i < n_tokens; ++i)
-    KILN_CHECK(tokens[i] >= 0 && tokens[i] < config_.n_vocab, "token {} at index {} is outside the vocabulary of {}",
-               tokens[i], i, config_.n_vocab);
+    KILN_CHECK(tokens[i] >= 0 && tokens[i] < n_vocab_, "token {} at index {} is outside the vocabulary of {}",
+               tokens[i], i, n_vocab_);
   KILN_CUDA_CHECK(cudaSetDevice(device_));
 
   n_past_ = first_position;
@@ -250,6 +256,8 @@ void CudaBackend::run(int64_t n_tokens, bool want_logits, bool all_logits) {
 bool cuda_available() { return cuda::device_available(); }
 
 CudaMemoryUse cuda_memory_use(const Backend& backend) {
+  if (const auto* split = dynamic_cast<const TensorParallelBackend*>(&backend))  // GPU 0's: rank 0's
+    return cuda_memory_use(split->rank_backend(0));
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
   KILN_CHECK(cuda != nullptr, "the {} backend holds no GPU memory", backend.name());
   return cuda->memory_use();

@@ -10,10 +10,16 @@
 
 namespace kiln {
 
+namespace cuda {
+class NcclGroup;
+}
+
 struct CudaOptions {
   int device = 0;          // CUDA device index
   bool use_graph = true;   // false: launch every decode kernel one by one (for comparison)
   bool kv_f16 = false;     // the KV cache in f16: half the bytes attention reads (kiln's commands set it)
+  // Tensor parallelism: the communicators of the ranks (BackendOptions::shard says which this one is).
+  const cuda::NcclGroup* nccl = nullptr;
 };
 
 // True when a CUDA device can be used.
@@ -35,5 +41,16 @@ struct CudaMemoryUse {
 // The weights' host views are only read during the call (they are copied to the device).
 [[nodiscard]] std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const Weights& weights,
                                                          const BackendOptions& options, const CudaOptions& cuda = {});
+
+// The model split over GPUs 0 .. size-1, one rank each (engine/tensor_shard.h), the ranks' partial sums
+// added up through NCCL. size 1 runs the same path on one GPU. Throws kiln::Error when there are fewer
+// GPUs, NCCL is missing or the model cannot be split so.
+[[nodiscard]] std::unique_ptr<Backend> make_cuda_tensor_parallel_backend(const ModelConfig& config,
+                                                                         const Weights& weights,
+                                                                         const BackendOptions& options,
+                                                                         const CudaOptions& cuda, int size);
+[[nodiscard]] std::unique_ptr<Backend> make_cuda_tensor_parallel_backend(const KilnFile& file,
+                                                                         const BackendOptions& options,
+                                                                         const CudaOptions& cuda, int size);
 
 }  // namespace kiln

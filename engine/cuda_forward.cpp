@@ -10,6 +10,9 @@
 #include "engine/weights.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/embedding.h"
+#ifdef KILN_HAVE_NCCL
+#include "kernels/cuda/nccl_group.h"
+#endif
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/residual.h"
 
@@ -142,6 +145,8 @@ int select_cuda_device(int device) {
 
 CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, const CudaForwardOptions& options)
     : config_(config),
+      shard_(options.shard.whole() ? whole_model(config) : options.shard),
+      nccl_(options.nccl),
       max_tokens_(options.max_tokens),
       invariant_rows_(options.invariant_rows),
       rows_(options.batched ? (options.max_tokens + invariant_rows_ - 1) / invariant_rows_ * invariant_rows_
@@ -158,6 +163,10 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
              "rows per batched matmul call {} are outside ({}, 4096]", invariant_rows_, cuda::kGemvMaxTokens);
   KILN_CHECK(options.input_ints >= 0 && options.input_ints <= (int64_t(1) << 28), "{} input ints are out of range",
              options.input_ints);
+#ifndef KILN_HAVE_NCCL
+  KILN_CHECK(nccl_ == nullptr, "this kiln was built without NCCL: rebuild with the CUDA toolkit's NCCL header");
+#endif
+  KILN_CHECK(shard_.whole() || nccl_ != nullptr, "a split model's rank needs the NCCL group of its ranks");
 
   WeightPlan& up = *plan_;
   up.matrix(weights.token_embd, &w_.token_embd);
@@ -193,9 +202,9 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
   up.vector(weights.output_bias, c.n_vocab, &w_.output_bias);
   for (const TensorView* m : {&weights.output, &weights.output_proj, &weights.token_embd_proj})
     if (m->data != nullptr && m->dtype == DType::I8) gemm_int8_ = std::max(gemm_int8_, m->numel());
-  if (c.position == PositionKind::Alibi) {
-    alibi_ = kiln::alibi_slopes(int(c.n_heads));
-    up.vector(alibi_.data(), c.n_heads, &w_.alibi_slopes);
+  if (c.position == PositionKind::Alibi) {  // the slopes of this rank's heads
+    alibi_ = kiln::alibi_slopes(int(shard_.n_heads));
+    up.vector(alibi_.data() + shard_.head_begin, c.n_heads, &w_.alibi_slopes);
   }
   plan_workspace(options);
 }
@@ -306,7 +315,8 @@ void CudaForward::head(const float* hidden, int64_t rows) {
 void CudaForward::embed(const int32_t* tokens, const int32_t* positions, int64_t n) {
   cuda::EmbeddingArgs a;
   a.token_embd = w_.token_embd;
-  if (config_.projects_embedding()) {  // narrow rows, then the projection in
+  a.vocab_begin = shard_.vocab_begin;  // a split model's rank holds its own tokens' rows, zeros for the others
+  if (config_.projects_embedding()) {  // narrow rows (summed over the ranks), then the projection in
     cuda::EmbeddingArgs rows = a;
     rows.tokens = tokens;
     rows.first_position = positions;
@@ -314,12 +324,17 @@ void CudaForward::embed(const int32_t* tokens, const int32_t* positions, int64_t
     rows.n_tokens = n;
     rows.stream = stream();
     cuda::embedding(rows);
+    if (!shard_.whole()) sum_over_ranks(ws_.embd, n * config_.embd_dim(), "token_embd", -1);
     matmul(w_.token_embd_proj, ws_.embd, ws_.attn_proj, nullptr, n);  // attn_proj: free until attention
     a.projected = ws_.attn_proj;
   }
+  // A rank's rows are partial sums unless projected: the token types and positions are added by rank 0
+  // alone, and the ranks' rows summed.
+  const bool partial_rows = !shard_.whole() && !config_.projects_embedding();
+  const bool adds_rows = !partial_rows || shard_.rank == 0;
   a.dim = config_.dim;
-  a.type_embd = w_.token_type_embd;  // every token has type 0
-  if (!batched_) a.pos_embd = w_.pos_embd;  // one sequence: its rows follow the first position
+  if (adds_rows) a.type_embd = w_.token_type_embd;  // every token has type 0
+  if (adds_rows && !batched_) a.pos_embd = w_.pos_embd;  // one sequence: its rows follow the first position
   a.tokens = tokens;
   a.first_position = positions;
   a.position_offset = config_.position_offset;
@@ -328,6 +343,7 @@ void CudaForward::embed(const int32_t* tokens, const int32_t* positions, int64_t
   a.n_tokens = n;
   a.stream = stream();
   cuda::embedding(a);
+  if (partial_rows) sum_over_ranks(ws_.x, n * config_.dim, "token_embd", -1);
   if (batched_ && w_.pos_embd.data != nullptr) {
     // Rows at their own positions: each position's row is looked up as a token would be, then added (the
     // same sum, in the same order, as the one-kernel lookup).
@@ -369,20 +385,34 @@ void CudaForward::norm(const float* x, const float* weight, const float* bias, f
 bool CudaForward::takes_gemv(int64_t n) const { return !batched_ && n <= cuda::kGemvMaxTokens; }
 
 // x += W · in + bias in the matmul itself: the GEMV's epilogue, or cuBLAS accumulating onto x. in16: `in` in
-// f16 already, or nullptr.
+// f16 already, or nullptr. Split over ranks (W by columns), rank 0 does this with its part of W, the others
+// write their product alone into x, and the sum over the ranks leaves x + W · in + bias on every rank.
 void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
-                                       int64_t n) {
+                                       int64_t n, const char* stage, int64_t layer) {
+  const bool first_rank = shard_.rank == 0;
   cuda::MatmulArgs a;
   a.weight = w;
   a.x = in;
   a.x16 = in16;
   a.y = ws_.x;
-  a.residual = ws_.x;
-  a.bias = bias;
+  a.residual = first_rank ? ws_.x : nullptr;
+  a.bias = first_rank ? bias : nullptr;
   a.n_tokens = n;
   a.gemm = gemm_.get();
   a.stream = stream();
   run_matmul(a);
+  sum_over_ranks(ws_.x, n * config_.dim, stage, layer);
+}
+
+void CudaForward::sum_over_ranks(float* device_data, int64_t n, const char* stage_before, int64_t layer) {
+  if (nccl_ == nullptr) return;
+  mark_stage(stage_before, layer);
+#ifdef KILN_HAVE_NCCL
+  nccl_->all_reduce_sum(shard_.rank, device_data, n, stream());
+#else
+  (void)device_data, (void)n;
+#endif
+  mark_stage("all_reduce", layer);
 }
 
 // Batched rows go through the batch-invariant calls; a sequence's rows take cuda::matmul's own choice.
@@ -453,9 +483,10 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   res.dim = dim;
   res.stream = s;
   if (residual_in_matmul) {
-    matmul_into_residual(w.attn_out, ws_.att, nullptr, w.attn_out_bias, n);
+    matmul_into_residual(w.attn_out, ws_.att, nullptr, w.attn_out_bias, n, "attn_out", layer);
   } else {
     matmul(w.attn_out, ws_.att, ws_.attn_proj, nullptr, n);
+    sum_over_ranks(ws_.attn_proj, n * dim, "attn_out", layer);
     emit("attn_out", layer, ws_.attn_proj, n * dim);
     if (!c.parallel_residual) {
       res.a = ws_.attn_proj;
@@ -515,9 +546,10 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
 
   // down projection + residual
   if (residual_in_matmul) {
-    matmul_into_residual(w.ffn_down, hidden, hidden16, w.ffn_down_bias, n);
+    matmul_into_residual(w.ffn_down, hidden, hidden16, w.ffn_down_bias, n, "layer_out", layer);
   } else {
     matmul(w.ffn_down, hidden, ws_.ffn_out, nullptr, n, {}, {}, hidden16);
+    sum_over_ranks(ws_.ffn_out, n * dim, "layer_out", layer);
     if (c.parallel_residual) {
       res.a = ws_.attn_proj;
       res.a_bias = w.attn_out_bias;
@@ -536,11 +568,14 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   emit("layer_out", layer, x, n * dim);
 }
 
+void CudaForward::mark_stage(const char* name, int64_t layer) {
+  if (!timing_) return;
+  stage_events_.mark(stream());
+  stage_names_.emplace_back(name, int(layer));
+}
+
 void CudaForward::emit(const char* name, int64_t layer, const float* device_data, int64_t n) {
-  if (timing_) {
-    stage_events_.mark(stream());
-    stage_names_.emplace_back(name, int(layer));
-  }
+  mark_stage(name, layer);
   if (!on_tensor_) return;
   host_copy_.resize(size_t(n));
   KILN_CUDA_CHECK(

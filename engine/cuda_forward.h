@@ -25,6 +25,9 @@ namespace kiln {
 
 struct Weights;
 class WeightPlan;
+namespace cuda {
+class NcclGroup;
+}
 
 struct CudaLayerWeights {
   const float* attn_norm = nullptr;       // [dim]
@@ -86,6 +89,11 @@ struct CudaForwardOptions {
   size_t attention_floats = 0;    // scratch for the caller's attention (attention_scratch())
   TensorCallback on_tensor;       // optional debugging hook: copies each named intermediate to the host
   std::shared_ptr<StageTimer> stage_timer;
+  // Tensor parallelism: the part of the whole model that the config and weights are, and the communicators
+  // that sum the ranks' partial rows (this rank's is shard.rank's). nccl may be set for the whole model
+  // too: one rank, the split path run on one GPU.
+  TensorShard shard;
+  const cuda::NcclGroup* nccl = nullptr;
 };
 
 class CudaForward {
@@ -147,10 +155,16 @@ class CudaForward {
   bool takes_gemv(int64_t n) const;
   void run_matmul(const cuda::MatmulArgs& a);
   void matmul_into_residual(const cuda::DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
-                            int64_t n);
+                            int64_t n, const char* stage, int64_t layer);
+  // Adds up the ranks' partial rows of a matmul split by columns, in place; nothing without NCCL. The stage
+  // before it ends first, so a profile times the all-reduce as a stage of its own.
+  void sum_over_ranks(float* device_data, int64_t n, const char* stage_before, int64_t layer);
+  void mark_stage(const char* name, int64_t layer);
   void emit(const char* name, int64_t layer, const float* device_data, int64_t n);
 
   ModelConfig config_;
+  TensorShard shard_;
+  const cuda::NcclGroup* nccl_;
   int64_t max_tokens_;
   int64_t invariant_rows_;
   int64_t rows_;  // workspace rows: max_tokens, rounded up to invariant_rows when batched
@@ -170,7 +184,7 @@ class CudaForward {
   Workspace ws_;
   std::unique_ptr<cuda::GemmContext> gemm_;
   std::vector<float> host_copy_;  // on_tensor only
-  std::vector<float> alibi_;      // [n_heads] host slopes until uploaded
+  std::vector<float> alibi_;      // [the whole model's n_heads] host slopes until uploaded
 };
 
 // The rotary mode, scale and the like that both KV stores pass to their kernels.

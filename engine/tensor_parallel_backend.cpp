@@ -66,8 +66,8 @@ std::unique_ptr<Backend> make_cpu_tensor_parallel_backend(const ModelConfig& con
   for (int r = 0; r < size; ++r) {
     TensorParallelBackend::Rank& rank = ranks[size_t(r)];
     rank.shard = plan_shard(config, weights, r, size);
-    rank.comm = std::move(comms[size_t(r)]);
-    rank.shard.comm = rank.comm.get();
+    rank.shard.comm = comms[size_t(r)].get();
+    rank.communicator = std::shared_ptr<Communicator>(std::move(comms[size_t(r)]));
     rank.weights = shard_weights(config, weights, rank.shard);
     BackendOptions o = options;
     o.shard = rank.shard;

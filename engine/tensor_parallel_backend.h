@@ -17,9 +17,9 @@ namespace kiln {
 class TensorParallelBackend final : public Backend {
  public:
   struct Rank {
-    ShardedWeights weights;              // read by the backend: declared first, destroyed last
-    std::unique_ptr<Communicator> comm;  // the backend's shard.comm
-    std::unique_ptr<Backend> backend;    // config: the rank's shard config
+    ShardedWeights weights;              // what the backend reads (empty where it copied them to a GPU)
+    std::shared_ptr<void> communicator;  // what the backend's sums go through (host or NCCL)
+    std::unique_ptr<Backend> backend;    // config: the rank's shard config; destroyed before the above
     TensorShard shard;
   };
 
@@ -30,6 +30,7 @@ class TensorParallelBackend final : public Backend {
   const ModelConfig& config() const override { return config_; }
   int64_t n_ctx() const override { return ranks_[0].backend->n_ctx(); }
   int64_t n_past() const override { return ranks_[0].backend->n_past(); }
+  const Backend& rank_backend(int rank) const { return *ranks_[size_t(rank)].backend; }
   void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                bool all_logits) override;
   void reset() override;

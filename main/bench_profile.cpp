@@ -31,6 +31,7 @@ const std::vector<StageGroup>& groups_of(std::string_view backend) {
       {"residual + norm + MLP up", {"ffn_norm"}, {"attn_out.bias", "ffn_norm.weight", "ffn_norm.bias", "ffn_up.weight", "ffn_up.bias"}},
       {"activation", {"ffn_act"}, {}},
       {"down + residual", {"layer_out"}, {"ffn_down.weight", "ffn_down.bias"}},
+      {"all-reduce (-tp)", {"all_reduce"}, {}},
       {"LM head", {"result_norm", "logits"}, {"output_norm.weight", "output_norm.bias", "head"}},
   };
   // The CPU backend runs each norm on its own and appends K and V just before the attention.

@@ -93,11 +93,9 @@ std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFi
 #ifdef KILN_HAVE_CUDA
   CudaOptions cuda;
   cuda.kv_f16 = kv_f16;
-  if (device == "cuda") {
-    KILN_CHECK(tensor_parallel == 1, "-tp {} runs on the CPU only in this kiln: add --device cpu, or leave out -tp",
-               tensor_parallel);
-    return make_cuda_backend(file, options, cuda);
-  }
+  if (device == "cuda")
+    return tensor_parallel > 1 ? make_cuda_tensor_parallel_backend(file, options, cuda, tensor_parallel)
+                               : make_cuda_backend(file, options, cuda);
 #else
   (void)kv_f16;
 #endif

@@ -1,12 +1,11 @@
 #include "kernels/cuda/cublas_loader.h"
 
-#include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
 #include <atomic>
-#include <string>
 
 #include "engine/error.h"
+#include "kernels/cuda/cuda_library.h"
 
 namespace kiln::cuda {
 namespace {
@@ -17,21 +16,8 @@ constexpr const char* kLibrary = "libcublas.so." KILN_STR(CUBLAS_VER_MAJOR);
 
 std::atomic<bool> loaded{false};
 
-// The folder of the CUDA runtime this process runs with: cuBLAS ships beside it.
-std::string runtime_folder() {
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&cudaGetDeviceCount), &info) == 0 || info.dli_fname == nullptr) return {};
-  const std::string path = info.dli_fname;
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
-}
-
 void* open_library() {
-  void* handle = dlopen(kLibrary, RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const std::string beside_runtime = runtime_folder() + kLibrary;
-    handle = dlopen(beside_runtime.c_str(), RTLD_NOW | RTLD_LOCAL);
-  }
+  void* handle = open_cuda_library(kLibrary);
   if (handle == nullptr)
     fail("cannot load cuBLAS ({}): {}. Install the CUDA toolkit's cuBLAS {} (or add its folder to "
          "LD_LIBRARY_PATH), or run on the CPU with --device cpu",

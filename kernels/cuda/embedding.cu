@@ -25,13 +25,15 @@ __device__ __forceinline__ float row_value(const DeviceMatrix& m, int64_t row, i
 // One block per token, in the CPU forward's order: ((row * scale) + type row) + position row.
 template <DType kTok>
 __global__ void embedding_kernel(DeviceMatrix tok, DeviceMatrix pos, DeviceMatrix type, const float* projected,
-                                 const int32_t* __restrict__ tokens, const int32_t* __restrict__ first_position,
-                                 int64_t position_offset, float scale, float* __restrict__ x, int64_t dim) {
+                                 const int32_t* __restrict__ tokens, int64_t vocab_begin,
+                                 const int32_t* __restrict__ first_position, int64_t position_offset, float scale,
+                                 float* __restrict__ x, int64_t dim) {
   const int64_t t = blockIdx.x;
-  const int64_t token = tokens[t];
+  const int64_t row = tokens[t] - vocab_begin;
+  const bool ours = row >= 0 && row < tok.rows;
   const int64_t position = *first_position + t + position_offset;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = projected != nullptr ? projected[t * dim + i] : row_value<kTok>(tok, token, i);
+    float v = projected != nullptr ? projected[t * dim + i] : ours ? row_value<kTok>(tok, row, i) : 0.0f;
     if (scale != 1.0f) v *= scale;
     if (type.data != nullptr) v += row_value<kTok>(type, 0, i);
     if (pos.data != nullptr) v += row_value<kTok>(pos, position, i);
@@ -43,7 +45,7 @@ void embedding_launch(const EmbeddingArgs& a, int64_t dim) {
   const dim3 grid(unsigned(a.n_tokens));
   auto run = [&](auto kernel) {
     kernel<<<grid, kThreads, 0, a.stream>>>(a.token_embd, a.pos_embd, a.type_embd, a.projected, a.tokens,
-                                            a.first_position, a.position_offset, a.scale, a.x, dim);
+                                            a.vocab_begin, a.first_position, a.position_offset, a.scale, a.x, dim);
   };
   switch (a.token_embd.dtype) {
     case DType::F16: run(embedding_kernel<DType::F16>); break;

@@ -18,6 +18,8 @@ struct EmbeddingArgs {
   const float* projected = nullptr;      // [n_tokens, dim]: rows already looked up and projected (OPT's
                                          // narrow embedding); token_embd is then not read
   const int32_t* tokens = nullptr;       // device [n_tokens], each in [0, n_vocab) (the caller checks)
+  int64_t vocab_begin = 0;               // token_embd holds the rows of tokens [vocab_begin, + rows): one rank's
+                                         // part of the vocabulary; another rank's token takes a zero row
   const int32_t* first_position = nullptr;  // device scalar; token t is at first_position + t
   int64_t position_offset = 0;           // learned positions: row = position + offset
   float scale = 1.0f;                    // multiplies the token embedding
