@@ -22,8 +22,8 @@ void add_model_options(cxxopts::Options& options) {
       "cache-type", "the GPU's KV cache type: f16 (half the bytes attention reads) or f32 (the CPU keeps f32)",
       cxxopts::value<std::string>()->default_value("f16"))(
       "tensor-parallel,tp",
-      "-tp N: split the model by heads over N ranks (at most its key/value heads); on the CPU, N groups of "
-      "threads",
+      "-tp N: split the model by heads over N ranks (at most its key/value heads): GPUs 0 .. N-1, or on the "
+      "CPU N groups of threads",
       cxxopts::value<int>()->default_value("1"));
 }
 
