@@ -196,7 +196,9 @@ int cmd_bench(int argc, char** argv) {
 
   const ModelBytes bytes = model_bytes(file);
   const double read_gbs = on_gpu ? 0 : streaming_read_gbs(threads);
-  const double peak_gbs = on_gpu ? copy_gbs : read_gbs;
+  // A split model reads its weights on every rank's GPU at once: the peak is theirs together (GPU 0's copy
+  // bandwidth times the ranks; the GPUs of one machine are alike).
+  const double peak_gbs = on_gpu ? copy_gbs * tensor_parallel : read_gbs;
   Runner runner(backend);
   nlohmann::json rows = nlohmann::json::array();
   std::string profiles_md;
