@@ -246,6 +246,9 @@ void CudaForward::allocate() {
   ws_.storage = cuda::DeviceBuffer(ws_bytes_);
   // Padding rows of a batched matmul are read: let them hold zeros rather than whatever the memory held.
   KILN_CUDA_CHECK(cudaMemset(ws_.storage.data(), 0, ws_bytes_));
+  // The copies and the memset run on the legacy stream, which the forward's non-blocking stream does not
+  // wait for (a pageable copy may even return before its DMA ends): the first step must not start early.
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
   char* base = ws_.storage.as<char>();
   float** slots[] = {&ws_.x,  &ws_.xn,  &ws_.qkv,     &ws_.q,    &ws_.k,      &ws_.att,      &ws_.attn_proj,
                      &ws_.up, &ws_.act, &ws_.ffn_out, &ws_.embd, &ws_.logits, &ws_.attention};

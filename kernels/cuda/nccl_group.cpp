@@ -83,6 +83,7 @@ NcclGroup::NcclGroup(int n_devices) : state_(std::make_unique<State>()) {
     KILN_CUDA_CHECK(cudaSetDevice(d));
     one[size_t(d)] = DeviceBuffer(sizeof(float));
     KILN_CUDA_CHECK(cudaMemset(one[size_t(d)].data(), 0, sizeof(float)));
+    KILN_CUDA_CHECK(cudaDeviceSynchronize());  // the legacy stream's memset before the non-blocking stream
     streams[size_t(d)] = std::make_unique<CudaStream>();
   }
   check(nccl().group_start(), "group start");

@@ -43,14 +43,6 @@ Versus versus_reference(const PromptReference& ref, const std::vector<float>& lo
   return v;
 }
 
-// The first n tokens of the longest reference prompt.
-std::vector<int32_t> prompt_prefix(const std::vector<PromptReference>& refs, size_t n) {
-  const auto& longest = std::max_element(refs.begin(), refs.end(), [](const auto& a, const auto& b) {
-                          return a.tokens.size() < b.tokens.size();
-                        })->tokens;
-  return {longest.begin(), longest.begin() + long(std::min(n, longest.size()))};
-}
-
 class CudaParity : public ::testing::TestWithParam<const char*> {};
 
 // f32 weights: both backends are f32 throughout, within 1e-4 of the float64 reference and of each other.

@@ -57,7 +57,7 @@ TEST_P(CudaTensorParallel, OneRankThroughNcclEqualsThePlainBackend) {
   auto plain = make_cuda_backend(model.config, weights, tiny_backend_options());
   auto one_rank = make_cuda_tensor_parallel_backend(model.config, weights, tiny_backend_options(), {}, 1);
   for (const auto& ref : refs) EXPECT_EQ(forward_all(*one_rank, ref.tokens), forward_all(*plain, ref.tokens));
-  const std::vector<int32_t> prompt(refs.front().tokens.begin(), refs.front().tokens.begin() + 8);
+  const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
   std::vector<float> plain_logits, rank_logits;
   EXPECT_EQ(greedy_single(*one_rank, prompt, 16, &rank_logits), greedy_single(*plain, prompt, 16, &plain_logits));
   EXPECT_EQ(rank_logits, plain_logits);

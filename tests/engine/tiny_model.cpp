@@ -329,6 +329,13 @@ BackendOptions tiny_backend_options(int64_t max_batch) {
   return options;
 }
 
+std::vector<int32_t> prompt_prefix(const std::vector<PromptReference>& refs, size_t n) {
+  const auto& longest = std::max_element(refs.begin(), refs.end(), [](const auto& a, const auto& b) {
+                          return a.tokens.size() < b.tokens.size();
+                        })->tokens;
+  return {longest.begin(), longest.begin() + long(std::min(n, longest.size()))};
+}
+
 std::vector<float> forward_all(Backend& backend, const std::vector<int32_t>& tokens) {
   std::vector<float> out(tokens.size() * size_t(backend.config().output_width()));
   backend.forward(tokens.data(), int64_t(tokens.size()), 0, out.data(), true);

@@ -64,6 +64,8 @@ struct PromptReference {
 };
 
 std::vector<PromptReference> load_reference(const std::string& name);
+// The first n tokens (or all, if fewer) of the longest reference prompt.
+std::vector<int32_t> prompt_prefix(const std::vector<PromptReference>& refs, size_t n);
 
 // An encoder's reference (no LM head): the last hidden state at every position.
 struct HiddenReference {

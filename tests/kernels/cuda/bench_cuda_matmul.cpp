@@ -270,6 +270,7 @@ int run(int argc, char** argv) {
   fmt::print("{}, {} SMs, L2 {} MB; device-to-device copy {:.0f} GB/s (read + write)\n", prop.name,
              prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
   Buffers buffers;
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());  // the buffers' memsets ran on the legacy stream, which ours skips
   cuda::CudaStream stream;
   tokens.erase(std::remove(tokens.begin(), tokens.end(), 0), tokens.end());
   if (!tokens.empty()) bench_shapes(buffers, stream.get(), tokens, copy_gbs);

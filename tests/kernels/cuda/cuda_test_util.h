@@ -21,6 +21,7 @@ template <typename T>
 cuda::DeviceBuffer to_device(const std::vector<T>& host) {
   cuda::DeviceBuffer buffer(host.size() * sizeof(T));
   if (!host.empty()) KILN_CUDA_CHECK(cudaMemcpy(buffer.data(), host.data(), buffer.bytes(), cudaMemcpyHostToDevice));
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());  // a pageable copy may return before it lands; other streams do not wait
   return buffer;
 }
 
