@@ -29,11 +29,13 @@ class ContiguousKv final : public CudaKvStore {
   void allocate() {
     cache_ = cuda::DeviceBuffer(bytes());
     KILN_CUDA_CHECK(cudaMemset(cache_.data(), 0, bytes()));
+    KILN_CUDA_CHECK(cudaDeviceSynchronize());  // the legacy stream's memset before the forward's stream runs
   }
-  // first_position: device scalar; partial: attention_partial_floats for the splits of every row count.
-  void bind(const int32_t* first_position, float* partial, const float* alibi_slopes) {
+  // first_position: device scalar; scratch: scratch_floats(max_tokens) floats, zero.
+  void bind(const int32_t* first_position, float* scratch, const float* alibi_slopes) {
     first_position_ = first_position;
-    partial_ = partial;
+    split_counters_ = reinterpret_cast<int*>(scratch);
+    partial_ = scratch + counter_floats();
     alibi_slopes_ = alibi_slopes;
   }
 
@@ -77,6 +79,7 @@ class ContiguousKv final : public CudaKvStore {
     a.alibi_slopes = alibi_slopes_;
     a.n_splits = splits(n);
     a.partial = partial_;
+    a.split_counters = split_counters_;
     a.stream = stream;
     cuda::attention(a);
   }
@@ -85,16 +88,18 @@ class ContiguousKv final : public CudaKvStore {
     return cuda::attention_splits(n, int(config_.n_heads), int(config_.n_kv_heads), int(config_.head_dim), n_ctx_,
                                   n_multiprocessors_);
   }
-  // Floats of the partial results for any row count up to max_tokens.
-  size_t partial_floats(int64_t max_tokens) const {
+  // The attention's scratch: the split counters of its fused merge (kept 256-byte aligned), then the partial
+  // results for any row count up to max_tokens.
+  size_t scratch_floats(int64_t max_tokens) const {
     size_t floats = 0;
     for (int64_t n = 1; n <= max_tokens; ++n)
       floats = std::max(floats,
                         cuda::attention_partial_floats(splits(n), n, int(config_.n_heads), int(config_.head_dim)));
-    return floats;
+    return counter_floats() + floats;
   }
 
  private:
+  size_t counter_floats() const { return (cuda::attention_counter_ints(int(config_.n_kv_heads)) + 63) / 64 * 64; }
   void* k_layer(int64_t layer) const { return layer_at(layer); }
   void* v_layer(int64_t layer) const { return layer_at(config_.n_layers + layer); }
   void* layer_at(int64_t index) const {
@@ -107,6 +112,7 @@ class ContiguousKv final : public CudaKvStore {
   int n_multiprocessors_ = cuda::multiprocessor_count();
   cuda::DeviceBuffer cache_;
   const int32_t* first_position_ = nullptr;
+  int* split_counters_ = nullptr;
   float* partial_ = nullptr;
   const float* alibi_slopes_ = nullptr;
 };
@@ -176,8 +182,8 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
              "a KV cache for {} positions needs {:.1f} GiB, more than the {:.1f} GiB allowed: use a smaller context size",
              n_ctx_, double(kv_->bytes()) / (1u << 30), double(options.max_kv_bytes) / (1u << 30));
   // Plan the weights, KV cache and workspace, and check they fit before allocating any of them.
-  const size_t partial_floats = kv_->partial_floats(max_tokens_);
-  forward_ = std::make_unique<CudaForward>(config_, weights, forward_options(options, cuda, partial_floats));
+  const size_t attention_floats = kv_->scratch_floats(max_tokens_);
+  forward_ = std::make_unique<CudaForward>(config_, weights, forward_options(options, cuda, attention_floats));
   check_gpu_memory(device_, forward_->weight_bytes(), kv_->bytes(), fmt::format("KV cache for {} positions", n_ctx_),
                    forward_->workspace_bytes(), max_tokens_, "use a smaller context (-c) or --device cpu");
   forward_->allocate();

@@ -13,6 +13,7 @@
 namespace kiln::cuda {
 namespace {
 
+static_assert(kDecodeThreads == kMergeThreads, "the decode kernel's blocks run the fused merge");
 constexpr int64_t kTiledMinKeysPerSplit = 256;
 constexpr int64_t kDecodeMinKeysPerSplit = 64;
 
@@ -20,10 +21,12 @@ using DecodeParams = AttentionKernelParams;
 
 // The Src of decode_attention_block for a contiguous cache: rows [row0, row0 + n_rows) of kv head g (row =
 // token * group + query head within the group), and the split's share of the keys those rows can see.
+// Splits used: every split of the launch, or with the fused merge (p.counters) only as many as the visible
+// keys fill, kDecodeMinKeysPerSplit each: a short context then takes one pass and no merge at all.
 template <int kR>
 struct ContiguousRows {
   const float* q;
-  int n_rows, head_dim, n_heads, group, g;
+  int n_rows, head_dim, n_heads, group, g, n_used;
   bool causal;
   bool masked, alibi;
   int64_t window, row0, begin, end, key_base;
@@ -56,8 +59,11 @@ struct ContiguousRows {
       lo = max(int64_t(0), p_lo - window + 1);
       if (!causal) hi = min(hi, p_hi + window);
     }
-    // The visible span shared evenly among the splits, in whole steps of the kernel.
-    const int64_t chunk = ((hi - lo + p.n_splits - 1) / p.n_splits + align - 1) / align * align;
+    n_used = p.n_splits;
+    if (p.counters != nullptr)
+      n_used = int(min(int64_t(p.n_splits), max(int64_t(1), (hi - lo + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit)));
+    // The visible span shared evenly among the splits used, in whole steps of the kernel.
+    const int64_t chunk = ((hi - lo + n_used - 1) / n_used + align - 1) / align * align;
     begin = lo + split * chunk;
     end = min(hi, begin + chunk);
     key_base = int64_t(g) * p.kv_stride * head_dim;
@@ -79,19 +85,28 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) attenti
   constexpr int kW = 16 / int(sizeof(T)), kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   using Shape = DecodeShape<T, kW, kTk, kCpt, kR>;
   pdl_wait();  // the query and the cache are written
-  pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
+  pdl_launch_dependents();  // the next kernel may be scheduled now: it waits for this grid to finish
   const int split = int(blockIdx.z);
   const ContiguousRows<kR> src(p, int64_t(blockIdx.x) * kDecodeMaxRows, int(blockIdx.y), split, Shape::kKeysPerStep);
-  const DecodeOutput o{p.out, p.n_splits > 1 ? p.partial : nullptr, p.n_tokens * p.n_heads, p.n_splits};
-  if (src.begin >= src.end && o.partial != nullptr) return decode_mark_empty(src, o, split);
-  decode_attention_block<T, kW, kTk, kCpt, kR>(src, static_cast<const T*>(p.k_cache), static_cast<const T*>(p.v_cache),
-                                               p.scale * kDecodeLog2e, o, split);
+  if (split >= src.n_used) return;  // neither written nor counted
+  const DecodeOutput o{p.out, src.n_used > 1 ? p.partial : nullptr, p.n_tokens * p.n_heads, p.n_splits};
+  if (src.begin >= src.end && o.partial != nullptr)
+    decode_mark_empty(src, o, split);
+  else
+    decode_attention_block<T, kW, kTk, kCpt, kR>(src, static_cast<const T*>(p.k_cache),
+                                                 static_cast<const T*>(p.v_cache), p.scale * kDecodeLog2e, o, split);
+  if (o.partial != nullptr && p.counters != nullptr) {
+    extern __shared__ float merge_smem[];
+    merge_splits_if_last(o.partial, o.out, o.n_splits, src.n_used, o.n_th, p.head_dim,
+                         p.counters + int64_t(blockIdx.y) * gridDim.x + blockIdx.x, src, merge_smem);
+  }
 }
 
 template <typename T, int kDMax, int kR>
 void launch_decode(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
   constexpr int kW = 16 / int(sizeof(T)), kTk = kDMax / kW < 32 ? kDMax / kW : 32;
-  const size_t shared = decode_shared_bytes(kDecodeThreads / kTk, kR, p.head_dim);
+  size_t shared = decode_shared_bytes(kDecodeThreads / kTk, kR, p.head_dim);
+  if (p.n_splits > 1 && p.counters != nullptr) shared = std::max(shared, merge_shared_bytes(p.n_splits));
   launch_pdl(attention_decode_kernel<T, kDMax, kR>, grid, dim3(kDecodeThreads), shared, stream, p);
 }
 
@@ -155,6 +170,10 @@ int attention_splits(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim
   return int(std::clamp<int64_t>(splits, 1, kAttentionMaxSplits));
 }
 
+size_t attention_counter_ints(int n_kv_heads) {
+  return size_t((kAttentionDecodeMaxRows + kDecodeMaxRows - 1) / kDecodeMaxRows) * size_t(n_kv_heads);
+}
+
 size_t attention_partial_floats(int n_splits, int64_t n_tokens, int n_heads, int head_dim) {
   if (n_splits <= 1) return 0;
   return size_t(n_splits) * size_t(n_tokens) * size_t(n_heads) * size_t(head_dim + 2);
@@ -178,9 +197,10 @@ void attention(const AttentionArgs& a) {
              "cuda attention: null input, output or position, or a cache of {} positions for {} tokens", a.kv_stride,
              a.n_tokens);
   KILN_CHECK(a.n_splits == 1 || a.partial != nullptr, "cuda attention: {} splits need a partial buffer", a.n_splits);
-  if (decode_fits(a)) attention_decode(a);
+  const bool decode = decode_fits(a);
+  if (decode) attention_decode(a);
   else attention_tiled(a);
-  if (a.n_splits > 1) {
+  if (a.n_splits > 1 && !(decode && a.split_counters != nullptr)) {
     const int64_t n_th = a.n_tokens * a.n_heads;
     launch_attention_merge(a.partial, a.out, a.n_splits, n_th, a.head_dim, AllSplits{}, a.stream);
   }

@@ -37,6 +37,9 @@ struct AttentionArgs {
   const float* alibi_slopes = nullptr;  // device [n_heads] or nullptr: score += slope[h] * (key - p)
   int n_splits = 1;                // from attention_splits
   float* partial = nullptr;        // attention_partial_floats(n_splits, ...) floats when n_splits > 1
+  // attention_counter_ints(n_kv_heads) ints, zero, or nullptr. Given, a split decode call merges the splits
+  // in its own last block per kv head (and leaves the counters zero); else a merge kernel follows.
+  int* split_counters = nullptr;
   cudaStream_t stream = nullptr;
 };
 
@@ -48,6 +51,8 @@ int attention_splits(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim
                      int n_multiprocessors);
 // Floats of the partial-result buffer for n_splits > 1 (0 for one split).
 size_t attention_partial_floats(int n_splits, int64_t n_tokens, int n_heads, int head_dim);
+// Ints of AttentionArgs::split_counters for calls with n_kv_heads kv heads.
+size_t attention_counter_ints(int n_kv_heads);
 
 void attention(const AttentionArgs& args);
 

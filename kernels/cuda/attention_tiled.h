@@ -12,6 +12,7 @@ struct AttentionKernelParams {
   const void* v_cache;
   float* out;
   float* partial;
+  int* counters;  // the decode kernel's fused merge, or nullptr
   const int32_t* first_position;
   const float* alibi_slopes;
   int64_t n_tokens, kv_stride, window;
@@ -21,9 +22,9 @@ struct AttentionKernelParams {
 };
 
 inline AttentionKernelParams kernel_params(const AttentionArgs& a) {
-  return {a.q,        a.k_cache,   a.v_cache, a.out,     a.partial,    a.first_position, a.alibi_slopes,
-          a.n_tokens, a.kv_stride, a.window,  a.n_heads, a.n_kv_heads, a.head_dim,       a.n_splits,
-          a.scale,    a.causal};
+  return {a.q,        a.k_cache,  a.v_cache,   a.out,     a.partial,    a.split_counters, a.first_position,
+          a.alibi_slopes, a.n_tokens, a.kv_stride, a.window, a.n_heads, a.n_kv_heads, a.head_dim,
+          a.n_splits, a.scale,    a.causal};
 }
 
 // Query rows of a kv head per block (sizes the split count).

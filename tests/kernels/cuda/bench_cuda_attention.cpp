@@ -44,6 +44,7 @@ const char* dtype_name(KvDType t) { return t == KvDType::F16 ? "f16" : "f32"; }
 // replayed (the graph's own launch is then a small share, as in a decode step of many layers).
 double time_calls(int n_layers, const std::function<void(int, cudaStream_t)>& step, int replays) {
   const int n_calls = std::max(64, n_layers);
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());  // the set-up's memsets ran on the legacy stream, which ours skips
   cuda::CudaStream stream;
   cuda::CudaGraph graph;
   graph.capture(stream.get(), [&] {
@@ -90,8 +91,9 @@ void bench_contiguous(const Shape& s, KvDType dtype, int64_t depth, double copy_
   const size_t q_floats = size_t(s.n_heads) * size_t(s.head_dim);
   cuda::DeviceBuffer q(q_floats * sizeof(float)), out(q_floats * sizeof(float)),
       partial(std::max<size_t>(1, cuda::attention_partial_floats(splits, 1, s.n_heads, s.head_dim)) * sizeof(float)),
-      first(sizeof(int32_t));
+      first(sizeof(int32_t)), counters(cuda::attention_counter_ints(s.n_kv_heads) * sizeof(int32_t));
   KILN_CUDA_CHECK(cudaMemset(q.data(), 0, q.bytes()));
+  KILN_CUDA_CHECK(cudaMemset(counters.data(), 0, counters.bytes()));  // the merge fused, as the backend runs it
   const auto position = int32_t(depth - 1);
   KILN_CUDA_CHECK(cudaMemcpy(first.data(), &position, sizeof position, cudaMemcpyHostToDevice));
   cuda::AttentionArgs a;
@@ -107,6 +109,7 @@ void bench_contiguous(const Shape& s, KvDType dtype, int64_t depth, double copy_
   a.scale = 1.0f / std::sqrt(float(s.head_dim));
   a.n_splits = splits;
   a.partial = partial.as<float>();
+  a.split_counters = counters.as<int>();
   const double us = time_calls(
       n_layers,
       [&](int l, cudaStream_t stream) {

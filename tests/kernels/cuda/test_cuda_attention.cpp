@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "engine/error.h"
@@ -129,11 +130,29 @@ struct Problem {
   }
 };
 
+// With split counters the decode kernel uses only the splits the keys fill and merges them itself: the
+// same results, call after call (the counters are left zero). Calls the tiled kernel takes ignore them.
+void expect_fused_merge_matches(Problem& pr, int64_t first_position) {
+  const size_t n_counters = cuda::attention_counter_ints(pr.args.n_kv_heads);
+  const auto counters = test::to_device(std::vector<int32_t>(n_counters, 0));
+  pr.args.split_counters = counters.as<int>();
+  for (int call = 0; call < 2; ++call) {
+    SCOPED_TRACE(testing::Message() << "fused merge, call " << call);
+    pr.d_out = test::to_device(std::vector<float>(pr.q.size(), NAN));
+    pr.args.out = pr.d_out.as<float>();
+    cuda::attention(pr.args);
+    pr.expect_matches(first_position);
+    for (int32_t count : test::to_host<int32_t>(counters, n_counters)) ASSERT_EQ(count, 0);
+  }
+  pr.args.split_counters = nullptr;
+}
+
 void check(const Case& c, uint32_t seed) {
   const int64_t n_keys = c.first_position + c.n_tokens;
   Problem pr(c, n_keys + 5, n_keys, seed);
   cuda::attention(pr.args);
   pr.expect_matches(c.first_position);
+  if (pr.args.n_splits > 1) expect_fused_merge_matches(pr, c.first_position);
 }
 
 struct Gqa {
@@ -221,24 +240,30 @@ TEST(CudaAttention, MoreThanThirtyTwoThousandKeys) {
 }
 
 // A graph captured once, with the splits of the whole cache, replays right at every position (the
-// position is read from device memory).
+// position is read from device memory), with the merge kernel or the fused merge (which uses as many
+// splits as each position's keys fill).
 TEST(CudaAttention, CapturedGraphReplaysAtEveryPosition) {
   KILN_REQUIRE_GPU();
-  for (KvDType dtype : kDTypes) {
-    const int64_t max_keys = 3000, last = 2999;
-    Problem pr({1, 0, 32, 8, 128, true, 0, false, 0, dtype, max_keys}, max_keys, last + 1, 5000);
-    cuda::CudaStream stream;
-    pr.args.stream = stream.get();
-    cuda::CudaGraph graph;
-    graph.capture(stream.get(), [&] { cuda::attention(pr.args); });
-    for (int64_t first : {int64_t(0), int64_t(1), int64_t(63), int64_t(64), int64_t(700), last}) {
-      const auto position = int32_t(first);
-      KILN_CUDA_CHECK(cudaMemcpy(pr.d_first.data(), &position, sizeof position, cudaMemcpyHostToDevice));
-      graph.launch(stream.get());
-      stream.synchronize();
-      pr.expect_matches(first);
+  for (KvDType dtype : kDTypes)
+    for (bool fused : {false, true}) {
+      SCOPED_TRACE(fused ? "fused merge" : "merge kernel");
+      const int64_t max_keys = 3000, last = 2999;
+      Problem pr({1, 0, 32, 8, 128, true, 0, false, 0, dtype, max_keys}, max_keys, last + 1, 5000);
+      const auto counters = test::to_device(std::vector<int32_t>(cuda::attention_counter_ints(8), 0));
+      if (fused) pr.args.split_counters = counters.as<int>();
+      cuda::CudaStream stream;
+      pr.args.stream = stream.get();
+      cuda::CudaGraph graph;
+      graph.capture(stream.get(), [&] { cuda::attention(pr.args); });
+      for (int64_t first : {int64_t(0), int64_t(1), int64_t(63), int64_t(64), int64_t(700), last}) {
+        const auto position = int32_t(first);
+        KILN_CUDA_CHECK(
+            cudaMemcpyAsync(pr.d_first.data(), &position, sizeof position, cudaMemcpyHostToDevice, stream.get()));
+        graph.launch(stream.get());
+        stream.synchronize();
+        pr.expect_matches(first);
+      }
     }
-  }
 }
 
 TEST(CudaAttention, SplitsDependOnTheCacheSizeOnly) {
