@@ -9,6 +9,7 @@
 #include "engine/tensor_parallel_backend.h"
 #include "engine/weights.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_gemm.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/kv_dtype.h"
 #include "kernels/cuda/rotary.h"
@@ -31,13 +32,22 @@ class ContiguousKv final : public CudaKvStore {
     KILN_CUDA_CHECK(cudaMemset(cache_.data(), 0, bytes()));
     KILN_CUDA_CHECK(cudaDeviceSynchronize());  // the legacy stream's memset before the forward's stream runs
   }
-  // first_position: device scalar; scratch: scratch_floats(max_tokens) floats, zero.
-  void bind(const int32_t* first_position, float* scratch, const float* alibi_slopes) {
+  // first_position: device scalar; scratch: plan_scratch(max_tokens) floats, zero; gemm: the forward's GEMM
+  // context, or nullptr.
+  void bind(const int32_t* first_position, float* scratch, const float* alibi_slopes, cuda::GemmContext* gemm) {
     first_position_ = first_position;
     split_counters_ = reinterpret_cast<int*>(scratch);
     partial_ = scratch + counter_floats();
     alibi_slopes_ = alibi_slopes;
+    if (gemm_.rows_per_pass > 0 && gemm != nullptr) {
+      gemm_.handle = gemm->handle();
+      gemm_.cublas_workspace = gemm->cublas_workspace();
+      gemm_.cublas_workspace_bytes = gemm->cublas_workspace_bytes();
+      gemm_.scratch = partial_ + partial_floats_;
+    }
   }
+  // The position of the next step's first token, which the prompt path's GEMM shapes need.
+  void set_first_position(int64_t position) { first_position_host_ = position; }
 
   void append(int64_t layer, float* qkv, float* q, float* k_out, int64_t n, cudaStream_t stream) override {
     const ModelConfig& c = config_;
@@ -61,6 +71,7 @@ class ContiguousKv final : public CudaKvStore {
 
   void attend(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) override {
     const ModelConfig& c = config_;
+    const bool on_tensor_cores = gemm_.handle != nullptr && n >= kGemmMinTokens;
     cuda::AttentionArgs a;
     a.q = q;
     a.k_cache = k_layer(layer);
@@ -81,25 +92,42 @@ class ContiguousKv final : public CudaKvStore {
     a.partial = partial_;
     a.split_counters = split_counters_;
     a.stream = stream;
-    cuda::attention(a);
+    if (on_tensor_cores) cuda::attention_gemm(a, first_position_host_, gemm_);
+    else cuda::attention(a);
   }
 
   int splits(int64_t n) const {
     return cuda::attention_splits(n, int(config_.n_heads), int(config_.n_kv_heads), int(config_.head_dim), n_ctx_,
                                   n_multiprocessors_);
   }
-  // The attention's scratch: the split counters of its fused merge (kept 256-byte aligned), then the partial
-  // results for any row count up to max_tokens.
-  size_t scratch_floats(int64_t max_tokens) const {
+  // The attention's scratch, in floats: the split counters of its fused merge, the partial results for any
+  // row count up to max_tokens, and with an f16 cache the prompt path's queries, scores and probabilities
+  // (each part 256-byte aligned).
+  size_t plan_scratch(int64_t max_tokens) {
     size_t floats = 0;
     for (int64_t n = 1; n <= max_tokens; ++n)
       floats = std::max(floats,
                         cuda::attention_partial_floats(splits(n), n, int(config_.n_heads), int(config_.head_dim)));
-    return counter_floats() + floats;
+    partial_floats_ = round64(floats);
+    size_t gemm_bytes = 0;
+    if (dtype_ == cuda::KvDType::F16 && max_tokens >= kGemmMinTokens) {
+      gemm_.max_tokens = max_tokens;
+      gemm_.max_keys = n_ctx_;
+      gemm_.rows_per_pass = cuda::attention_gemm_rows_per_pass(max_tokens, int(config_.n_heads), n_ctx_, kGemmBudget);
+      if (gemm_.rows_per_pass > 0)
+        gemm_bytes = cuda::attention_gemm_bytes(max_tokens, int(config_.n_heads), int(config_.head_dim), n_ctx_,
+                                                gemm_.rows_per_pass);
+    }
+    return counter_floats() + partial_floats_ + round64((gemm_bytes + sizeof(float) - 1) / sizeof(float));
   }
 
  private:
-  size_t counter_floats() const { return (cuda::attention_counter_ints(int(config_.n_kv_heads)) + 63) / 64 * 64; }
+  // Prompts of this many tokens or more take the tensor cores (attention_gemm.h), with scores and
+  // probabilities of at most this many bytes a pass.
+  static constexpr int64_t kGemmMinTokens = 16;
+  static constexpr size_t kGemmBudget = size_t(128) << 20;
+  static size_t round64(size_t floats) { return (floats + 63) / 64 * 64; }
+  size_t counter_floats() const { return round64(cuda::attention_counter_ints(int(config_.n_kv_heads))); }
   void* k_layer(int64_t layer) const { return layer_at(layer); }
   void* v_layer(int64_t layer) const { return layer_at(config_.n_layers + layer); }
   void* layer_at(int64_t index) const {
@@ -114,7 +142,10 @@ class ContiguousKv final : public CudaKvStore {
   const int32_t* first_position_ = nullptr;
   int* split_counters_ = nullptr;
   float* partial_ = nullptr;
+  size_t partial_floats_ = 0;
   const float* alibi_slopes_ = nullptr;
+  cuda::AttentionGemmSpace gemm_;  // handle set by bind: the prompt path is on
+  int64_t first_position_host_ = 0;
 };
 
 CudaForwardOptions forward_options(const BackendOptions& options, const CudaOptions& cuda, size_t attention_floats) {
@@ -182,13 +213,14 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
              "a KV cache for {} positions needs {:.1f} GiB, more than the {:.1f} GiB allowed: use a smaller context size",
              n_ctx_, double(kv_->bytes()) / (1u << 30), double(options.max_kv_bytes) / (1u << 30));
   // Plan the weights, KV cache and workspace, and check they fit before allocating any of them.
-  const size_t attention_floats = kv_->scratch_floats(max_tokens_);
+  const size_t attention_floats = kv_->plan_scratch(max_tokens_);
   forward_ = std::make_unique<CudaForward>(config_, weights, forward_options(options, cuda, attention_floats));
   check_gpu_memory(device_, forward_->weight_bytes(), kv_->bytes(), fmt::format("KV cache for {} positions", n_ctx_),
                    forward_->workspace_bytes(), max_tokens_, "use a smaller context (-c) or --device cpu");
   forward_->allocate();
   kv_->allocate();
-  kv_->bind(forward_->inputs() + max_tokens_, forward_->attention_scratch(), forward_->alibi_slopes());
+  kv_->bind(forward_->inputs() + max_tokens_, forward_->attention_scratch(), forward_->alibi_slopes(),
+            forward_->gemm_context());
   staging_ = cuda::PinnedBuffer(2 * size_t(max_tokens_) * sizeof(int32_t));
 }
 
@@ -232,6 +264,7 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   KILN_CUDA_CHECK(cudaMemcpyAsync(inputs, staged, size_t(n_tokens) * sizeof(int32_t), cudaMemcpyHostToDevice, s));
   KILN_CUDA_CHECK(cudaMemcpyAsync(inputs + max_tokens_, staged + max_tokens_, size_t(n_tokens) * sizeof(int32_t),
                                   cudaMemcpyHostToDevice, s));
+  kv_->set_first_position(first_position);
   const bool want_logits = logits != nullptr;
   const bool timing = forward_->begin_stage_timing();
   if (n_tokens == 1 && want_logits && cuda_.use_graph && !on_tensor_ && !timing) {

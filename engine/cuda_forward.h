@@ -121,6 +121,8 @@ class CudaForward {
   float* hidden() const { return ws_.x; }                          // [rows, dim] the residual stream
   float* spare_rows() const { return ws_.ffn_out; }                // [rows, dim], free after run_layers
   const float* logits() const { return ws_.logits; }               // [rows, output_width], after head
+  // The cuBLAS handle and workspace of the GEMM path, or nullptr (steps of at most kGemvMaxTokens rows).
+  cuda::GemmContext* gemm_context() const { return gemm_.get(); }
 
   // The residual stream hidden(): [n, dim] after every layer. tokens, positions: device [n], each checked by
   // the caller; positions are consecutive unless batched.

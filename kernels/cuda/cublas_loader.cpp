@@ -40,6 +40,7 @@ CublasApi load() {
   resolve(handle, "cublasSetStream_v2", api.set_stream);
   resolve(handle, "cublasSetWorkspace_v2", api.set_workspace);
   resolve(handle, "cublasGemmEx", api.gemm_ex);
+  resolve(handle, "cublasGemmStridedBatchedEx", api.gemm_strided_batched_ex);
   resolve(handle, "cublasGetStatusString", api.status_string);
   loaded = true;
   return api;

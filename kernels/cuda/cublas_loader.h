@@ -5,6 +5,17 @@
 
 #include <cublas_v2.h>
 
+#include "engine/error.h"
+
+// Throws kiln::Error naming the call when a cuBLAS call fails.
+#define KILN_CUBLAS_CHECK(call)                                                                            \
+  do {                                                                                                     \
+    const cublasStatus_t kiln_status_ = (call);                                                            \
+    if (kiln_status_ != CUBLAS_STATUS_SUCCESS)                                                             \
+      ::kiln::fail("cuBLAS error {} in `{}` at {}:{}", ::kiln::cuda::cublas().status_string(kiln_status_), \
+                   #call, __FILE__, __LINE__);                                                             \
+  } while (0)
+
 namespace kiln::cuda {
 
 // The cuBLAS entry points kiln calls, resolved from the shared library.
@@ -18,6 +29,12 @@ struct CublasApi {
                             const void* alpha, const void* a, cudaDataType a_type, int lda, const void* b,
                             cudaDataType b_type, int ldb, const void* beta, void* c, cudaDataType c_type, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t algo);
+  cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int m, int n,
+                                            int k, const void* alpha, const void* a, cudaDataType a_type, int lda,
+                                            long long stride_a, const void* b, cudaDataType b_type, int ldb,
+                                            long long stride_b, const void* beta, void* c, cudaDataType c_type,
+                                            int ldc, long long stride_c, int batch, cublasComputeType_t compute,
+                                            cublasGemmAlgo_t algo);
   decltype(&cublasGetStatusString) status_string;
 };
 

@@ -10,14 +10,6 @@
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/norm.h"
 
-#define KILN_CUBLAS_CHECK(call)                                                                      \
-  do {                                                                                               \
-    const cublasStatus_t kiln_status_ = (call);                                                      \
-    if (kiln_status_ != CUBLAS_STATUS_SUCCESS)                                                       \
-      ::kiln::fail("cuBLAS error {} in `{}` at {}:{}", ::kiln::cuda::cublas().status_string(kiln_status_), #call, __FILE__, \
-                   __LINE__);                                                                        \
-  } while (0)
-
 namespace kiln::cuda {
 namespace {
 

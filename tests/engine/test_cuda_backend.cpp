@@ -167,6 +167,34 @@ TEST_P(CudaParity, F16KvCacheFollowsTheF32One) {
   EXPECT_GT(diff, 0.0f) << "the f16 cache gave the f32 one's logits bit for bit: was it used?";
 }
 
+// Prompts of 16 tokens or more over an f16 cache take the tensor cores (kernels/cuda/attention_gemm.h),
+// which round the queries and the probabilities to f16 too: every position's logits stay within 2% of their
+// scale of the f32 cache's (which runs the tiled kernel), in one pass and in 48-token chunks.
+TEST_P(CudaParity, F16KvPromptOnTensorCoresFollowsTheF32One) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F32);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const auto refs = load_reference(GetParam());
+  CudaOptions f16;
+  f16.kv_f16 = true;
+  auto f32_cache = make_cuda_backend(model.config, weights, tiny_backend_options(512));
+  for (int64_t max_batch : {512, 48}) {
+    if (!model.config.causal && max_batch < 512) continue;  // an encoder runs its input in one call
+    auto f16_cache = make_cuda_backend(model.config, weights, tiny_backend_options(max_batch), f16);
+    int checked = 0;
+    for (const auto& ref : refs) {
+      if (ref.tokens.size() < 16) continue;
+      const std::vector<float> a = forward_all(*f32_cache, ref.tokens), b = forward_all(*f16_cache, ref.tokens);
+      float scale = 1.0f;
+      for (float v : a) scale = std::max(scale, std::fabs(v));
+      EXPECT_LE(max_abs_difference(a, b), 2e-2f * scale) << ref.tokens.size() << " tokens, " << max_batch << " a step";
+      ++checked;
+    }
+    EXPECT_GT(checked, 0) << "no reference prompt of 16 tokens or more";
+  }
+}
+
 // Prefill of k tokens (cache only), then one token at a time, gives the logits of one pass over all
 // tokens (GEMM and GEMV sum in different orders: 5e-5); rewinding recomputes from the earlier position.
 TEST_P(CudaParity, DecodeMatchesOnePass) {

@@ -10,6 +10,7 @@
 // Unused cache positions hold nan: reading one poisons the output.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -17,6 +18,8 @@
 #include "engine/error.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_gemm.h"
+#include "kernels/cuda/matmul.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/kernels/cuda/kv_test_util.h"
 #include "tests/kernels/kernel_test_util.h"
@@ -100,8 +103,10 @@ struct Problem {
     a.partial = d_partial.as<float>();
   }
 
-  // Compares the device output with the reference for queries at `first_position`.
-  void expect_matches(int64_t first_position) {
+  // Compares the device output with the reference for queries at `first_position`. rounding: a relative
+  // rounding of the queries' and the probabilities' (2^-11 each for f16), which moves an output by at most
+  // rounding * (S + 1) * max|v|.
+  void expect_matches(int64_t first_position, double rounding = 0) {
     SCOPED_TRACE(testing::Message() << c.n_tokens << " tokens at " << first_position << ", heads " << c.n_heads << "/"
                                     << c.n_kv_heads << ", head_dim " << c.head_dim << (c.causal ? " causal" : " bidir")
                                     << " window " << c.window << (c.alibi ? " alibi" : "") << " splits "
@@ -125,7 +130,10 @@ struct Problem {
         }
       }
     const auto out = test::to_host<float>(d_out, q.size());
-    const double tol = (16.0 * double(hd + 4) * test::kU * s_max + 4e-6) * 2.0;
+    double v_max = 0;
+    for (float x : v)
+      if (std::isfinite(x)) v_max = std::max(v_max, double(std::fabs(x)));
+    const double tol = (16.0 * double(hd + 4) * test::kU * s_max + 4e-6) * 2.0 + rounding * (s_max + 1) * v_max;
     for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], tol) << "at " << i;
   }
 };
@@ -263,6 +271,37 @@ TEST(CudaAttention, CapturedGraphReplaysAtEveryPosition) {
         stream.synchronize();
         pr.expect_matches(first);
       }
+    }
+}
+
+// Prompts on the tensor cores (attention_gemm.h): GQA and MHA, a later chunk of a prompt, a local window
+// with ALiBi, both ways, head_dim 80, and rows in several passes; within the f16 rounding of the queries
+// and the probabilities of the reference.
+TEST(CudaAttention, PromptOnTensorCoresMatchesReference) {
+  KILN_REQUIRE_GPU();
+  cuda::DeviceBuffer workspace(cuda::gemm_workspace_bytes(16, 64, 0));
+  cuda::GemmContext gemm(workspace.data(), workspace.bytes(), 16, 64, 0);
+  uint32_t seed = 7000;
+  for (const Case& c : {Case{64, 0, 32, 8, 128}, Case{40, 100, 6, 2, 64, true, 37, true},
+                        Case{48, 0, 4, 4, 80, false}, Case{200, 56, 9, 3, 64}, Case{17, 0, 8, 1, 128, false, 5, true}})
+    for (int64_t rows_per_pass : {int64_t(512), int64_t(16)}) {
+      Case f16 = c;
+      f16.dtype = KvDType::F16;
+      const int64_t n_keys = c.first_position + c.n_tokens;
+      Problem pr(f16, n_keys + 5, n_keys, seed++);
+      const size_t bytes = cuda::attention_gemm_bytes(c.n_tokens, c.n_heads, c.head_dim, n_keys, rows_per_pass);
+      cuda::DeviceBuffer scratch(bytes);
+      cuda::AttentionGemmSpace space;
+      space.handle = gemm.handle();
+      space.cublas_workspace = gemm.cublas_workspace();
+      space.cublas_workspace_bytes = gemm.cublas_workspace_bytes();
+      space.scratch = scratch.data();
+      space.max_tokens = c.n_tokens;
+      space.max_keys = n_keys;
+      space.rows_per_pass = rows_per_pass;
+      SCOPED_TRACE(testing::Message() << rows_per_pass << " rows a pass");
+      cuda::attention_gemm(pr.args, c.first_position, space);
+      pr.expect_matches(c.first_position, 2 * std::ldexp(1.0, -11));
     }
 }
 
