@@ -15,6 +15,7 @@
 
 #include "engine/error.h"
 #include "main/bench_device.h"
+#include "main/build_commit.h"
 #include "main/bench_memory.h"
 #include "main/bench_profile.h"
 #include "main/cli.h"
@@ -236,7 +237,7 @@ int cmd_bench(int argc, char** argv) {
                           {"samples_ttft_ms", first_token_ms},
                           {"samples_token_ms", step_ms},
                           {"kiln_version", KILN_VERSION},
-                          {"build_commit", KILN_GIT_HASH},
+                          {"build_commit", build_commit()},
                           {"cpu_info", cpu_name()}};
     if (on_gpu) row["gpu_info"] = gpu_name();
     if (on_gpu) row["copy_bandwidth_gbs"] = copy_gbs;

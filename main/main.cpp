@@ -5,6 +5,7 @@
 #include <string>
 
 #include "engine/error.h"
+#include "main/build_commit.h"
 #include "main/cli.h"
 #include "main/commands.h"
 
@@ -25,7 +26,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::strcmp(argv[1], "--version") == 0) {
-    fmt::print("kiln {} (git {})\ncompiler: {}\nbackends: {}\n", KILN_VERSION, KILN_GIT_HASH, KILN_COMPILER,
+    fmt::print("kiln {} (git {})\ncompiler: {}\nbackends: {}\n", KILN_VERSION, kiln::build_commit(), KILN_COMPILER,
                KILN_BACKENDS);
     return 0;
   }

@@ -44,6 +44,17 @@ TEST(Cli, HelpListsEveryCommandAndEachHasItsOwnHelp) {
 
 // Every family kiln lists is one it converts in the tests: the tiny Hugging Face fixtures (tests/data/tiny_*)
 // hold exactly the listed model types, and the GGUF tests read the listed tensor types.
+// --version names the commit the binary was built from: in a git checkout, the one checked out now (the
+// hash is taken at every build, not when the build was configured).
+TEST(Cli, VersionNamesTheCheckedOutCommit) {
+  const auto git = testing::run_process({"/usr/bin/env", "git", "-C", KILN_SOURCE_DIR, "rev-parse", "--short", "HEAD"});
+  if (git.exit_code != 0 || git.out.empty()) GTEST_SKIP() << "not a git checkout (or no git): " << git.err;
+  const std::string hash = git.out.substr(0, git.out.find_first_of("\r\n"));
+  const auto r = run_kiln({"--version"});
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("(git " + hash + ")"), std::string::npos) << r.out;
+}
+
 TEST(Cli, ListArchsNamesTheFamiliesTheFixturesConvert) {
   const auto r = run_kiln({"convert", "--list-archs"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
