@@ -27,9 +27,7 @@ void* open_library() {
 
 template <typename Fn>
 void resolve(void* handle, const char* name, Fn& out) {
-  void* symbol = dlsym(handle, name);
-  if (symbol == nullptr) fail("{} lacks the function {}: install cuBLAS {}", kLibrary, name, CUBLAS_VER_MAJOR);
-  out = reinterpret_cast<Fn>(symbol);
+  resolve_function(handle, kLibrary, name, "install cuBLAS " KILN_STR(CUBLAS_VER_MAJOR), out);
 }
 
 CublasApi load() {

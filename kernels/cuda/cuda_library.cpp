@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "engine/error.h"
+
 namespace kiln::cuda {
 namespace {
 
@@ -26,6 +28,12 @@ void* open_cuda_library(const char* name) {
     handle = dlopen(beside_runtime.c_str(), RTLD_NOW | RTLD_LOCAL);
   }
   return handle;
+}
+
+void* library_function(void* handle, const char* library, const char* name, const char* remedy) {
+  void* symbol = dlsym(handle, name);
+  if (symbol == nullptr) fail("{} lacks the function {}: {}", library, name, remedy);
+  return symbol;
 }
 
 }  // namespace kiln::cuda

@@ -22,27 +22,24 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// scratch: 32 floats of shared memory, free again when this returns.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-  v = warp_sum(v);
+// warp(v) reduced over the block (blockDim.x a multiple of 32, at most 1024), `none` the value of an absent
+// warp; every thread gets the result. scratch: 32 floats of shared memory, free again when this returns.
+template <typename WarpReduce>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, WarpReduce warp, float none) {
+  const int lane = threadIdx.x % 32, warp_index = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  v = warp(v);
   __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
+  if (lane == 0) scratch[warp_index] = v;
   __syncthreads();
-  v = lane < n_warps ? scratch[lane] : 0.0f;
-  return warp_sum(v);
+  v = lane < n_warps ? scratch[lane] : none;
+  return warp(v);
 }
 
-// Max over the block, as block_sum.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  return block_reduce(v, scratch, [](float x) { return warp_sum(x); }, 0.0f);
+}
 __device__ __forceinline__ float block_max(float v, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-  v = warp_max(v);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? scratch[lane] : -INFINITY;
-  return warp_max(v);
+  return block_reduce(v, scratch, [](float x) { return warp_max(x); }, -INFINITY);
 }
 
 __device__ __forceinline__ float fp16_bits_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }

@@ -29,9 +29,7 @@ struct NcclApi {
 
 template <typename Fn>
 void resolve(void* handle, const char* name, Fn& out) {
-  void* symbol = dlsym(handle, name);
-  if (symbol == nullptr) fail("{} lacks the function {}: install NCCL {}", kLibrary, name, NCCL_MAJOR);
-  out = reinterpret_cast<Fn>(symbol);
+  resolve_function(handle, kLibrary, name, "install NCCL " KILN_STR(NCCL_MAJOR), out);
 }
 
 NcclApi load() {
