@@ -84,8 +84,6 @@ cuda::Activation activation_of(MlpKind mlp) {
 
 std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1 << 20)); }
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
 // The table without its first `offset` rows: row p of the result is row p + offset of m.
 DeviceMatrix rows_from(DeviceMatrix m, int64_t offset) {
   m.rows -= offset;
@@ -230,10 +228,10 @@ void CudaForward::plan_workspace(const CudaForwardOptions& options) {
   size_t bytes = 0;
   for (size_t n : floats) {
     ws_offsets_.push_back(bytes);
-    bytes += align256(n * sizeof(float));
+    bytes += cuda::align256(n * sizeof(float));
   }
   ws_offsets_.push_back(bytes);  // inputs
-  bytes += align256(size_t(options.input_ints) * sizeof(int32_t));
+  bytes += cuda::align256(size_t(options.input_ints) * sizeof(int32_t));
   ws_offsets_.push_back(bytes);  // GEMM space
   ws_bytes_ = bytes + gemm_bytes_;
 }

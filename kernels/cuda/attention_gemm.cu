@@ -8,19 +8,13 @@
 #include "kernels/cuda/cublas_loader.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/matmul.h"
 
 namespace kiln::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr float kLog2e = 1.4426950408889634f;
-
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
-__global__ void to_half_kernel(const float* __restrict__ x, __half* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __float2half_rn(x[i]);
-}
 
 struct SoftmaxParams {
   const float* s;       // [n_heads][rows][n_keys] raw scores
@@ -60,6 +54,24 @@ __global__ void __launch_bounds__(kThreads) masked_softmax_kernel(SoftmaxParams 
     p[key] = __float2half_rn(visible(key) ? exp2f(score(key) - big) * inv : 0.0f);
 }
 
+// The scratch's parts: the queries in f16, then S (f32) and P (f16) of one pass.
+struct Scratch {
+  __half* q16;
+  float* scores;
+  __half* probs;
+  size_t bytes;
+};
+
+Scratch scratch_layout(void* base, int64_t max_tokens, int n_heads, int head_dim, int64_t max_keys,
+                       int64_t rows_per_pass) {
+  const size_t q = size_t(max_tokens) * size_t(n_heads) * size_t(head_dim) * sizeof(__half);
+  const size_t scores = size_t(rows_per_pass) * size_t(n_heads) * size_t(max_keys);
+  char* p = static_cast<char*>(base);
+  const size_t scores_at = align256(q), probs_at = scores_at + align256(scores * sizeof(float));
+  return {reinterpret_cast<__half*>(p), reinterpret_cast<float*>(p + scores_at), reinterpret_cast<__half*>(p + probs_at),
+          probs_at + align256(scores * sizeof(__half))};
+}
+
 }  // namespace
 
 int64_t attention_gemm_rows_per_pass(int64_t max_tokens, int n_heads, int64_t max_keys, size_t budget) {
@@ -69,9 +81,7 @@ int64_t attention_gemm_rows_per_pass(int64_t max_tokens, int n_heads, int64_t ma
 }
 
 size_t attention_gemm_bytes(int64_t max_tokens, int n_heads, int head_dim, int64_t max_keys, int64_t rows_per_pass) {
-  const size_t q = size_t(max_tokens) * size_t(n_heads) * size_t(head_dim) * sizeof(__half);
-  const size_t scores = size_t(rows_per_pass) * size_t(n_heads) * size_t(max_keys);
-  return align256(q) + align256(scores * sizeof(float)) + align256(scores * sizeof(__half));
+  return scratch_layout(nullptr, max_tokens, n_heads, head_dim, max_keys, rows_per_pass).bytes;
 }
 
 void attention_gemm(const AttentionArgs& a, int64_t first_position_host, const AttentionGemmSpace& g) {
@@ -84,14 +94,11 @@ void attention_gemm(const AttentionArgs& a, int64_t first_position_host, const A
   KILN_CHECK(a.n_heads % a.n_kv_heads == 0 && D >= 1 && n_keys < (int64_t(1) << 31),
              "cuda attention_gemm: bad shape: {} heads, {} kv heads, head_dim {}", a.n_heads, a.n_kv_heads, D);
   const int group = a.n_heads / a.n_kv_heads;
-  auto* q16 = static_cast<__half*>(g.scratch);
-  auto* scores = reinterpret_cast<float*>(static_cast<char*>(g.scratch) +
-                                          align256(size_t(g.max_tokens) * size_t(a.n_heads) * size_t(D) * 2));
-  auto* probs = reinterpret_cast<__half*>(reinterpret_cast<char*>(scores) +
-                                          align256(size_t(g.rows_per_pass) * size_t(a.n_heads) * size_t(g.max_keys) * 4));
-  const int64_t n_q = n * a.n_heads * D;
-  to_half_kernel<<<unsigned(std::min<int64_t>((n_q + kThreads - 1) / kThreads, 65536)), kThreads, 0, a.stream>>>(a.q, q16, n_q);
-  KILN_CUDA_CHECK_LAUNCH();
+  const Scratch s = scratch_layout(g.scratch, g.max_tokens, a.n_heads, int(D), g.max_keys, g.rows_per_pass);
+  __half* q16 = s.q16;
+  float* scores = s.scores;
+  __half* probs = s.probs;
+  to_f16(a.q, q16, n * a.n_heads * D, a.stream);
   KILN_CUBLAS_CHECK(cublas().set_stream(g.handle, a.stream));
   KILN_CUBLAS_CHECK(cublas().set_workspace(g.handle, g.cublas_workspace, g.cublas_workspace_bytes));
   const float one = 1.0f, zero = 0.0f;

@@ -127,6 +127,9 @@ class CudaGraph {
 // Blocks of `threads` that cover n items.
 inline unsigned blocks_for(long long n, int threads) { return unsigned((n + threads - 1) / threads); }
 
+// n rounded up to 256 bytes: the alignment of every part of a workspace.
+inline size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
 }  // namespace kiln::cuda
 
 #define KILN_CUDA_CHECK(call)                                                              \

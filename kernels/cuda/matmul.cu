@@ -16,8 +16,6 @@ namespace {
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 constexpr int kThreads = 256;
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
 __global__ void to_f16_kernel(const float* __restrict__ x, __half* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = __float2half_rn(x[i]);
@@ -78,8 +76,7 @@ void gemm_launch(const MatmulArgs& a, const float* x, const __half* x16) {
   cudaDataType type = CUDA_R_32F;
   if (reads_f16(w.dtype)) {
     if (x16 == nullptr) {
-      to_f16_kernel<<<grid_for(n_x), kThreads, 0, a.stream>>>(x, static_cast<__half*>(g.x16()), n_x);
-      KILN_CUDA_CHECK_LAUNCH();
+      to_f16(x, static_cast<__half*>(g.x16()), n_x, a.stream);
       x16 = static_cast<const __half*>(g.x16());
     }
     x_in = x16;
@@ -192,6 +189,12 @@ void* GemmContext::w16() const {
 }
 float* GemmContext::gate_up() const {
   return reinterpret_cast<float*>(static_cast<char*>(w16()) + align256(size_t(max_int8_elems_) * 2));
+}
+
+void to_f16(const float* x, __half* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  to_f16_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);
+  KILN_CUDA_CHECK_LAUNCH();
 }
 
 void matmul(const MatmulArgs& a) {

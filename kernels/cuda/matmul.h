@@ -101,4 +101,7 @@ struct MatmulArgs {
 
 void matmul(const MatmulArgs& args);
 
+// y = x rounded to f16, n values, on `stream`.
+void to_f16(const float* x, __half* y, int64_t n, cudaStream_t stream);
+
 }  // namespace kiln::cuda
