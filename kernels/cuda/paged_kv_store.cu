@@ -5,6 +5,7 @@
 #include "engine/error.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/kv_store.cuh"
+#include "kernels/cuda/launch_pdl.cuh"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/rotary_device.cuh"
@@ -12,14 +13,20 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kRotaryThreads = 256;
+constexpr int kRotaryThreads = 128;  // a pair per thread for head_dim up to 256
 
-// One block per row.
+// Block (row blockIdx.x, slots [blockIdx.y * slots_per_block, + slots_per_block) of its qkv row), as in
+// rotary.cu: a dependent launch (launch_pdl.cuh) that computes the angles while the QKV matmul before it
+// finishes. They need only the row's position, which the step copies in before its first kernel.
 template <RotaryMode kMode>
-__global__ void __launch_bounds__(kRotaryThreads) paged_rotary_kv_store_kernel(PagedRotaryStoreArgs a, RotaryShape shape) {
+__global__ void __launch_bounds__(kRotaryThreads)
+    paged_rotary_kv_store_kernel(PagedRotaryStoreArgs a, RotaryShape shape, int slots_per_block) {
   extern __shared__ float cs[];
+  pdl_launch_dependents();  // the attention may be scheduled: it waits for this kernel to finish
   const int64_t r = blockIdx.x;
   const int64_t position = a.row_position[r];
+  rotary_angles<kMode>(position, shape, cs);
+  pdl_wait();  // qkv is written, and the pool's blocks are free
   const int32_t* table = a.kv.block_table + int64_t(a.row_seq[r]) * a.kv.max_blocks_per_seq;
   float* row = a.qkv + r * a.qkv_stride;
   const int n_heads = shape.n_heads, head_dim = shape.head_dim;
@@ -36,7 +43,9 @@ __global__ void __launch_bounds__(kRotaryThreads) paged_rotary_kv_store_kernel(P
   auto store_v = [&](int h, int d, float v) {
     kv_store_value(a.kv.v_pool, a.kv.dtype, paged_slot_offset(a.kv, table, position, h) + d, v);
   };
-  rotary_row<kMode>(row, position, shape, a.q_out != nullptr, cs, store_qk, store_v);
+  const int n_slots = n_heads + 2 * shape.n_kv_heads, first = int(blockIdx.y) * slots_per_block;
+  rotary_apply<kMode>(row, shape, a.q_out != nullptr, cs, first, min(first + slots_per_block, n_slots), store_qk,
+                      store_v);
 }
 
 template <RotaryMode kMode>
@@ -44,8 +53,11 @@ void launch_rotary_store(const PagedRotaryStoreArgs& a) {
   const RotaryShape shape{a.n_heads, a.kv.n_kv_heads, a.kv.head_dim, a.rotary_dim, double(a.theta),
                           double(a.position_scale)};
   const size_t shared = sizeof(float) * size_t(rotary_shared_floats(kMode, a.rotary_dim));
-  paged_rotary_kv_store_kernel<kMode><<<unsigned(a.n_rows), kRotaryThreads, shared, a.stream>>>(a, shape);
-  KILN_CUDA_CHECK_LAUNCH();
+  // A few rows: a head a block. More: 8 heads a block, so the angles are not computed once per head.
+  const int n_slots = a.n_heads + 2 * a.kv.n_kv_heads, slots_per_block = a.n_rows <= 8 ? 1 : 8;
+  const dim3 grid(unsigned(a.n_rows), unsigned((n_slots + slots_per_block - 1) / slots_per_block));
+  launch_pdl(paged_rotary_kv_store_kernel<kMode>, grid, dim3(kRotaryThreads), shared, a.stream, a, shape,
+             slots_per_block);
 }
 
 }  // namespace
@@ -64,7 +76,7 @@ void paged_rotary_kv_store(const PagedRotaryStoreArgs& a) {
   KILN_CHECK(a.n_rows >= 0 && a.n_rows < (int64_t(1) << 31), "cuda paged_rotary_kv_store: {} rows", a.n_rows);
   if (a.n_rows == 0) return;
   check_paged_layout(a.kv, "paged_rotary_kv_store");
-  KILN_CHECK(a.n_heads >= 1 && a.qkv_stride >= int64_t(a.n_heads + 2 * a.kv.n_kv_heads) * a.kv.head_dim,
+  KILN_CHECK(a.n_heads >= 1 && a.n_heads + 2 * a.kv.n_kv_heads <= 65535 && a.qkv_stride >= int64_t(a.n_heads + 2 * a.kv.n_kv_heads) * a.kv.head_dim,
              "cuda paged_rotary_kv_store: qkv rows of {} values cannot hold {} + 2 x {} heads of {}", a.qkv_stride,
              a.n_heads, a.kv.n_kv_heads, a.kv.head_dim);
   check_rotary(a.mode, a.rotary_dim, a.kv.head_dim, a.theta, a.position_scale);
