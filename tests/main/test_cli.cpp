@@ -139,16 +139,14 @@ TEST(Cli, VerifyNamesADamagedTensor) {
   EXPECT_NE(r.err.find("does not match its checksum"), std::string::npos) << r.err;
 }
 
-TEST(Cli, KilledConversionLeavesNoModelAndTheNextRunCleansUp) {
-  KILN_REQUIRE_SMOLLM2(gguf);
-  TempDir dir;
-  const std::string out = dir.file("smol.kiln");
+// `kiln convert GGUF -o OUT --type f32` in a child process, returned once its temp file exists (within a
+// minute); the caller signals or waits for it.
+pid_t start_conversion_with_temp_file(const std::string& gguf, const std::string& out) {
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::execl(KILN_BINARY, KILN_BINARY, "convert", gguf.c_str(), "-o", out.c_str(), "--type", "f32", "-q", nullptr);
     ::_exit(127);
   }
-  // Kill it once the temp file has started to grow.
   const std::string partial = partial_path(out, pid);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
@@ -156,6 +154,14 @@ TEST(Cli, KilledConversionLeavesNoModelAndTheNextRunCleansUp) {
     if (std::filesystem::exists(partial, ec)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  return pid;
+}
+
+TEST(Cli, KilledConversionLeavesNoModelAndTheNextRunCleansUp) {
+  KILN_REQUIRE_SMOLLM2(gguf);
+  TempDir dir;
+  const std::string out = dir.file("smol.kiln");
+  const pid_t pid = start_conversion_with_temp_file(gguf, out);
   ::kill(pid, SIGKILL);
   ::waitpid(pid, nullptr, 0);
   EXPECT_FALSE(std::filesystem::exists(out));
@@ -176,13 +182,7 @@ TEST(Cli, InterruptedConversionRemovesItsTempFile) {
   for (int attempt = 0; attempt < 5 && !interrupted; ++attempt) {
     TempDir dir;
     const std::string out = dir.file("smol.kiln");
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execl(KILN_BINARY, KILN_BINARY, "convert", gguf.c_str(), "-o", out.c_str(), "--type", "f32", "-q", nullptr);
-      ::_exit(127);
-    }
-    const std::string partial = partial_path(out, pid);
-    while (!std::filesystem::exists(partial)) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const pid_t pid = start_conversion_with_temp_file(gguf, out);
     ::kill(pid, SIGINT);
     int status = 0;
     ::waitpid(pid, &status, 0);
