@@ -89,7 +89,9 @@ template <bool kLayer>
 void norm_launch(const NormArgs& a) {
   const dim3 grid(unsigned(a.n_tokens));
   const int64_t per = (a.dim + kThreads - 1) / kThreads;
-  auto kept = [&](auto kernel) { kernel<<<grid, kThreads, 0, a.stream>>>(a.x, a.weight, a.bias, a.y, a.y16, a.dim, a.eps); };
+  auto kept = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, a.stream>>>(a.x, a.weight, a.bias, a.y, a.y16, a.dim, a.eps);
+  };
   if (per <= 1) kept(norm_kept_kernel<kLayer, 1>);
   else if (per <= 2) kept(norm_kept_kernel<kLayer, 2>);
   else if (per <= 4) kept(norm_kept_kernel<kLayer, 4>);

@@ -76,7 +76,8 @@ void paged_rotary_kv_store(const PagedRotaryStoreArgs& a) {
   KILN_CHECK(a.n_rows >= 0 && a.n_rows < (int64_t(1) << 31), "cuda paged_rotary_kv_store: {} rows", a.n_rows);
   if (a.n_rows == 0) return;
   check_paged_layout(a.kv, "paged_rotary_kv_store");
-  KILN_CHECK(a.n_heads >= 1 && a.n_heads + 2 * a.kv.n_kv_heads <= 65535 && a.qkv_stride >= int64_t(a.n_heads + 2 * a.kv.n_kv_heads) * a.kv.head_dim,
+  KILN_CHECK(a.n_heads >= 1 && a.n_heads + 2 * a.kv.n_kv_heads <= 65535 &&
+                 a.qkv_stride >= int64_t(a.n_heads + 2 * a.kv.n_kv_heads) * a.kv.head_dim,
              "cuda paged_rotary_kv_store: qkv rows of {} values cannot hold {} + 2 x {} heads of {}", a.qkv_stride,
              a.n_heads, a.kv.n_kv_heads, a.kv.head_dim);
   check_rotary(a.mode, a.rotary_dim, a.kv.head_dim, a.theta, a.position_scale);
