@@ -1,8 +1,8 @@
 // The rotary embedding of one token's fused QKV row, shared by the contiguous KV append (rotary.cu) and
 // the paged store (paged_rotary_kv_store in paged_kv_store.cu): the block computes each pair's cosine and
 // sine once (in double, rounded once, as on the CPU), then hands every query and key value, rotated or
-// passed through, and every value-head value to the caller's stores. The two halves are separate calls
-// too, so a kernel can compute the angles while the kernel before it still runs.
+// passed through, and every value-head value to the caller's stores. The two halves are separate calls,
+// so a kernel can compute the angles while the kernel before it still runs.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +19,7 @@ struct RotaryShape {
 // Throws kiln::Error unless the rotary settings are usable (nothing to check for RotaryMode::None).
 void check_rotary(RotaryMode mode, int rotary_dim, int head_dim, float theta, float position_scale);
 
-// Shared floats the block needs for rotary_row (cos and sin of every pair).
+// Shared floats the block needs for rotary_angles (cos and sin of every pair).
 inline int rotary_shared_floats(RotaryMode mode, int rotary_dim) { return mode == RotaryMode::None ? 0 : rotary_dim; }
 
 // The cosine and sine of every pair at `position` into cs (rotary_shared_floats shared floats), for
@@ -74,14 +74,6 @@ __device__ void rotary_apply(const float* row, const RotaryShape& s, bool pass_q
     const int slot = first_v + e / s.head_dim, d = e % s.head_dim;
     store_v(slot - n_qk, d, row[slot * s.head_dim + d]);
   }
-}
-
-// rotary_angles, then rotary_apply.
-template <RotaryMode kMode, typename StoreQk, typename StoreV>
-__device__ void rotary_row(const float* row, int64_t position, const RotaryShape& s, bool pass_q, float* cs,
-                           StoreQk store_qk, StoreV store_v) {
-  rotary_angles<kMode>(position, s, cs);
-  rotary_apply<kMode>(row, s, pass_q, cs, 0, s.n_heads + 2 * s.n_kv_heads, store_qk, store_v);
 }
 
 }  // namespace kiln::cuda
