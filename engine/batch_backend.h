@@ -15,11 +15,14 @@
 namespace kiln {
 
 // One row of a step: the next token of sequence `seq` at `position` (the number of positions the
-// sequence already holds, plus its earlier rows in this step).
+// sequence already holds, plus its earlier rows in this step). `prompt` marks a token given rather than
+// sampled: a backend may attend for a sequence's prompt rows of a step together (the CUDA one does, on the
+// tensor cores, which rounds otherwise than its one-row path), so a row's result depends on all four.
 struct BatchToken {
   int32_t token = 0;
   int32_t seq = 0;
   int32_t position = 0;
+  bool prompt = false;
 };
 
 struct BatchBackendOptions {
@@ -48,7 +51,8 @@ class BatchBackend {
   virtual bool reserve(int32_t seq, int64_t n_positions) = 0;
   // Runs one step. tokens: [n_tokens] (1 to max_step_tokens()); rows of one sequence are consecutive and in
   // position order. logit_rows: [n_logit_rows] indices into tokens, in any order (n_logit_rows <= n_tokens);
-  // logits: [n_logit_rows, n_vocab]. A row's logits are bit for bit the same whatever else the step holds,
+  // logits: [n_logit_rows, n_vocab]. A row's logits are bit for bit the same whatever else the step holds
+  // (given its sequence's earlier rows alike, prompt flags included),
   // so a sequence decodes alike alone or in a batch. Throws kiln::Error, changing nothing, for a slot out of
   // range, a token outside the vocabulary, a position that leaves a gap or rewinds, rows of a sequence
   // apart, or a position past the reservation.

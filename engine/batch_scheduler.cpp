@@ -1,6 +1,7 @@
 #include "engine/batch_scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <optional>
 #include <string>
@@ -143,7 +144,7 @@ struct BatchScheduler::State {
       const int64_t chunk = std::min(room, n_prompt - s->n_evaluated);
       for (int64_t i = 0; i < chunk; ++i) {
         const int64_t at = s->n_evaluated + i;
-        rows.push_back({s->request.prompt[size_t(at)], s->slot, int32_t(at)});
+        rows.push_back({s->request.prompt[size_t(at)], s->slot, int32_t(at), true});
       }
       if (s->n_evaluated + chunk == n_prompt) {
         logit_rows.push_back(int32_t(rows.size() - 1));
@@ -277,8 +278,11 @@ std::vector<BatchResult> BatchScheduler::step() {
   if (st.rows.empty()) return results;
 
   float* logits = st.backend.logits_buffer(int64_t(st.logit_rows.size()));
+  const auto start = std::chrono::steady_clock::now();
   st.backend.forward(st.rows.data(), int64_t(st.rows.size()), st.logit_rows.data(), int64_t(st.logit_rows.size()),
                      logits);
+  st.progress.forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++st.progress.n_steps;
   st.account_rows();
   st.sample_owners(logits);
   for (size_t i = 0; i < st.logit_owners.size(); ++i) {

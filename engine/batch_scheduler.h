@@ -45,6 +45,8 @@ struct BatchProgress {
   int64_t n_queued = 0;
   int64_t n_prompt_tokens = 0;     // evaluated so far
   int64_t n_generated_tokens = 0;  // so far
+  int64_t n_steps = 0;             // forward steps run
+  double forward_seconds = 0;      // spent in the backend's forward (the device's work and its wait)
 };
 
 // The scheduler owns the backend's sequence slots and KV pool for its lifetime: nothing else may

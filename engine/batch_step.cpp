@@ -9,6 +9,7 @@ BatchStep::BatchStep(int64_t max_sequences, int64_t max_step_tokens)
       tokens_(size_t(max_step_tokens)),
       row_seq_(size_t(max_step_tokens)),
       row_position_(size_t(max_step_tokens)),
+      row_prompt_(size_t(max_step_tokens)),
       seen_in_step_(size_t(max_sequences), -1) {}
 
 void BatchStep::check(const KvBlockTable& table, int64_t n_vocab, const BatchToken* tokens, int64_t n_tokens,
@@ -42,6 +43,7 @@ void BatchStep::check(const KvBlockTable& table, int64_t n_vocab, const BatchTok
     tokens_[size_t(r)] = t.token;
     row_seq_[size_t(r)] = t.seq;
     row_position_[size_t(r)] = t.position;
+    row_prompt_[size_t(r)] = t.prompt ? 1 : 0;
   }
   for (int64_t i = 0; i < n_logit_rows; ++i)
     KILN_CHECK(logit_rows[i] >= 0 && logit_rows[i] < n_tokens, "logit row {} is outside the step's {} rows",

@@ -29,7 +29,12 @@ class PagedKv final : public CudaKvStore {
     layout_.n_kv_heads = int(config.n_kv_heads);
     layout_.head_dim = int(config.head_dim);
     layout_.dtype = dtype;
+    prompt_tiles_ = cuda::paged_prompt_attention_supported(layout_, int(config.n_heads));
   }
+
+  // Whether prompt rows are attended in tiles on the tensor cores, and the rows a tile holds at most.
+  bool prompt_tiles() const { return prompt_tiles_; }
+  int64_t tile_rows() const { return cuda::paged_prompt_tile_rows(int(config_.n_heads), int(config_.n_kv_heads)); }
 
   // One block of every layer, keys and values.
   uint64_t block_bytes() const {
@@ -47,13 +52,21 @@ class PagedKv final : public CudaKvStore {
   }
   // Device arrays the forward's inputs hold: the block table, each row's sequence and position.
   void bind(const int32_t* block_table, const int32_t* row_seq, const int32_t* row_position, float* partial,
-            const float* alibi_slopes) {
+            const float* alibi_slopes, const int32_t* row_in_tile, const int32_t* tiles) {
     layout_.block_table = block_table;
     row_seq_ = row_seq;
     row_position_ = row_position;
     partial_ = partial;
     alibi_slopes_ = alibi_slopes;
+    row_in_tile_ = row_in_tile;
+    tiles_ = tiles;
   }
+  // The next step's prompt tiles (on the device already), and whether it has rows outside them.
+  void set_step(int64_t n_tiles, bool rows_outside_tiles) {
+    n_tiles_ = n_tiles;
+    rows_outside_tiles_ = rows_outside_tiles;
+  }
+  bool all_rows_tiled() const { return !rows_outside_tiles_; }
   uint64_t bytes() const { return pool_.bytes(); }
 
   void append(int64_t layer, float* qkv, float* q, float* k_out, int64_t n, cudaStream_t stream) override {
@@ -88,7 +101,11 @@ class PagedKv final : public CudaKvStore {
     a.partial = partial_;  // always split, at fixed key boundaries: a row's sum never depends on the step
     a.max_keys = n_ctx_;
     a.stream = stream;
-    cuda::paged_attention(a);
+    if (n_tiles_ > 0) {
+      cuda::paged_prompt_attention(a, tiles_, n_tiles_);
+      a.skip_rows = row_in_tile_;
+    }
+    if (rows_outside_tiles_) cuda::paged_attention(a);
   }
 
  private:
@@ -111,6 +128,11 @@ class PagedKv final : public CudaKvStore {
   const int32_t* row_position_ = nullptr;
   float* partial_ = nullptr;
   const float* alibi_slopes_ = nullptr;
+  bool prompt_tiles_ = false;
+  const int32_t* row_in_tile_ = nullptr;
+  const int32_t* tiles_ = nullptr;
+  int64_t n_tiles_ = 0;
+  bool rows_outside_tiles_ = true;
 };
 
 const ModelConfig& checked_for_batch(const ModelConfig& config) {
@@ -123,15 +145,17 @@ const ModelConfig& checked_for_batch(const ModelConfig& config) {
 }
 
 // The device inputs of a step, one int32 array staged and uploaded whole:
-// [tokens T][positions T][row_seq T][logit_rows T][block table S x B].
+// [tokens T][positions T][row_seq T][logit_rows T][row_in_tile T][tiles 2T][block table S x B].
 struct InputLayout {
   int64_t T, table_ints;
   int64_t tokens() const { return 0; }
   int64_t positions() const { return T; }
   int64_t row_seq() const { return 2 * T; }
   int64_t logit_rows() const { return 3 * T; }
-  int64_t block_table() const { return 4 * T; }
-  int64_t ints() const { return 4 * T + table_ints; }
+  int64_t row_in_tile() const { return 4 * T; }
+  int64_t tiles() const { return 5 * T; }
+  int64_t block_table() const { return 7 * T; }
+  int64_t ints() const { return 7 * T + table_ints; }
 };
 
 class CudaBatchBackend final : public BatchBackend {
@@ -168,7 +192,10 @@ class CudaBatchBackend final : public BatchBackend {
   cuda::PinnedBuffer staging_;  // [in_.ints()] what the forward's inputs receive
   cuda::PinnedBuffer logits_;   // logits_buffer()
   bool use_graph_;
-  using StepShape = std::tuple<int64_t, int64_t, bool>;  // rows, logit rows, in order
+  // Cuts the step's prompt rows into tiles (staged), and tells kv_; returns the tile count.
+  int64_t stage_prompt_tiles(int64_t n_tokens, int32_t* staged);
+
+  using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool>;  // rows, logit rows, in order, tiles, all tiled
   std::map<StepShape, int> seen_;                         // steps run per shape, until captured
   std::map<StepShape, std::unique_ptr<cuda::CudaGraph>> graphs_;
 };
@@ -209,7 +236,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   kv_.allocate(*table_);
   const int32_t* inputs = forward_->inputs();
   kv_.bind(inputs + in_.block_table(), inputs + in_.row_seq(), inputs + in_.positions(), forward_->attention_scratch(),
-           forward_->alibi_slopes());
+           forward_->alibi_slopes(), inputs + in_.row_in_tile(), inputs + in_.tiles());
   staging_ = cuda::PinnedBuffer(size_t(in_.ints()) * sizeof(int32_t));
 }
 
@@ -246,12 +273,13 @@ void CudaBatchBackend::forward(const BatchToken* tokens, int64_t n_tokens, const
     staged[in_.logit_rows() + i] = logit_rows[i];
     in_order = in_order && logit_rows[i] == i;
   }
+  const int64_t n_tiles = stage_prompt_tiles(n_tokens, staged);
   std::memcpy(staged + in_.block_table(), table_->block_table(), size_t(in_.table_ints) * sizeof(int32_t));
   cudaStream_t s = forward_->stream();
   int32_t* inputs = forward_->inputs();
   KILN_CUDA_CHECK(cudaMemcpyAsync(inputs, staged, size_t(in_.ints()) * sizeof(int32_t), cudaMemcpyHostToDevice, s));
 
-  const StepShape shape{n_tokens, n_logit_rows, in_order};
+  const StepShape shape{n_tokens, n_logit_rows, in_order, n_tiles, kv_.all_rows_tiled()};
   const bool timing = forward_->begin_stage_timing();
   auto graph = timing ? graphs_.end() : graphs_.find(shape);
   if (!timing && graph == graphs_.end() && use_graph_ && graphs_.size() < kMaxGraphs && seen_[shape]++ > 0) {
@@ -268,6 +296,30 @@ void CudaBatchBackend::forward(const BatchToken* tokens, int64_t n_tokens, const
                                     cudaMemcpyDeviceToHost, s));
   KILN_CUDA_CHECK(cudaStreamSynchronize(s));  // the staging buffer is reused by the next step
   forward_->report_stage_times();
+}
+
+int64_t CudaBatchBackend::stage_prompt_tiles(int64_t n_tokens, int32_t* staged) {
+  int32_t* in_tile = staged + in_.row_in_tile();
+  int32_t* tiles = staged + in_.tiles();
+  const int32_t* prompt = step_.row_prompt();
+  const int32_t* seq = step_.row_seq();
+  int64_t n_tiles = 0, n_tiled = 0;
+  for (int64_t r = 0; r < n_tokens; ++r) {
+    in_tile[r] = kv_.prompt_tiles() ? prompt[r] : 0;
+    if (in_tile[r] == 0) continue;
+    ++n_tiled;
+    const bool extends = n_tiles > 0 && tiles[2 * n_tiles - 2] + tiles[2 * n_tiles - 1] == r &&
+                         seq[tiles[2 * n_tiles - 2]] == seq[r] && tiles[2 * n_tiles - 1] < kv_.tile_rows();
+    if (extends) {
+      ++tiles[2 * n_tiles - 1];
+    } else {
+      tiles[2 * n_tiles] = int32_t(r);
+      tiles[2 * n_tiles + 1] = 1;
+      ++n_tiles;
+    }
+  }
+  kv_.set_step(n_tiles, n_tiled < n_tokens);
+  return n_tiles;
 }
 
 float* CudaBatchBackend::logits_buffer(int64_t n_rows) {

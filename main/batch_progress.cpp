@@ -26,9 +26,10 @@ std::string progress_line(const BatchTally& t, double seconds) {
 
 std::string summary_line(const BatchTally& t, double seconds) {
   return fmt::format("[batch: {} ok, {} failed, {} resumed | generated {} tokens, {:.1f} t/s | prompt {} tokens | "
-                     "wall {:.1f} s]",
+                     "wall {:.1f} s, {:.1f} s of it in {} forward steps]",
                      t.ok, t.failed, t.resumed, t.generated_tokens,
-                     seconds > 0 ? double(t.generated_tokens) / seconds : 0.0, t.prompt_tokens, seconds);
+                     seconds > 0 ? double(t.generated_tokens) / seconds : 0.0, t.prompt_tokens, seconds,
+                     t.forward_seconds, t.steps);
 }
 
 BatchMeter::BatchMeter(bool live) : live_(live), start_(Clock::now()), last_(start_) {}

@@ -15,11 +15,14 @@ struct BatchTally {
   int64_t failed = 0;      // error records written in this run
   int64_t prompt_tokens = 0;
   int64_t generated_tokens = 0;
+  int64_t steps = 0;            // forward steps
+  double forward_seconds = 0;   // of the wall time, in the forward steps
 };
 
 // "37/100 | 2.1 req/s | 140.3 t/s | ETA 30 s" (done counts resumed records).
 [[nodiscard]] std::string progress_line(const BatchTally& tally, double seconds);
-// "[batch: 98 ok, 2 failed, 10 resumed | generated 6272 tokens, 142.7 t/s | prompt 1650 tokens | wall 43.9 s]"
+// "[batch: 98 ok, 2 failed, 10 resumed | generated 6272 tokens, 142.7 t/s | prompt 1650 tokens | wall 43.9 s,
+// 40.2 s of it in 310 forward steps]"
 [[nodiscard]] std::string summary_line(const BatchTally& tally, double seconds);
 
 class BatchMeter {

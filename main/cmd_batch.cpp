@@ -166,8 +166,11 @@ class BatchRun {
     }
     while (!scheduler.idle()) {
       std::vector<BatchResult> finished = scheduler.step();
-      tally_.prompt_tokens = scheduler.progress().n_prompt_tokens;
-      tally_.generated_tokens = scheduler.progress().n_generated_tokens;
+      const BatchProgress progress = scheduler.progress();
+      tally_.prompt_tokens = progress.n_prompt_tokens;
+      tally_.generated_tokens = progress.n_generated_tokens;
+      tally_.steps = progress.n_steps;
+      tally_.forward_seconds = progress.forward_seconds;
       for (BatchResult& r : finished)
         write(journal, size_t(r.index), {std::move(r.text), r.n_prompt, r.n_generated, r.finish, std::move(r.error), ""});
       meter_->update(tally_);

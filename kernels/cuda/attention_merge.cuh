@@ -99,7 +99,8 @@ __device__ void merge_slot(const float* __restrict__ partial, float* __restrict_
   }
 }
 
-// One block per slot th; range(th, n_splits) gives the splits [x, y) the slot used (int2).
+// One block per slot th; range(th, n_splits) gives the splits [x, y) the slot used (int2); an empty range
+// leaves out[th] as it is.
 template <int kVec, typename Range>
 __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(const float* __restrict__ partial,
                                                                         float* __restrict__ out, int n_splits,
@@ -107,6 +108,7 @@ __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(const fl
   extern __shared__ float merge_smem[];
   pdl_wait();  // the split results are complete
   const int2 used = range(int64_t(blockIdx.x), n_splits);
+  if (used.x >= used.y) return;  // a slot another kernel writes
   merge_slot<kVec>(partial, out, n_splits, n_th, head_dim, blockIdx.x, used.x, used.y, merge_smem);
 }
 

@@ -80,6 +80,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) paged_a
   constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   pdl_wait();  // the queries and the pool are written
   pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
+  if (p.a.skip_rows != nullptr && p.a.skip_rows[blockIdx.x] != 0) return;
   const int split = int(blockIdx.z);
   const PagedRow<kR> src(p, blockIdx.x, int(blockIdx.y), split);
   if (src.n_rows <= 0 || src.begin >= src.end) return;  // past the row's keys: the merge reads only its splits
@@ -88,13 +89,16 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) paged_a
                                                static_cast<const T*>(p.a.kv.v_pool), p.qk_scale, o, split);
 }
 
-// The splits of slot th: those its row's keys fall in.
+// The splits of slot th: those its row's keys fall in (none for a skipped row: the merge leaves it alone).
 struct RowSplits {
   const int32_t* row_position;
+  const int32_t* skip_rows;
   int n_heads;
   int64_t window;
   __device__ int2 operator()(int64_t th, int) const {
-    const int at = row_position[int(th) / n_heads];  // th < 2^31: a 32-bit division
+    const int row = int(th) / n_heads;  // th < 2^31: a 32-bit division
+    if (skip_rows != nullptr && skip_rows[row] != 0) return make_int2(0, 0);
+    const int at = row_position[row];
     return make_int2(key_lo(at, window) / kChunk, at / kChunk + 1);
   }
 };
@@ -168,7 +172,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   else launch_dims<float>(p, grid);
   if (n_splits > 1) {
     const int64_t n_th = a.n_rows * a.n_heads;
-    const RowSplits range{a.row_position, a.n_heads, a.window};
+    const RowSplits range{a.row_position, a.skip_rows, a.n_heads, a.window};
     launch_attention_merge(a.partial, a.out, int(n_splits), n_th, a.kv.head_dim, range, a.stream);
   }
 }

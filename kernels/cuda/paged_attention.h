@@ -67,6 +67,8 @@ struct PagedAttentionArgs {
   // partial holds paged_attention_partial_floats(...) floats. nullptr: one block walks a row's keys.
   float* partial = nullptr;
   int64_t max_keys = 0;                // > 0: every row position < max_keys (fewer split blocks); 0: the layout's capacity
+  // device [n_rows] or nullptr: rows whose entry is non-zero are left alone (paged_prompt_attention's)
+  const int32_t* skip_rows = nullptr;
   cudaStream_t stream = nullptr;
 };
 
@@ -76,5 +78,17 @@ size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim,
 // A row's output never depends on the other rows of the call: its split boundaries are fixed multiples of
 // kPagedAttentionChunkKeys, and it is computed alike whatever the batch holds.
 void paged_attention(const PagedAttentionArgs& args);
+
+// Prompt rows on the tensor cores: tiles of consecutive rows of one sequence share each tile of its keys
+// (paged_prompt_attention.cu). The queries and probabilities are rounded to f16, so a row differs from
+// paged_attention's by ~2^-11 relative; but it is bit for bit the same in any tile of any call.
+// True when the layout and heads allow it: an f16 pool, head_dim a multiple of 8 up to 128, and at most
+// 64 query heads a kv head.
+bool paged_prompt_attention_supported(const PagedKvLayout& kv, int n_heads);
+// Rows a tile holds at most: 64 query slots over the query heads of a kv head.
+int paged_prompt_tile_rows(int n_heads, int n_kv_heads);
+// args as for paged_attention (skip_rows, partial and max_keys unused); tiles: device [n_tiles, 2], each a
+// first row and a row count (1 to paged_prompt_tile_rows), the rows consecutive positions of one sequence.
+void paged_prompt_attention(const PagedAttentionArgs& args, const int32_t* tiles, int64_t n_tiles);
 
 }  // namespace kiln::cuda

@@ -55,9 +55,9 @@ struct Part {
 };
 
 // Runs the steps over the sequences' tokens, asking logits for every row in reverse order: by sequence,
-// [positions, n_vocab].
+// [positions, n_vocab]. prompt: every row flagged a prompt row.
 inline Logits run_steps(BatchBackend& batch, const std::vector<std::vector<int32_t>>& seqs,
-                        const std::vector<std::vector<Part>>& steps) {
+                        const std::vector<std::vector<Part>>& steps, bool prompt = false) {
   const int64_t n_vocab = batch.config().n_vocab;
   Logits out(seqs.size());
   std::vector<int64_t> next(seqs.size(), 0);
@@ -70,7 +70,7 @@ inline Logits run_steps(BatchBackend& batch, const std::vector<std::vector<int32
     for (const Part& part : step)
       for (int64_t r = 0; r < part.count; ++r) {
         const int64_t position = next[size_t(part.seq)]++;
-        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position)});
+        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position), prompt});
       }
     std::vector<int32_t> logit_rows(rows.size());
     for (size_t r = 0; r < rows.size(); ++r) logit_rows[r] = int32_t(rows.size() - 1 - r);
@@ -149,7 +149,7 @@ inline void run_thousand_short_sequences(BatchBackend& batch, Backend& alone) {
 }
 
 // Greedy continuations of several prompts decoded together in one batch backend, the prompts started in
-// different steps so that prompt chunks run beside decode rows; the logits go to the backend's
+// different steps so that prompt chunks (rows flagged prompt) run beside decode rows; the logits go to the backend's
 // logits_buffer(). step_tokens: the most rows a step takes.
 // all_logits, when given, receives each prompt's logits of every generated token.
 inline std::vector<std::vector<int32_t>> greedy_batched(BatchBackend& batch,
@@ -172,7 +172,7 @@ inline std::vector<std::vector<int32_t>> greedy_batched(BatchBackend& batch,
       if (fed[s] < n_prompt) {
         const int64_t n = std::min<int64_t>(n_prompt - fed[s], step_tokens - int64_t(rows.size()));
         for (int64_t i = 0; i < n; ++i, ++fed[s])
-          rows.push_back({prompts[s][size_t(fed[s])], int32_t(s), int32_t(fed[s])});
+          rows.push_back({prompts[s][size_t(fed[s])], int32_t(s), int32_t(fed[s]), true});
         if (fed[s] < n_prompt) continue;
       } else {
         if (int64_t(rows.size()) == step_tokens) continue;

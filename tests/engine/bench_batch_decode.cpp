@@ -146,7 +146,7 @@ int run(int argc, char** argv) {
     logit_rows.clear();
     while (s < a.n_seqs && int64_t(rows.size()) < a.step_tokens) {
       const int64_t n = std::min(a.n_prompt - fed, a.step_tokens - int64_t(rows.size()));
-      for (int64_t i = 0; i < n; ++i, ++fed) rows.push_back({token_at(s, fed), int32_t(s), int32_t(fed)});
+      for (int64_t i = 0; i < n; ++i, ++fed) rows.push_back({token_at(s, fed), int32_t(s), int32_t(fed), true});
       if (fed == a.n_prompt) {
         logit_rows.push_back(int32_t(rows.size() - 1));
         ++s;

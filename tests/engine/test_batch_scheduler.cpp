@@ -82,6 +82,7 @@ class ReferenceBatchBackend : public BatchBackend {
         KILN_CHECK(tokens[end].position == s.n_past + (end - begin), "sequence {} row at position {} leaves a gap",
                    seq, tokens[end].position);
         ids.push_back(tokens[end].token);
+        n_prompt_rows += tokens[end].prompt ? 1 : 0;
       }
       KILN_CHECK(s.n_past + int64_t(ids.size()) <= s.blocks * kBlock, "sequence {} runs past its reservation", seq);
       std::vector<float> all(ids.size() * size_t(config_.n_vocab));
@@ -112,6 +113,7 @@ class ReferenceBatchBackend : public BatchBackend {
   }
 
   int64_t n_steps = 0;
+  int64_t n_prompt_rows = 0;  // rows flagged as prompt tokens
   int64_t max_reserved_sequences = 0;
   int32_t poison_slot_once = -1;  // the next logits of this slot are nan (a model gone bad), once
 
@@ -301,6 +303,9 @@ TEST_F(BatchScheduler_, ReportsProgressAndCapsParallelism) {
   EXPECT_EQ(backend->max_reserved_sequences, 2);
   EXPECT_EQ(scheduler.progress().n_prompt_tokens, prompt_tokens);
   EXPECT_EQ(scheduler.progress().n_generated_tokens, generated);
+  EXPECT_EQ(backend->n_prompt_rows, prompt_tokens);  // prompt rows flagged, decode rows not
+  EXPECT_EQ(scheduler.progress().n_steps, backend->n_steps);
+  EXPECT_GT(scheduler.progress().forward_seconds, 0.0);
 }
 
 // The batched CPU backend: every matmul runs over the rows of all sequences, attention reads a paged

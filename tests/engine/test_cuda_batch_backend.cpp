@@ -1,7 +1,7 @@
 // The batched CUDA backend on the tiny models: steps mixing prompt chunks of some sequences with decode
 // rows of others give each row the logits of the CPU batch backend running the same steps (every family,
-// f32 weights: 1e-4; f16: 1e-2) and bit for bit those of its sequence alone in the CUDA batch backend (every
-// weight dtype); greedy tokens equal the single-sequence CUDA backend's; sixteen sequences decode alike alone
+// f32 weights: 1e-4; f16: 1e-2; an f16 pool with prompt tiles: 2e-2) and bit for bit those of its sequence
+// alone in the CUDA batch backend (every weight dtype, with and without prompt tiles); greedy tokens equal the single-sequence CUDA backend's; sixteen sequences decode alike alone
 // and batched; the block pool's accounting never leaks over 1,000 sequences; bad steps throw kiln::Error
 // without changing anything; a pool larger than the GPU is refused naming the bytes needed and free. Skips
 // itself without a GPU.
@@ -47,21 +47,31 @@ class CudaBatchParity : public ::testing::TestWithParam<const char*> {};
 
 // The same steps on the CPU batch backend: f32 weights part only by f32 rounding in another order; f16
 // weights also by the GEMM's rounding of activations to f16.
+// With an f16 pool and the rows flagged prompt rows, the prompt tiles of the tensor cores (queries and
+// probabilities in f16 as well as the keys and values): 2e-2.
 TEST_P(CudaBatchParity, MixedStepsMatchTheCpuBatchBackend) {
   KILN_REQUIRE_GPU();
-  for (const auto& [dtype, tolerance] : {std::pair{DType::F32, 1e-4f}, std::pair{DType::F16, 1e-2f}}) {
-    SCOPED_TRACE(testing::Message() << "dtype " << dtype_name(dtype));
-    const Tiny tiny(GetParam(), dtype);
+  struct Variant {
+    DType dtype;
+    bool kv_f16;
+    float tolerance;
+  };
+  for (const Variant& v : {Variant{DType::F32, false, 1e-4f}, Variant{DType::F16, false, 1e-2f},
+                           Variant{DType::F32, true, 2e-2f}}) {
+    const std::string name = std::string(dtype_name(v.dtype)) + (v.kv_f16 ? " f16 pool, prompt rows" : "");
+    SCOPED_TRACE(name);
+    const Tiny tiny(GetParam(), v.dtype);
     const ModelConfig& c = tiny.model.config;
     const auto seqs = four_sequences(c.n_vocab, 11);
     auto cpu = make_cpu_batch_backend(c, tiny.weights, small_batch(4));
-    auto gpu = make_cuda_batch_backend(c, tiny.weights, small_batch(4));
-    const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps);
+    CudaBatchOptions cuda;
+    cuda.kv_f16 = v.kv_f16;
+    auto gpu = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
+    const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps, v.kv_f16);
     for (size_t s = 0; s < seqs.size(); ++s) {
       const float diff = max_abs_difference(got[s], want[s]);
-      std::printf("%s %s sequence %zu: max abs %.2e vs CPU\n", GetParam(), std::string(dtype_name(dtype)).c_str(), s,
-                  diff);
-      EXPECT_LE(diff, tolerance) << "sequence " << s;
+      std::printf("%s %s sequence %zu: max abs %.2e vs CPU\n", GetParam(), name.c_str(), s, diff);
+      EXPECT_LE(diff, v.tolerance) << "sequence " << s;
     }
   }
 }
@@ -72,30 +82,37 @@ INSTANTIATE_TEST_SUITE_P(Families, CudaBatchParity,
 
 // Each sequence alone in its own CUDA batch backend, all its positions in one step.
 Logits alone_in_batch_backend(const ModelConfig& c, const Weights& weights,
-                              const std::vector<std::vector<int32_t>>& seqs) {
+                              const std::vector<std::vector<int32_t>>& seqs, const CudaBatchOptions& cuda,
+                              bool prompt) {
   Logits want;
   for (const auto& seq : seqs) {
-    auto alone = make_cuda_batch_backend(c, weights, small_batch(1));
-    want.push_back(run_steps(*alone, {seq}, {{{0, int64_t(seq.size())}}})[0]);
+    auto alone = make_cuda_batch_backend(c, weights, small_batch(1), cuda);
+    want.push_back(run_steps(*alone, {seq}, {{{0, int64_t(seq.size())}}}, prompt)[0]);
   }
   return want;
 }
 
-// Every weight dtype: a row's logits are bit for bit those of its sequence alone, whatever the step mixes in.
+// Every weight dtype: a row's logits are bit for bit those of its sequence alone, whatever the step mixes in;
+// with an f32 pool, and with an f16 pool and prompt rows (alone, a sequence's rows share tiles they do not
+// share in the mixed steps).
 class CudaBatchInvariance : public ::testing::TestWithParam<DType> {};
 
 TEST_P(CudaBatchInvariance, RowsMatchTheSequenceAloneBitForBit) {
   KILN_REQUIRE_GPU();
-  for (const char* name : {"llama_gqa_tied", "gpt2", "bloom"}) {  // rotary, learned positions, ALiBi
-    SCOPED_TRACE(name);
-    const Tiny tiny(name, GetParam());
-    const ModelConfig& c = tiny.model.config;
-    const auto seqs = four_sequences(c.n_vocab, 21);
-    const Logits want = alone_in_batch_backend(c, tiny.weights, seqs);
-    auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4));
-    const Logits got = run_steps(*batch, seqs, kMixedSteps);
-    for (size_t s = 0; s < seqs.size(); ++s)
-      EXPECT_EQ(std::memcmp(got[s].data(), want[s].data(), got[s].size() * sizeof(float)), 0) << "sequence " << s;
+  for (const char* name : {"llama_gqa_tied", "gpt2", "bloom", "mistral_swa"}) {  // rotary, learned, ALiBi, window
+    for (bool prompt : {false, true}) {
+      SCOPED_TRACE(testing::Message() << name << (prompt ? " f16 pool, prompt rows" : ""));
+      const Tiny tiny(name, GetParam());
+      const ModelConfig& c = tiny.model.config;
+      const auto seqs = four_sequences(c.n_vocab, 21);
+      CudaBatchOptions cuda;
+      cuda.kv_f16 = prompt;
+      const Logits want = alone_in_batch_backend(c, tiny.weights, seqs, cuda, prompt);
+      auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
+      const Logits got = run_steps(*batch, seqs, kMixedSteps, prompt);
+      for (size_t s = 0; s < seqs.size(); ++s)
+        EXPECT_EQ(std::memcmp(got[s].data(), want[s].data(), got[s].size() * sizeof(float)), 0) << "sequence " << s;
+    }
   }
 }
 
@@ -125,23 +142,30 @@ TEST(CudaBatchBackend, GreedyTokensEqualTheSingleSequenceBackend) {
 }
 
 // Sixteen prompts (f16 weights) decoded together, in steps whose rows cross the matmul's 64-row calls,
-// give each the tokens and, bit for bit, the logits it gets decoding alone.
+// give each the tokens and, bit for bit, the logits it gets decoding alone; with an f32 pool and with an
+// f16 one (prompt tiles).
 TEST(CudaBatchBackend, SixteenSequencesDecodeAsAlone) {
   KILN_REQUIRE_GPU();
   const Tiny tiny("llama_gqa_tied", DType::F16);
   const ModelConfig& c = tiny.model.config;
   std::vector<std::vector<int32_t>> prompts;
   for (uint32_t i = 0; i < 16; ++i) prompts.push_back(random_tokens(5 + i * 7 % 40, c.n_vocab, 100 + i));
-  auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(16));
-  Logits batched_logits;
-  const auto batched = greedy_batched(*batch, prompts, 48, 100, &batched_logits);
-  for (size_t s = 0; s < prompts.size(); ++s) {
-    auto alone = make_cuda_batch_backend(c, tiny.weights, small_batch(1));
-    Logits alone_logits;
-    EXPECT_EQ(greedy_batched(*alone, {prompts[s]}, 48, 100, &alone_logits)[0], batched[s]) << "prompt " << s;
-    ASSERT_EQ(alone_logits[0].size(), batched_logits[s].size());
-    EXPECT_EQ(std::memcmp(alone_logits[0].data(), batched_logits[s].data(), alone_logits[0].size() * sizeof(float)), 0)
-        << "prompt " << s;
+  for (bool kv_f16 : {false, true}) {
+    SCOPED_TRACE(kv_f16 ? "f16 pool" : "f32 pool");
+    CudaBatchOptions cuda;
+    cuda.kv_f16 = kv_f16;
+    auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(16), cuda);
+    Logits batched_logits;
+    const auto batched = greedy_batched(*batch, prompts, 48, 100, &batched_logits);
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      auto alone = make_cuda_batch_backend(c, tiny.weights, small_batch(1), cuda);
+      Logits alone_logits;
+      EXPECT_EQ(greedy_batched(*alone, {prompts[s]}, 48, 100, &alone_logits)[0], batched[s]) << "prompt " << s;
+      ASSERT_EQ(alone_logits[0].size(), batched_logits[s].size());
+      EXPECT_EQ(std::memcmp(alone_logits[0].data(), batched_logits[s].data(), alone_logits[0].size() * sizeof(float)),
+                0)
+          << "prompt " << s;
+    }
   }
 }
 
@@ -174,9 +198,10 @@ TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
   const ModelConfig& c = tiny.model.config;
   std::vector<std::vector<int32_t>> prompts;
   for (uint32_t i = 0; i < 6; ++i) prompts.push_back(random_tokens(3 + i * 5, c.n_vocab, 200 + i));
-  CudaBatchOptions launches;
+  CudaBatchOptions graphs, launches;
+  graphs.kv_f16 = launches.kv_f16 = true;  // prompt tiles among the graphs' kernels
   launches.use_graph = false;
-  auto with_graphs = make_cuda_batch_backend(c, tiny.weights, small_batch(6));
+  auto with_graphs = make_cuda_batch_backend(c, tiny.weights, small_batch(6), graphs);
   auto without = make_cuda_batch_backend(c, tiny.weights, small_batch(6), launches);
   Logits a, b;
   EXPECT_EQ(greedy_batched(*with_graphs, prompts, 30, 12, &a), greedy_batched(*without, prompts, 30, 12, &b));

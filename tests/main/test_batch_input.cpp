@@ -283,9 +283,12 @@ TEST(BatchProgress, LinesSayWhatIsDoneAndHowFast) {
   t.failed = 2;
   t.generated_tokens = 500;
   t.prompt_tokens = 70;
+  t.steps = 42;
+  t.forward_seconds = 8.25;
   EXPECT_EQ(progress_line(t, 10), "30/100 | 2.00 req/s | 50.0 t/s | ETA 35 s");
   EXPECT_EQ(summary_line(t, 10),
-            "[batch: 18 ok, 2 failed, 10 resumed | generated 500 tokens, 50.0 t/s | prompt 70 tokens | wall 10.0 s]");
+            "[batch: 18 ok, 2 failed, 10 resumed | generated 500 tokens, 50.0 t/s | prompt 70 tokens | wall 10.0 s, "
+            "8.2 s of it in 42 forward steps]");
 }
 
 }  // namespace

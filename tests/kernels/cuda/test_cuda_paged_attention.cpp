@@ -3,6 +3,9 @@
 // ALiBi, prompt chunks beside decode rows, sequences of 1500 keys) and decode batches of a 7B, an 8B and
 // SmolLM2 shape plus GQA groups past 8 heads; f32 and f16 pools (the reference reads the f16 values), one
 // block a row or the keys split in chunks; each row bit for bit the same alone. Tolerance: the CPU kernels' bound, doubled for exp2f and the merge.
+// The prompt tiles of paged_prompt_attention beside the one-row kernel: against the reference within the
+// bound of their f16 queries and probabilities, every untiled row as the one-row kernel alone gives it,
+// and every tiled row the same bits whatever tile it falls in.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -134,6 +137,128 @@ TEST(CudaPagedAttention, ModelDecodeBatches) {
   KILN_REQUIRE_GPU();
   for (KvDType dtype : {KvDType::F32, KvDType::F16})
     for (bool split : {false, true}) check_cases(model_cases(), dtype, split, 500);
+}
+
+// Prompt tiles (paged_prompt_attention) beside decode rows: the cases with a head_dim of whole 16-byte
+// chunks, and long prompts of model shapes, with windows, ALiBi, GQA up to 64 query heads a kv head.
+std::vector<test::PagedCase> prompt_cases() {
+  std::vector<test::PagedCase> all = {
+      {32, 32, 128, 16, {700, 90, 1}, {300, 90, 1}, 0, false},
+      {32, 8, 128, 16, {200, 5}, {200, 1}, 0, false},
+      {9, 3, 64, 16, {1100, 520}, {130, 1}, 300, true},
+      {4, 2, 16, 16, {45, 38}, {45, 30}, 0, false},
+      {2, 1, 24, 16, {70}, {70}, 24, false},
+      {128, 2, 64, 16, {40, 3}, {40, 1}, 0, true},
+  };
+  for (const test::PagedCase& c : test::paged_cases())
+    if (c.head_dim % 8 == 0) all.push_back(c);
+  return all;
+}
+
+// The rows of sequences with more than one new row (a prompt chunk) are the tiled ones: 1, else 0.
+std::vector<int32_t> prompt_rows(const test::PagedCase& c, const test::PagedData& d) {
+  std::vector<int32_t> in_tile;
+  for (int32_t s : d.row_seq) in_tile.push_back(c.new_rows[size_t(s)] > 1 ? 1 : 0);
+  return in_tile;
+}
+
+// Tiles [first row, rows] over the tiled rows: runs of one sequence cut every `most` rows, the first tile
+// of each run min(first, most) rows (0: `most`).
+std::vector<int32_t> cut_tiles(const test::PagedData& d, const std::vector<int32_t>& in_tile, int most, int first) {
+  std::vector<int32_t> tiles;
+  bool first_of_run = false;  // the last tile is its run's first
+  for (int64_t r = 0; r < d.p.n_rows; ++r) {
+    if (in_tile[size_t(r)] == 0) continue;
+    const bool run_start = r == 0 || in_tile[size_t(r - 1)] == 0 || d.row_seq[size_t(r - 1)] != d.row_seq[size_t(r)];
+    const int cap = first_of_run && first > 0 ? std::min(first, most) : most;
+    if (run_start || tiles.back() == cap) {
+      tiles.push_back(int32_t(r));
+      tiles.push_back(1);
+      first_of_run = run_start;
+    } else {
+      ++tiles.back();
+    }
+  }
+  return tiles;
+}
+
+TEST(CudaPagedAttention, PromptTilesMatchReferenceAndAreAlikeInAnyTile) {
+  KILN_REQUIRE_GPU();
+  uint32_t seed = 900;
+  for (const test::PagedCase& c : prompt_cases()) {
+    SCOPED_TRACE(testing::Message() << "heads " << c.n_heads << "/" << c.n_kv_heads << " dim " << c.head_dim
+                                    << " block " << c.block_positions << " window " << c.window);
+    test::PagedData d = test::make_paged(c, seed += 7);
+    DeviceCase dev = upload(d, KvDType::F16, true);
+    ASSERT_TRUE(cuda::paged_prompt_attention_supported(dev.args.kv, c.n_heads));
+    const std::vector<int32_t> in_tile = prompt_rows(c, d);
+    const cuda::DeviceBuffer skip = test::to_device(in_tile);
+    const int most = cuda::paged_prompt_tile_rows(c.n_heads, c.n_kv_heads);
+    const size_t width = size_t(c.n_heads) * size_t(c.head_dim);
+
+    // Prompt tiles, then the one-row kernel for the rest; the output starts as nan, so a row nobody
+    // writes fails.
+    const auto run = [&](const std::vector<int32_t>& tiles) {
+      cuda::PagedAttentionArgs a = dev.args;
+      cuda::DeviceBuffer out = test::to_device(std::vector<float>(d.q.size(), NAN));
+      a.out = out.as<float>();
+      const cuda::DeviceBuffer tiles_dev = test::to_device(tiles.empty() ? std::vector<int32_t>{0} : tiles);
+      cuda::paged_prompt_attention(a, tiles_dev.as<int32_t>(), int64_t(tiles.size() / 2));
+      a.skip_rows = skip.as<int32_t>();
+      cuda::paged_attention(a);
+      return test::to_host<float>(out, d.q.size());
+    };
+    const std::vector<float> got = run(cut_tiles(d, in_tile, most, 0));
+
+    std::vector<float> want(d.q.size());
+    paged_attention_reference(d.q.data(), d.k_pool.data(), d.v_pool.data(), want.data(), d.p);
+    cuda::paged_attention(dev.args);  // every row through the one-row kernel
+    const std::vector<float> one_row = test::to_host<float>(dev.out, d.q.size());
+    // The queries and probabilities in f16: a score is off by up to 2^-11 of sum |q_i k_i| (2.25 head_dim
+    // at most, times the scale), a probability by 2^-11 more; each moves the output by its share of |v| <= 2.
+    const double scores = 2.25 * std::sqrt(double(c.head_dim));
+    const double prompt_tol = 2.0 * std::ldexp(1.0, -11) * (2.0 * scores + 2.0);
+    double worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const size_t row = i / width;
+      if (in_tile[row] != 0) {
+        worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+        ASSERT_NEAR(got[i], want[i], prompt_tol) << "tiled row " << row;
+      } else {
+        ASSERT_EQ(got[i], one_row[i]) << "untiled row " << row << " differs from the one-row kernel alone";
+      }
+    }
+    std::printf("heads %d/%d dim %d: tiled rows within %.2e of the reference (bound %.2e)\n", c.n_heads,
+                c.n_kv_heads, c.head_dim, worst, prompt_tol);
+
+    // Every row the same bits whatever its tile: one row a tile, and runs cut at another row.
+    for (const auto& [tile_most, first] : {std::pair{1, 0}, std::pair{most, std::max(1, most / 3)}, std::pair{3, 2}}) {
+      const std::vector<float> again = run(cut_tiles(d, in_tile, std::min(tile_most, most), first));
+      ASSERT_EQ(again, got) << "tiles of " << tile_most << ", the first of " << first;
+    }
+  }
+}
+
+TEST(CudaPagedAttention, PromptTilesRejectF32PoolsAndWideHeads) {
+  cuda::PagedKvLayout kv;
+  kv.n_kv_heads = 2;
+  kv.head_dim = 128;
+  kv.dtype = KvDType::F32;
+  EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 8));
+  kv.dtype = KvDType::F16;
+  EXPECT_TRUE(cuda::paged_prompt_attention_supported(kv, 8));
+  kv.head_dim = 256;
+  EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 8));
+  kv.head_dim = 36;
+  EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 8));
+  kv.head_dim = 64;
+  EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 2 * 65));  // 65 query heads a kv head
+  cuda::PagedAttentionArgs a;
+  a.kv = kv;
+  a.kv.dtype = KvDType::F32;
+  const int32_t tiles[2] = {0, 1};
+  EXPECT_THROW(cuda::paged_prompt_attention(a, tiles, 1), Error);  // null pool, and f32
+  EXPECT_THROW(cuda::paged_prompt_attention(a, tiles, -1), Error);
 }
 
 TEST(CudaPagedAttention, RejectsBadArgs) {
