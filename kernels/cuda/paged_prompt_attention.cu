@@ -95,8 +95,10 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int D = a.kv.head_dim, group = a.n_heads / a.kv.n_kv_heads, g = int(blockIdx.y);
 
-  if (D < kD)  // the columns past head_dim take part in the mma: zeros
+  if (D < kD) {  // the columns past head_dim take part in the mma: zeros
     for (int i = tid; i < int(shared_bytes<kD>() / 16); i += kThreads) reinterpret_cast<uint4*>(smem)[i] = uint4{};
+    __syncthreads();  // before any thread stores a query or starts a copy into what another zeroes
+  }
   pdl_wait();  // the queries and the pool are written
   pdl_launch_dependents();
 

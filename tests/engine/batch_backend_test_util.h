@@ -55,7 +55,8 @@ struct Part {
 };
 
 // Runs the steps over the sequences' tokens, asking logits for every row in reverse order: by sequence,
-// [positions, n_vocab]. prompt: every row flagged a prompt row.
+// [positions, n_vocab]. prompt: the rows of each sequence's first half are flagged prompt rows (a row's flag
+// depends on its sequence and position alone, so runs that cut the steps otherwise flag it alike).
 inline Logits run_steps(BatchBackend& batch, const std::vector<std::vector<int32_t>>& seqs,
                         const std::vector<std::vector<Part>>& steps, bool prompt = false) {
   const int64_t n_vocab = batch.config().n_vocab;
@@ -70,7 +71,8 @@ inline Logits run_steps(BatchBackend& batch, const std::vector<std::vector<int32
     for (const Part& part : step)
       for (int64_t r = 0; r < part.count; ++r) {
         const int64_t position = next[size_t(part.seq)]++;
-        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position), prompt});
+        const bool in_prompt = prompt && 2 * position < int64_t(seqs[size_t(part.seq)].size());
+        rows.push_back({seqs[size_t(part.seq)][size_t(position)], part.seq, int32_t(position), in_prompt});
       }
     std::vector<int32_t> logit_rows(rows.size());
     for (size_t r = 0; r < rows.size(); ++r) logit_rows[r] = int32_t(rows.size() - 1 - r);
