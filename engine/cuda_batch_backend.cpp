@@ -24,7 +24,8 @@ constexpr size_t kMaxGraphs = 64;  // step shapes kept as graphs; later shapes r
 // The pool on the device: k: [n_layers, n_blocks, n_kv_heads, block_positions, head_dim], then v likewise.
 class PagedKv final : public CudaKvStore {
  public:
-  PagedKv(const ModelConfig& config, int64_t n_ctx, cuda::KvDType dtype) : config_(config), n_ctx_(n_ctx) {
+  PagedKv(const ModelConfig& config, int64_t n_ctx, cuda::KvDType dtype, int64_t chunk_keys)
+      : config_(config), n_ctx_(n_ctx), chunk_keys_(chunk_keys) {
     layout_.block_positions = kBlockPositions;
     layout_.n_kv_heads = int(config.n_kv_heads);
     layout_.head_dim = int(config.head_dim);
@@ -43,7 +44,8 @@ class PagedKv final : public CudaKvStore {
   }
   // Scratch floats for the split attention of up to max_rows rows.
   size_t partial_floats(int64_t max_rows) const {
-    return cuda::paged_attention_partial_floats(max_rows, int(config_.n_heads), int(config_.head_dim), n_ctx_);
+    return cuda::paged_attention_partial_floats(max_rows, int(config_.n_heads), int(config_.head_dim), n_ctx_,
+                                                chunk_keys_);
   }
   void allocate(const KvBlockTable& table) {
     n_blocks_ = table.n_blocks();
@@ -100,6 +102,7 @@ class PagedKv final : public CudaKvStore {
     a.alibi_slopes = alibi_slopes_;
     a.partial = partial_;  // always split, at fixed key boundaries: a row's sum never depends on the step
     a.max_keys = n_ctx_;
+    a.chunk_keys = chunk_keys_;
     a.stream = stream;
     if (n_tiles_ > 0) {
       cuda::paged_prompt_attention(a, tiles_, n_tiles_);
@@ -120,7 +123,7 @@ class PagedKv final : public CudaKvStore {
   }
 
   const ModelConfig& config_;
-  int64_t n_ctx_;
+  int64_t n_ctx_, chunk_keys_;
   int64_t n_blocks_ = 0;
   cuda::PagedKvLayout layout_;
   cuda::DeviceBuffer pool_;
@@ -134,6 +137,13 @@ class PagedKv final : public CudaKvStore {
   int64_t n_tiles_ = 0;
   bool rows_outside_tiles_ = true;
 };
+
+int64_t attention_chunk(const CudaBatchOptions& cuda, const BatchBackendOptions& options) {
+  KILN_CHECK(cuda.attention_chunk_keys >= 0 && cuda.attention_chunk_keys <= (int64_t(1) << 20),
+             "attention splits of {} keys: give 0 (by the sequences) or 1 to 2^20", cuda.attention_chunk_keys);
+  if (cuda.attention_chunk_keys > 0) return cuda.attention_chunk_keys;
+  return options.max_sequences >= 64 ? 1024 : cuda::kPagedAttentionChunkKeys;
+}
 
 const ModelConfig& checked_for_batch(const ModelConfig& config) {
   KILN_CHECK(config.causal && config.lm_head,
@@ -207,7 +217,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
       n_ctx_(context_size(config, weights, options.n_ctx)),
       max_sequences_(options.max_sequences),
       in_{options.max_step_tokens, 0},
-      kv_(config_, n_ctx_, cuda.kv_f16 ? cuda::KvDType::F16 : cuda::KvDType::F32),
+      kv_(config_, n_ctx_, cuda.kv_f16 ? cuda::KvDType::F16 : cuda::KvDType::F32, attention_chunk(cuda, options)),
       step_(std::max<int64_t>(options.max_sequences, 1), std::max<int64_t>(options.max_step_tokens, 1)),
       use_graph_(cuda.use_graph) {
   KILN_CHECK(in_.T >= 1 && in_.T <= 65536, "the step size {} is outside [1, 65536]", in_.T);

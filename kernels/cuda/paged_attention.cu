@@ -12,12 +12,11 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kChunk = int(kPagedAttentionChunkKeys);
-
 struct Params {
   PagedAttentionArgs a;
   int64_t q_stride;
   int heads_per_block, blocks_per_kv_head, n_splits;  // n_splits 1: no partial buffer
+  int chunk;                                          // keys of a split
   float qk_scale;
 };
 
@@ -54,8 +53,8 @@ struct PagedRow {
     begin = key_lo(at, p.a.window);
     end = int64_t(at) + 1;
     if (p.n_splits > 1) {
-      begin = max(begin, int64_t(split) * kChunk);
-      end = min(end, int64_t(split + 1) * kChunk);
+      begin = max(begin, int64_t(split) * p.chunk);
+      end = min(end, int64_t(split + 1) * p.chunk);
     }
 #pragma unroll
     for (int r = 0; r < kR; ++r)
@@ -93,13 +92,13 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) paged_a
 struct RowSplits {
   const int32_t* row_position;
   const int32_t* skip_rows;
-  int n_heads;
+  int n_heads, chunk;
   int64_t window;
   __device__ int2 operator()(int64_t th, int) const {
     const int row = int(th) / n_heads;  // th < 2^31: a 32-bit division
     if (skip_rows != nullptr && skip_rows[row] != 0) return make_int2(0, 0);
     const int at = row_position[row];
-    return make_int2(key_lo(at, window) / kChunk, at / kChunk + 1);
+    return make_int2(key_lo(at, window) / chunk, at / chunk + 1);
   }
 };
 
@@ -130,12 +129,14 @@ void launch_dims(const Params& p, dim3 grid) {
   else launch_rows<T, kW, 256>(p, grid);
 }
 
-int64_t split_count(int64_t max_keys) { return (max_keys + kChunk - 1) / kChunk; }
+int64_t split_count(int64_t max_keys, int64_t chunk) { return (max_keys + chunk - 1) / chunk; }
 
 }  // namespace
 
-size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim, int64_t max_keys) {
-  const int64_t splits = split_count(max_keys);
+size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim, int64_t max_keys,
+                                      int64_t chunk_keys) {
+  KILN_CHECK(chunk_keys >= 1, "cuda paged_attention: splits of {} keys", chunk_keys);
+  const int64_t splits = split_count(max_keys, chunk_keys);
   if (splits <= 1) return 0;
   return size_t(splits) * size_t(n_rows) * size_t(n_heads) * size_t(head_dim + 2);
 }
@@ -157,14 +158,16 @@ void paged_attention(const PagedAttentionArgs& a) {
   const int64_t capacity = a.kv.max_blocks_per_seq * a.kv.block_positions;
   const int64_t max_keys = a.max_keys > 0 ? std::min(a.max_keys, capacity) : capacity;
   KILN_CHECK(max_keys <= (int64_t(1) << 31) - 1, "cuda paged_attention: {} keys a sequence is too many", max_keys);
-  const int64_t n_splits = a.partial != nullptr ? split_count(max_keys) : 1;
+  KILN_CHECK(a.chunk_keys >= 1 && a.chunk_keys < (int64_t(1) << 31), "cuda paged_attention: splits of {} keys",
+             a.chunk_keys);
+  const int64_t n_splits = a.partial != nullptr ? split_count(max_keys, a.chunk_keys) : 1;
   KILN_CHECK(n_splits <= 8192, "cuda paged_attention: {} keys a sequence need {} splits (at most 8192)", max_keys,
              n_splits);
 
   const int n_rep = a.n_heads / a.kv.n_kv_heads;
   const int blocks_per_kv_head = (n_rep + kDecodeMaxRows - 1) / kDecodeMaxRows;
   const Params p{a, q_stride, (n_rep + blocks_per_kv_head - 1) / blocks_per_kv_head, blocks_per_kv_head,
-                 int(n_splits), a.scale * kDecodeLog2e};
+                 int(n_splits), int(a.chunk_keys), a.scale * kDecodeLog2e};
   KILN_CHECK(int64_t(a.kv.n_kv_heads) * blocks_per_kv_head <= 65535, "cuda paged_attention: {} kv heads x {} blocks",
              a.kv.n_kv_heads, blocks_per_kv_head);
   const dim3 grid(unsigned(a.n_rows), unsigned(a.kv.n_kv_heads * blocks_per_kv_head), unsigned(n_splits));
@@ -172,7 +175,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   else launch_dims<float>(p, grid);
   if (n_splits > 1) {
     const int64_t n_th = a.n_rows * a.n_heads;
-    const RowSplits range{a.row_position, a.skip_rows, a.n_heads, a.window};
+    const RowSplits range{a.row_position, a.skip_rows, a.n_heads, int(a.chunk_keys), a.window};
     launch_attention_merge(a.partial, a.out, int(n_splits), n_th, a.kv.head_dim, range, a.stream);
   }
 }

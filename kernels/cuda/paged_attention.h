@@ -15,7 +15,8 @@
 namespace kiln::cuda {
 
 inline constexpr int kPagedAttentionMaxHeadDim = 256;
-// Keys per split of a row's attention: fixed, so the split boundaries depend on the row's position alone.
+// Keys per split of a row's attention, unless a call says otherwise: fixed for a caller, so the split
+// boundaries depend on the row's position alone.
 inline constexpr int64_t kPagedAttentionChunkKeys = 256;
 
 // The pool and block tables shared by every call. Position j of sequence s is slot j % block_positions of
@@ -63,9 +64,11 @@ struct PagedAttentionArgs {
   float scale = 0.125f;
   int64_t window = 0;                  // > 0: a row at p sees keys in (p - window, p]
   const float* alibi_slopes = nullptr;  // device [n_heads] or nullptr: score += slope[h] * (key - p)
-  // Split the keys of each row into chunks of kPagedAttentionChunkKeys (many blocks per row, then a merge):
-  // partial holds paged_attention_partial_floats(...) floats. nullptr: one block walks a row's keys.
+  // Split the keys of each row into chunks of chunk_keys (many blocks per row, then a merge): partial holds
+  // paged_attention_partial_floats(...) floats. nullptr: one block walks a row's keys.
   float* partial = nullptr;
+  // Keys of a split: fewer, more blocks for few rows; more, less work folding and merging for many rows.
+  int64_t chunk_keys = kPagedAttentionChunkKeys;
   int64_t max_keys = 0;                // > 0: every row position < max_keys (fewer split blocks); 0: the layout's capacity
   // device [n_rows] or nullptr: rows whose entry is non-zero are left alone (paged_prompt_attention's)
   const int32_t* skip_rows = nullptr;
@@ -74,9 +77,10 @@ struct PagedAttentionArgs {
 
 void paged_rotary_kv_store(const PagedRotaryStoreArgs& args);
 // Floats of the partial buffer for n_rows rows whose positions stay below max_keys.
-size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim, int64_t max_keys);
-// A row's output never depends on the other rows of the call: its split boundaries are fixed multiples of
-// kPagedAttentionChunkKeys, and it is computed alike whatever the batch holds.
+size_t paged_attention_partial_floats(int64_t n_rows, int n_heads, int head_dim, int64_t max_keys,
+                                      int64_t chunk_keys = kPagedAttentionChunkKeys);
+// A row's output never depends on the other rows of the call: its split boundaries are multiples of
+// chunk_keys, and it is computed alike whatever the batch holds.
 void paged_attention(const PagedAttentionArgs& args);
 
 // Prompt rows on the tensor cores: tiles of consecutive rows of one sequence share each tile of its keys

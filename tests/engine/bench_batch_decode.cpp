@@ -1,11 +1,12 @@
 // Batched generation speed against single-sequence decode (run by hand, not by ctest):
 //   bench_batch_decode MODEL.kiln [--device cpu|cuda] [-s SEQUENCES=16] [-p PROMPT=32] [-n NEW=32] [-t THREADS=0]
-//                      [-b STEP_TOKENS=512] [-r MATMUL_ROWS=64] [--kv-f16] [--no-single] [--profile]
+//                      [-b STEP_TOKENS=512] [-r MATMUL_ROWS=64] [-k SPLIT_KEYS=0] [--kv-f16] [--no-single] [--profile]
 // Every sequence's prompt runs first, in steps of up to STEP_TOKENS rows; then all sequences decode together,
 // one row each a step, logits for every row. Prints prompt and generated tokens per second of the batch
 // backend (the generated figure is the decode steps' alone), next to one sequence decoding alone on the
 // device's single-sequence backend, and the time of a decode step that asks no logits (what copying the
-// logits to the host costs is the difference). CUDA only: -r sets the rows of every matmul call, --profile
+// logits to the host costs is the difference). CUDA only: -r sets the rows of every matmul call, -k the keys
+// of a decode row's attention split (CudaBatchOptions::attention_chunk_keys; 0: by the sequences), --profile
 // times the stages of a few more decode steps (summed over layers). The rows on the GPU (models from `kiln convert --synthetic`):
 //   bench_batch_decode smollm2-135m.kiln --device cuda -s 64 -p 64 -n 128
 //   bench_batch_decode llama2-7b.kiln --device cuda -s 32 -p 64 -n 64
@@ -40,7 +41,7 @@ double seconds_since(Clock::time_point start) {
 struct Args {
   std::string model, device = "cpu";
   int64_t n_seqs = 16, n_prompt = 32, n_decode = 32, step_tokens = 512;
-  int64_t matmul_rows = 64;
+  int64_t matmul_rows = 64, split_keys = 0;
   int n_threads = 0;
   bool kv_f16 = false, single = true, profile = false;
 };
@@ -65,6 +66,7 @@ Args parse(int argc, char** argv) {
     else if (flag == "-t") a.n_threads = std::atoi(value);
     else if (flag == "-b") a.step_tokens = std::atoll(value);
     else if (flag == "-r") a.matmul_rows = std::atoll(value);
+    else if (flag == "-k") a.split_keys = std::atoll(value);
     else kiln::fail("unknown flag '{}'", flag);
   }
   KILN_CHECK(a.device == "cpu" || a.device == "cuda", "--device '{}' is not cpu or cuda", a.device);
@@ -89,6 +91,7 @@ std::unique_ptr<kiln::BatchBackend> batch_backend(const Args& a, const kiln::Kil
   kiln::CudaBatchOptions cuda;
   cuda.kv_f16 = a.kv_f16;
   cuda.matmul_rows = a.matmul_rows;
+  cuda.attention_chunk_keys = a.split_keys;
   cuda.stage_timer = timer;
   if (a.device == "cuda") return kiln::make_cuda_batch_backend(file, options, cuda);
 #endif

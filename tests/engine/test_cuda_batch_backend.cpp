@@ -93,20 +93,21 @@ Logits alone_in_batch_backend(const ModelConfig& c, const Weights& weights,
 }
 
 // Every weight dtype: a row's logits are bit for bit those of its sequence alone, whatever the step mixes in;
-// with an f32 pool, and with an f16 pool and prompt rows (alone, a sequence's rows share tiles they do not
-// share in the mixed steps).
+// with an f32 pool, and with an f16 pool, prompt rows (alone, a sequence's rows share tiles they do not
+// share in the mixed steps) and small attention splits.
 class CudaBatchInvariance : public ::testing::TestWithParam<DType> {};
 
 TEST_P(CudaBatchInvariance, RowsMatchTheSequenceAloneBitForBit) {
   KILN_REQUIRE_GPU();
   for (const char* name : {"llama_gqa_tied", "gpt2", "bloom", "mistral_swa"}) {  // rotary, learned, ALiBi, window
     for (bool prompt : {false, true}) {
-      SCOPED_TRACE(testing::Message() << name << (prompt ? " f16 pool, prompt rows" : ""));
+      SCOPED_TRACE(testing::Message() << name << (prompt ? " f16 pool, prompt rows, splits of 16 keys" : ""));
       const Tiny tiny(name, GetParam());
       const ModelConfig& c = tiny.model.config;
       const auto seqs = four_sequences(c.n_vocab, 21);
       CudaBatchOptions cuda;
       cuda.kv_f16 = prompt;
+      cuda.attention_chunk_keys = prompt ? 16 : 0;  // the decode rows' keys in several splits
       const Logits want = alone_in_batch_backend(c, tiny.weights, seqs, cuda, prompt);
       auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
       const Logits got = run_steps(*batch, seqs, kMixedSteps, prompt);

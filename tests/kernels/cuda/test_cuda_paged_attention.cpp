@@ -2,7 +2,8 @@
 // (tests/kernels/test_paged_attention_cases.h: GQA 1/3/8, head_dim 7..128, block sizes 1..32, windows,
 // ALiBi, prompt chunks beside decode rows, sequences of 1500 keys) and decode batches of a 7B, an 8B and
 // SmolLM2 shape plus GQA groups past 8 heads; f32 and f16 pools (the reference reads the f16 values), one
-// block a row or the keys split in chunks; each row bit for bit the same alone. Tolerance: the CPU kernels' bound, doubled for exp2f and the merge.
+// block a row or the keys split in chunks (of 256 keys, and of 48 and 1,024); each row bit for bit the same
+// alone. Tolerance: the CPU kernels' bound, doubled for exp2f and the merge.
 // The prompt tiles of paged_prompt_attention beside the one-row kernel: against the reference within the
 // bound of their f16 queries and probabilities, every untiled row as the one-row kernel alone gives it,
 // and every tiled row the same bits whatever tile it falls in.
@@ -30,7 +31,7 @@ struct DeviceCase {
 };
 
 // d's pools are rounded to dtype first (the reference then reads what the device holds).
-DeviceCase upload(test::PagedData& d, KvDType dtype, bool split) {
+DeviceCase upload(test::PagedData& d, KvDType dtype, bool split, int64_t chunk = cuda::kPagedAttentionChunkKeys) {
   test::round_to_kv(d.k_pool, dtype);
   test::round_to_kv(d.v_pool, dtype);
   DeviceCase c;
@@ -60,9 +61,10 @@ DeviceCase upload(test::PagedData& d, KvDType dtype, bool split) {
   a.scale = d.p.scale;
   a.window = d.p.window;
   a.alibi_slopes = d.slopes.empty() ? nullptr : c.slopes.as<float>();
+  a.chunk_keys = chunk;
   if (split) {
     const size_t n = cuda::paged_attention_partial_floats(a.n_rows, a.n_heads, a.kv.head_dim,
-                                                          a.kv.max_blocks_per_seq * a.kv.block_positions);
+                                                          a.kv.max_blocks_per_seq * a.kv.block_positions, chunk);
     c.partial = test::to_device(std::vector<float>(n, NAN));  // a split the merge should skip poisons the output
     a.partial = n > 0 ? c.partial.as<float>() : nullptr;
   }
@@ -82,13 +84,14 @@ const std::vector<test::PagedCase>& model_cases() {
   return all;
 }
 
-void check_cases(const std::vector<test::PagedCase>& cases, KvDType dtype, bool split, uint32_t seed) {
+void check_cases(const std::vector<test::PagedCase>& cases, KvDType dtype, bool split, uint32_t seed,
+                 int64_t chunk = cuda::kPagedAttentionChunkKeys) {
   for (const test::PagedCase& c : cases) {
     SCOPED_TRACE(testing::Message() << "heads " << c.n_heads << "/" << c.n_kv_heads << " dim " << c.head_dim
                                     << " block " << c.block_positions << " " << test::kv_name(dtype)
-                                    << (split ? " split" : " one block a row"));
+                                    << (split ? " split every " : " one block a row") << (split ? chunk : 0));
     test::PagedData d = test::make_paged(c, seed += 5);
-    DeviceCase dev = upload(d, dtype, split);
+    DeviceCase dev = upload(d, dtype, split, chunk);
     std::vector<float> want(d.q.size());
     paged_attention_reference(d.q.data(), d.k_pool.data(), d.v_pool.data(), want.data(), d.p);
     cuda::paged_attention(dev.args);
@@ -107,7 +110,7 @@ void check_cases(const std::vector<test::PagedCase>& cases, KvDType dtype, bool 
       cuda::DeviceBuffer out(size_t(width) * sizeof(float));
       one.out = out.as<float>();
       const int64_t max_keys = one.kv.max_blocks_per_seq * one.kv.block_positions;
-      const size_t n_partial = cuda::paged_attention_partial_floats(1, c.n_heads, c.head_dim, max_keys);
+      const size_t n_partial = cuda::paged_attention_partial_floats(1, c.n_heads, c.head_dim, max_keys, chunk);
       cuda::DeviceBuffer partial(std::max<size_t>(n_partial, 1) * sizeof(float));
       if (one.partial != nullptr) one.partial = partial.as<float>();
       cuda::paged_attention(one);
@@ -137,6 +140,15 @@ TEST(CudaPagedAttention, ModelDecodeBatches) {
   KILN_REQUIRE_GPU();
   for (KvDType dtype : {KvDType::F32, KvDType::F16})
     for (bool split : {false, true}) check_cases(model_cases(), dtype, split, 500);
+}
+
+// Splits of other sizes: a handful of keys (many splits a row) and 1,024 (most rows in one).
+TEST(CudaPagedAttention, OtherSplitSizes) {
+  KILN_REQUIRE_GPU();
+  for (int64_t chunk : {int64_t(48), int64_t(1024)}) {
+    check_cases(test::paged_cases(), KvDType::F16, true, 40, chunk);
+    check_cases(model_cases(), KvDType::F16, true, 700, chunk);
+  }
 }
 
 // Prompt tiles (paged_prompt_attention) beside decode rows: the cases with a head_dim of whole 16-byte
@@ -267,6 +279,7 @@ TEST(CudaPagedAttention, RejectsBadArgs) {
   EXPECT_THROW(cuda::paged_attention(a), Error);  // null pool and table
   a.n_rows = -1;
   EXPECT_THROW(cuda::paged_attention(a), Error);
+  EXPECT_THROW((void)cuda::paged_attention_partial_floats(4, 8, 64, 1024, 0), Error);  // splits of no key
 }
 
 }  // namespace
