@@ -48,6 +48,7 @@ Sampler::Sampler(const SamplerParams& params, int64_t n_vocab) : params_(params)
   params_.validate();
   KILN_CHECK(n_vocab >= 1 && n_vocab <= (int64_t(1) << 24), "vocabulary size {} is invalid", n_vocab);
   candidates_.resize(size_t(n_vocab));
+  penalized_.resize(size_t(n_vocab));
   probs_.resize(size_t(n_vocab));
   recent_.resize(size_t(params_.penalty_last_n));
   counts_.assign(size_t(n_vocab), 0);
@@ -67,30 +68,70 @@ void Sampler::reset() {
   rng_ = Rng(params_.seed);
 }
 
-void Sampler::apply_penalties() {
+// Throws for the first NaN or +inf logit. The count without a branch vectorizes; the search for the culprit
+// runs only when there is one.
+void Sampler::check_finite(const float* logits) const {
+  const size_t n = size_t(n_vocab_);
+  uint32_t below_infinity = 0;  // n <= 2^24
+  for (size_t i = 0; i < n; ++i) below_infinity += logits[i] < INFINITY ? 1 : 0;  // NaN compares false too
+  if (below_infinity == n) return;
+  for (size_t i = 0; i < n; ++i)
+    KILN_CHECK(logits[i] < INFINITY, "logit {} is {}: the model produced invalid output", i, logits[i]);
+}
+
+// The logits the filters see: `logits` itself, or a copy with the recent tokens penalized.
+const float* Sampler::apply_penalties(const float* logits) {
   const SamplerParams& p = params_;
-  if (recent_size_ == 0 || (p.repeat_penalty == 1 && p.frequency_penalty == 0 && p.presence_penalty == 0)) return;
+  if (recent_size_ == 0 || (p.repeat_penalty == 1 && p.frequency_penalty == 0 && p.presence_penalty == 0))
+    return logits;
+  std::copy_n(logits, n_vocab_, penalized_.begin());
   for (size_t i = 0; i < recent_size_; ++i) ++counts_[size_t(recent_[i])];
   for (size_t i = 0; i < recent_size_; ++i) {
     const auto id = size_t(recent_[i]);
     const int32_t count = counts_[id];
     if (count == 0) continue;  // already penalised
-    float& logit = candidates_[id].logit;
+    float& logit = penalized_[id];
     logit = logit > 0 ? logit / p.repeat_penalty : logit * p.repeat_penalty;
     logit -= float(count) * p.frequency_penalty + p.presence_penalty;
     counts_[id] = 0;
   }
+  return penalized_.data();
 }
 
-// Keeps the k best candidates, sorted best first; sorts all of them when top-k is off.
-size_t Sampler::top_k(size_t n) {
-  // Ties go to the lower id, so the order (and the draw) never depends on the sort's implementation.
+// The k best scores into candidates_, best first (all of them, sorted, when top-k is off). Ties go to the
+// lower id, so the order (and the draw) never depends on the sort's implementation. With top-k on, one pass
+// keeps a heap of the k best so far; a block of scores none of which beats the k-th is passed over on the
+// maximum of four independent lanes, without a branch a score.
+size_t Sampler::top_k(const float* scores) {
+  const auto n = size_t(n_vocab_);
   auto better = [](const Candidate& a, const Candidate& b) {
     return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
   };
   const size_t k = params_.top_k > 0 ? std::min(n, size_t(params_.top_k)) : n;
-  std::partial_sort(candidates_.begin(), candidates_.begin() + ptrdiff_t(k), candidates_.begin() + ptrdiff_t(n),
-                    better);
+  for (size_t i = 0; i < k; ++i) candidates_[i] = {scores[i], int32_t(i)};
+  if (k == n) {
+    std::sort(candidates_.begin(), candidates_.begin() + ptrdiff_t(n), better);
+    return n;
+  }
+  const auto heap = candidates_.begin(), heap_end = heap + ptrdiff_t(k);
+  std::make_heap(heap, heap_end, better);  // the front is the worst kept
+  constexpr size_t kBlock = 16;
+  for (size_t block = k; block < n; block += kBlock) {
+    const size_t end = std::min(n, block + kBlock);
+    if (end - block == kBlock) {
+      float lane[4] = {scores[block], scores[block + 1], scores[block + 2], scores[block + 3]};
+      for (size_t i = block + 4; i < end; i += 4)
+        for (size_t j = 0; j < 4; ++j) lane[j] = std::max(lane[j], scores[i + j]);
+      if (!(std::max(std::max(lane[0], lane[1]), std::max(lane[2], lane[3])) > heap->logit)) continue;
+    }
+    for (size_t i = block; i < end; ++i) {
+      if (!(scores[i] > heap->logit)) continue;  // a tie loses to the kept lower id
+      std::pop_heap(heap, heap_end, better);
+      candidates_[k - 1] = {scores[i], int32_t(i)};
+      std::push_heap(heap, heap_end, better);
+    }
+  }
+  std::sort_heap(heap, heap_end, better);
   return k;
 }
 
@@ -119,22 +160,17 @@ size_t Sampler::top_p_and_min_p(size_t n) {
 }
 
 int32_t Sampler::sample(const float* logits) {
-  const size_t n_vocab = size_t(n_vocab_);
-  for (size_t i = 0; i < n_vocab; ++i) {
-    KILN_CHECK(!std::isnan(logits[i]) && logits[i] != INFINITY, "logit {} is {}: the model produced invalid output",
-               i, logits[i]);
-    candidates_[i] = {logits[i], int32_t(i)};
-  }
-  apply_penalties();
+  check_finite(logits);
+  const float* scores = apply_penalties(logits);
 
   if (params_.temperature == 0) {
     size_t best = 0;
-    for (size_t i = 1; i < n_vocab; ++i)
-      if (candidates_[i].logit > candidates_[best].logit) best = i;
-    return candidates_[best].id;
+    for (size_t i = 1; i < size_t(n_vocab_); ++i)
+      if (scores[i] > scores[best]) best = i;
+    return int32_t(best);
   }
 
-  size_t n = top_k(n_vocab);
+  size_t n = top_k(scores);
   if (candidates_[0].logit == -INFINITY) return candidates_[0].id;  // every token masked: nothing to weigh
   n = top_p_and_min_p(n);
 

@@ -49,14 +49,16 @@ class Sampler {
     float logit;
     int32_t id;
   };
-  void apply_penalties();
-  size_t top_k(size_t n);
+  void check_finite(const float* logits) const;
+  const float* apply_penalties(const float* logits);
+  size_t top_k(const float* scores);
   size_t top_p_and_min_p(size_t n);
 
   SamplerParams params_;
   int64_t n_vocab_;
   Rng rng_;
   std::vector<Candidate> candidates_;  // [n_vocab]
+  std::vector<float> penalized_;       // [n_vocab] the logits with the penalties applied (when any are on)
   std::vector<double> probs_;          // [n_vocab]
   std::vector<int32_t> recent_;        // [penalty_last_n] ring buffer
   std::vector<int32_t> counts_;        // [n_vocab] occurrences in the window, zero between calls

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "engine/error.h"
@@ -269,6 +270,48 @@ TEST(Sampler, MaskedTokensAreNeverDrawn) {
     if (i % 2 == 0) EXPECT_EQ(counts[i], 0);
     else EXPECT_GT(counts[i], 350);  // 500 expected
   }
+}
+
+// Top-k over a large vocabulary with many ties and masked tokens draws exactly what sorting every token
+// draws: the same sampler with top-k off, given only the k best (by logit, then lower id; found here with a
+// full stable sort) and -inf for the rest. min-p > 0 drops the -inf tokens there, so both walk the same
+// candidates with the same generator.
+TEST(Sampler, TopKDrawsWhatAFullSortDraws) {
+  const int64_t n_vocab = 5000;
+  Rng values(77);
+  std::vector<float> logits(static_cast<size_t>(n_vocab));
+  for (float& x : logits) x = float(std::floor(values.uniform() * 40) * 0.25 - 5);  // 40 levels: many ties
+  for (size_t i = 3; i < logits.size(); i += 7) logits[i] = -INFINITY;
+  for (const int k : {1, 40, 333}) {
+    SamplerParams p;
+    p.top_k = k;
+    p.seed = 123;
+    std::vector<size_t> order(logits.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+    std::vector<float> only_best(logits.size(), -INFINITY);
+    for (int i = 0; i < k; ++i) only_best[order[size_t(i)]] = logits[order[size_t(i)]];
+    SamplerParams all = p;
+    all.top_k = 0;
+    Sampler with_k(p, n_vocab), sorted(all, n_vocab);
+    for (int draw = 0; draw < 300; ++draw)
+      ASSERT_EQ(with_k.sample(logits.data()), sorted.sample(only_best.data())) << "top-k " << k << ", draw " << draw;
+  }
+}
+
+TEST(Sampler, RejectsNanAndInfiniteLogitsNamingTheFirst) {
+  std::vector<float> logits(100, 0.5f);
+  logits[60] = INFINITY;
+  logits[70] = NAN;
+  Sampler s(SamplerParams{}, 100);
+  try {
+    (void)s.sample(logits.data());
+    FAIL() << "an infinite logit was sampled";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("logit 60 is inf"), std::string::npos) << e.what();
+  }
+  logits[60] = -INFINITY;  // a masked token is fine; the nan is not
+  EXPECT_THROW((void)s.sample(logits.data()), Error);
 }
 
 }  // namespace
