@@ -190,6 +190,8 @@ class CudaBatchBackend final : public BatchBackend {
   int64_t plan_blocks(const BatchBackendOptions& options, uint64_t fixed_bytes) const;
   // The step's launches (graph-capturable): the layers, then the asked rows gathered and the head.
   void run(int64_t n_tokens, int64_t n_logit_rows, bool in_order);
+  // Cuts the step's prompt rows into tiles (into the staged inputs) and tells kv_; returns the tile count.
+  int64_t stage_prompt_tiles(int64_t n_tokens, int32_t* staged);
 
   ModelConfig config_;
   int device_;
@@ -202,9 +204,6 @@ class CudaBatchBackend final : public BatchBackend {
   cuda::PinnedBuffer staging_;  // [in_.ints()] what the forward's inputs receive
   cuda::PinnedBuffer logits_;   // logits_buffer()
   bool use_graph_;
-  // Cuts the step's prompt rows into tiles (staged), and tells kv_; returns the tile count.
-  int64_t stage_prompt_tiles(int64_t n_tokens, int32_t* staged);
-
   using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool>;  // rows, logit rows, in order, tiles, all tiled
   std::map<StepShape, int> seen_;                         // steps run per shape, until captured
   std::map<StepShape, std::unique_ptr<cuda::CudaGraph>> graphs_;

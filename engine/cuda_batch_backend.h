@@ -1,13 +1,15 @@
 // The batched CUDA backend: the shared CUDA forward (cuda_forward.h) over rows of many sequences, with a
 // paged KV pool on the GPU (16-position blocks, the accounting in KvBlockTable). Each step uploads its
 // rows and the block tables in one copy, runs every matmul over all rows, stores each row's rotated keys
-// at its own position, and computes logits only for the rows asked, gathered before the LM head. A step
-// shape seen before (rows, logit rows, whether they need gathering: decode steps repeat theirs) replays a
-// CUDA graph captured the second time it comes.
+// at its own position, and computes logits only for the rows asked, gathered before the LM head. With an
+// f16 pool, the prompt rows of each sequence attend in tiles on the tensor cores (paged_prompt_attention),
+// the other rows one by one. A step shape seen before (rows, logit rows, whether they need gathering, prompt
+// tiles: decode steps repeat theirs) replays a CUDA graph captured the second time it comes.
 //
 // Batch invariance: a row's logits are bit for bit the same whatever else the step holds. Every matmul
 // runs as cuBLAS calls of one fixed shape (matmul_rows rows, the last call padded), so the library's
-// choice of algorithm never changes with the step; every other kernel computes a row from that row alone.
+// choice of algorithm never changes with the step; the attention splits a row's keys at fixed positions and
+// computes a prompt row alike in any tile; every other kernel computes a row from that row alone.
 #pragma once
 
 #include <memory>

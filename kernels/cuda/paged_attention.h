@@ -91,8 +91,9 @@ void paged_attention(const PagedAttentionArgs& args);
 bool paged_prompt_attention_supported(const PagedKvLayout& kv, int n_heads);
 // Rows a tile holds at most: 64 query slots over the query heads of a kv head.
 int paged_prompt_tile_rows(int n_heads, int n_kv_heads);
-// args as for paged_attention (skip_rows, partial and max_keys unused); tiles: device [n_tiles, 2], each a
-// first row and a row count (1 to paged_prompt_tile_rows), the rows consecutive positions of one sequence.
+// args as for paged_attention (skip_rows, partial, chunk_keys and max_keys unused); tiles: device
+// [n_tiles, 2], each a first row and a row count (1 to paged_prompt_tile_rows), the rows consecutive
+// positions of one sequence.
 void paged_prompt_attention(const PagedAttentionArgs& args, const int32_t* tiles, int64_t n_tiles);
 
 }  // namespace kiln::cuda
