@@ -50,7 +50,7 @@ struct ContiguousRows {
     for (int r = 0; r < kR; ++r) {
       const int64_t row = row0 + min(r, n_rows - 1);
       pos_[r] = int(first + row / group);
-      slope_[r] = p.alibi_slopes != nullptr ? p.alibi_slopes[g * group + row % group] * kDecodeLog2e : 0.0f;
+      slope_[r] = p.alibi_slopes != nullptr ? p.alibi_slopes[g * group + row % group] * kLog2e : 0.0f;
     }
     const int64_t p_lo = first + row0 / group, p_hi = first + (row0 + n_rows - 1) / group;
     int64_t lo = 0, hi = n_keys;
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) attenti
     decode_mark_empty(src, o, split);
   else
     decode_attention_block<T, kW, kTk, kCpt, kR>(src, static_cast<const T*>(p.k_cache),
-                                                 static_cast<const T*>(p.v_cache), p.scale * kDecodeLog2e, o, split);
+                                                 static_cast<const T*>(p.v_cache), p.scale * kLog2e, o, split);
   if (o.partial != nullptr && p.counters != nullptr) {
     extern __shared__ float merge_smem[];
     merge_splits_if_last(o.partial, o.out, o.n_splits, src.n_used, o.n_th, p.head_dim,

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/kv_store.cuh"
 #include "kernels/cuda/launch_pdl.cuh"
 
@@ -24,7 +25,6 @@ inline constexpr int kDecodeMaxRows = 8;  // query rows a block holds at most
 constexpr int decode_min_blocks(int rows) { return rows >= 8 ? 2 : rows >= 4 ? 3 : 4; }
 // The kR a launch uses for blocks of `rows` query rows.
 constexpr int decode_rows_template(int rows) { return rows <= 1 ? 1 : rows <= 4 ? 4 : kDecodeMaxRows; }
-inline constexpr float kDecodeLog2e = 1.4426950408889634f;
 
 // Where a block's partial result goes: out directly (one split), or the partial buffer
 // [n_splits, n_th, head_dim] followed by (max, sum) pairs [n_splits, n_th, 2].

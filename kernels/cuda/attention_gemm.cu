@@ -14,7 +14,6 @@ namespace kiln::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct SoftmaxParams {
   const float* s;       // [n_heads][rows][n_keys] raw scores

@@ -5,12 +5,12 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_common.cuh"
 
 namespace kiln::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 
 using Params = AttentionKernelParams;
 

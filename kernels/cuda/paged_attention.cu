@@ -58,7 +58,7 @@ struct PagedRow {
     }
 #pragma unroll
     for (int r = 0; r < kR; ++r)
-      slope_[r] = p.a.alibi_slopes != nullptr ? p.a.alibi_slopes[h0 + min(r, n_rows - 1)] * kDecodeLog2e : 0.0f;
+      slope_[r] = p.a.alibi_slopes != nullptr ? p.a.alibi_slopes[h0 + min(r, n_rows - 1)] * kLog2e : 0.0f;
   }
   __device__ int64_t th(int r) const { return row * n_heads + h0 + r; }
   __device__ const float* q_row(int r) const { return q + int64_t(h0 + r) * head_dim; }
@@ -167,7 +167,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   const int n_rep = a.n_heads / a.kv.n_kv_heads;
   const int blocks_per_kv_head = (n_rep + kDecodeMaxRows - 1) / kDecodeMaxRows;
   const Params p{a, q_stride, (n_rep + blocks_per_kv_head - 1) / blocks_per_kv_head, blocks_per_kv_head,
-                 int(n_splits), int(a.chunk_keys), a.scale * kDecodeLog2e};
+                 int(n_splits), int(a.chunk_keys), a.scale * kLog2e};
   KILN_CHECK(int64_t(a.kv.n_kv_heads) * blocks_per_kv_head <= 65535, "cuda paged_attention: {} kv heads x {} blocks",
              a.kv.n_kv_heads, blocks_per_kv_head);
   const dim3 grid(unsigned(a.n_rows), unsigned(a.kv.n_kv_heads * blocks_per_kv_head), unsigned(n_splits));

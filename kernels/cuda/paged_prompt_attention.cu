@@ -14,6 +14,7 @@
 
 #include "engine/error.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch_pdl.cuh"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/paged_kv.cuh"
@@ -25,7 +26,6 @@ constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kSlots = 16 * kWarps;  // query slots of a tile: an mma's 16 rows a warp
 constexpr int kKeys = 64;            // keys of a key tile
 constexpr int kMaxDim = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Halves between shared rows: 16 bytes past the row, so the 8 rows of an ldmatrix start in 8 bank groups.
 template <int kD>
