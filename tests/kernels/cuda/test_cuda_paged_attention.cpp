@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "engine/error.h"
@@ -280,6 +281,28 @@ TEST(CudaPagedAttention, RejectsBadArgs) {
   a.n_rows = -1;
   EXPECT_THROW(cuda::paged_attention(a), Error);
   EXPECT_THROW((void)cuda::paged_attention_partial_floats(4, 8, 64, 1024, 0), Error);  // splits of no key
+}
+
+// A call whose every other argument passes is refused for splits of no key, naming them; the checks run on
+// the host before any launch (the pointers here are never read).
+TEST(CudaPagedAttention, RejectsSplitsOfNoKey) {
+  float dummy[4] = {};
+  int32_t ints[4] = {};
+  cuda::PagedAttentionArgs a;
+  a.kv.k_pool = a.kv.v_pool = dummy;
+  a.kv.block_table = ints;
+  a.kv.max_blocks_per_seq = 4;
+  a.q = a.out = dummy;
+  a.row_seq = a.row_position = ints;
+  a.n_rows = 1;
+  a.partial = dummy;
+  a.chunk_keys = 0;
+  try {
+    cuda::paged_attention(a);
+    FAIL() << "splits of no key were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("splits of 0 keys"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
