@@ -9,6 +9,10 @@
 // loads are in flight while it stages x. The epilogue adds bias and residual or applies the gated
 // activation. Tokens that do not fit shared memory together run in several passes.
 //
+// One token of f16 or bf16 weights of 16 MiB or more (the decode of large models) runs the streamed
+// GEMV of kernels/cuda/gemv_streamed.cu on sm_90 where x and its stages fit shared memory: each warp's
+// rows come in through its own ring of bulk copies (TMA), several in flight while it multiplies one.
+//
 // Launched with programmatic dependent launch on sm_90: a GEMV may start while the kernel before it in
 // the stream finishes; it reads only weights before waiting for that kernel (griddepcontrol.wait), and
 // lets the kernel after it start early in turn. Kernels launched without the attribute are unaffected.

@@ -310,6 +310,27 @@ TEST(CudaMatmul, TokensInSeveralPasses) {
       for (bool norm : {false, true}) check(gemm, {dtype, 24, n_in, 8, 64, false, norm}, seed++);
 }
 
+// One token of f16 or bf16 weights of 16 MiB or more streams through shared memory (gemv_streamed.cu):
+// warps of several tiles and segments, a last segment of part of its 2 KB, warps without a tile; with the
+// norm, the residual and the gated epilogue. 40,000 inputs leave no room for the stages: the register
+// GEMV runs.
+TEST(CudaMatmul, StreamedGemvOfLargeMatrices) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 3600;
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    check(gemm, {dtype, 8200, 1040, 1, 0}, seed++);
+    Case gated{dtype, 2 * 2050, 2064, 1, 0};
+    gated.gated = true;
+    gated.norm = true;
+    check(gemm, gated, seed++);
+    Case residual{dtype, 2 * 4096, 4096, 1, 0};
+    residual.residual = Residual::InPlace;
+    check(gemm, residual, seed++);
+    check(gemm, {dtype, 300, 40000, 1, 0, false, true}, seed++);
+  }
+}
+
 // x off the 16-byte alignment: the GEMV stages it element by element instead of reading float4s.
 TEST(CudaMatmul, UnalignedInput) {
   KILN_REQUIRE_GPU();

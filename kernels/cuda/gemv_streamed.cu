@@ -1,0 +1,188 @@
+// The one-token GEMV with its weights streamed into shared memory by bulk copies (TMA, sm_90).
+//
+// Why: the register GEMV (gemv.cu) has one chunk a warp in flight and waits a memory latency at each;
+// Nsight shows it at ~70% of DRAM bandwidth with too few bytes in flight. Here every warp streams its own
+// even share of the row tiles, in order, through its own ring of stages in shared memory: lanes 0 and 1
+// issue one bulk copy each (a 2 KB segment of the tile's two rows) whose bytes count on the stage's
+// mbarrier, so that the ring's other stages are in flight while the warp multiplies one. No warp waits
+// for another (a ring shared by the block, refilled after a __syncthreads, measured slower). Staging x,
+// the multiply and the epilogue are the register GEMV's (gemv_device.cuh).
+#include <algorithm>
+
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/gemv_device.cuh"
+#include "kernels/cuda/launch_pdl.cuh"
+
+namespace kiln::cuda::gemv_detail {
+namespace {
+
+constexpr int kStreamThreads = 512, kStreamWarps = kStreamThreads / 32;
+constexpr int kRows = 2;                                // rows of a tile: a warp's
+constexpr int kLoads = 4;                               // 16-byte loads a lane and row in a step
+constexpr int kChunkVecs = 32 * kLoads;                 // 16-byte vectors of one row segment
+constexpr int kSegmentBytes = kChunkVecs * 16;          // 2 KB
+constexpr int kSlotBytes = kRows * kSegmentBytes;       // a warp's step
+constexpr int kStageBytes = kStreamWarps * kSlotBytes;  // a step of every warp: 64 KB
+constexpr int kMinStages = 2, kMaxStages = 8;
+constexpr size_t kStaticBytes = 2048;  // the kernel's scratch and barriers, with room
+constexpr int64_t kMinStreamedBytes = int64_t(16) << 20;
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void barrier_init(uint64_t* barrier) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(barrier)) : "memory");
+}
+
+// The one arrival of this phase, which also expects `bytes` from the copies.
+__device__ __forceinline__ void barrier_expect(uint64_t* barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(barrier)), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void barrier_wait(uint64_t* barrier, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(shared_address(barrier)),
+      "r"(parity)
+      : "memory");
+}
+
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory; their arrival
+// counts on `barrier`.
+__device__ __forceinline__ void bulk_copy(void* to, const void* from, uint32_t bytes, uint64_t* barrier) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   shared_address(to)),
+               "l"(from), "r"(bytes), "r"(shared_address(barrier))
+               : "memory");
+}
+#endif
+
+// Where a step of a warp reads or fills: its slot in the warp's ring of stages, its chunk of the row
+// segments and its tile. Steps are taken in order, so each moves on from the one before (no division).
+struct Cursor {
+  int slot = 0, chunk = 0;
+  int64_t tile = 0;
+  __device__ void advance(int n_stages, int n_chunks) {
+    if (++slot == n_stages) slot = 0;
+    if (++chunk == n_chunks) {
+      chunk = 0;
+      ++tile;
+    }
+  }
+};
+
+// p.n_tiles counts tiles of kRows rows (row_of); each warp streams an even share of them, in order,
+// through its own ring of n_stages slots (from ring_offset, after x in shared memory). Its step i fills
+// slot i % n_stages with chunk i % n_chunks of its tile i / n_chunks: one segment a row.
+template <DType kW>
+__global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvParams p, uint32_t ring_offset,
+                                                                           int n_stages) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ float scratch[32];
+  __shared__ uint64_t full[kStreamWarps][kMaxStages];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t n_vec = p.n_in / kPerLoad<kW>;
+  const int n_chunks = int((n_vec + kChunkVecs - 1) / kChunkVecs);
+  const int64_t all_warps = int64_t(gridDim.x) * kStreamWarps, index = int64_t(blockIdx.x) * kStreamWarps + warp;
+  const int64_t first = p.n_tiles * index / all_warps, end = p.n_tiles * (index + 1) / all_warps;
+  const int64_t n_steps = (end - first) * n_chunks;
+  unsigned char* ring = smem + ring_offset + size_t(warp) * n_stages * kSlotBytes;
+  uint64_t* barriers = full[warp];
+
+  // Lane r < kRows copies row r's segment. The slot was last read by this warp's generic loads (ordered
+  // before by the __syncwarp after them); the proxy fence orders those reads before the copy's writes.
+  Cursor fill;
+  fill.tile = first;
+  const auto issue = [&]() {
+    const int64_t left = n_vec - int64_t(fill.chunk) * kChunkVecs;
+    const uint32_t bytes = uint32_t((left < kChunkVecs ? left : kChunkVecs) * 16);
+    const bool copy = lane < kRows && row_valid<kRows>(p, fill.tile, lane);
+    const uint32_t copies = __popc(__ballot_sync(0xffffffffu, copy));
+    if (lane == 0) barrier_expect(&barriers[fill.slot], copies * bytes);
+    __syncwarp();
+    if (copy) {
+      const auto* row = static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * p.n_in * kBytesOf<kW>;
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      bulk_copy(ring + fill.slot * kSlotBytes + lane * kSegmentBytes, row + int64_t(fill.chunk) * kSegmentBytes,
+                bytes, &barriers[fill.slot]);
+    }
+    fill.advance(n_stages, n_chunks);
+  };
+
+  if (lane == 0) {
+    for (int s = 0; s < n_stages; ++s) barrier_init(&barriers[s]);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to the copy engine
+  }
+  __syncwarp();
+  pdl_launch_dependents();
+  // Weights never change: in flight before the kernel that writes x has finished.
+  for (int64_t i = 0; i < n_stages && i < n_steps; ++i) issue();
+  pdl_wait();
+  stage<kW>(p, smem, scratch);
+
+  float acc[kRows][1] = {};
+  Cursor use;
+  use.tile = first;
+  uint32_t parity = 0;  // of the ring's barriers in this round over it
+  for (int64_t i = 0; i < n_steps; ++i) {
+    Chunk<kW, kRows, kLoads> c;
+    barrier_wait(&barriers[use.slot], parity);
+    const auto* segments = reinterpret_cast<const uint4*>(ring + use.slot * kSlotBytes);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int at = u * 32 + lane;
+        const bool loaded = row_valid<kRows>(p, use.tile, r) && int64_t(use.chunk) * kChunkVecs + at < n_vec;
+        c.w[r][u] = loaded ? segments[r * kChunkVecs + at] : make_uint4(0, 0, 0, 0);
+      }
+    multiply_chunk<kW, 1, kRows, kLoads, true>(p, smem, use.chunk, c, acc);
+    if (use.chunk == n_chunks - 1) store_tile(p, use.tile, acc);
+    __syncwarp();  // every lane is done with the slot
+    if (i + n_stages < n_steps) issue();
+    use.advance(n_stages, n_chunks);
+    if (use.slot == 0) parity ^= 1u;
+  }
+#endif
+}
+
+template <DType kW>
+void launch_typed(GemvParams& p, uint32_t ring_offset, int n_stages, cudaStream_t stream) {
+  const size_t smem = ring_offset + size_t(n_stages) * kStageBytes;
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(gemv_streamed_kernel<kW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       int(smem)));
+  const int64_t blocks = std::min<int64_t>(multiprocessor_count(), (p.n_tiles + kStreamWarps - 1) / kStreamWarps);
+  launch_pdl(gemv_streamed_kernel<kW>, dim3(unsigned(blocks)), dim3(kStreamThreads), smem, stream, p, ring_offset,
+             n_stages);
+}
+
+}  // namespace
+
+bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, cudaStream_t stream) {
+  // int8 is left to the register GEMV: streamed, its integer dot products and per-group scaling made the
+  // 7B-shape decode slower on an H200 (299 against 312 t/s). Small weights are too: a launch's fixed
+  // costs (barriers, the first copy's latency) outweigh what streaming gains.
+  if (dtype != DType::F16 && dtype != DType::BF16) return false;
+  if (p.n_out * p.n_in * 2 < kMinStreamedBytes) return false;
+  int device = 0, major = 0, smem_max = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t ring_offset = (smem_x + 127) / 128 * 128;
+  if (major < 9 || ring_offset + kMinStages * kStageBytes + kStaticBytes > size_t(smem_max)) return false;
+  const int n_stages = int(std::min<size_t>(kMaxStages, (size_t(smem_max) - kStaticBytes - ring_offset) / kStageBytes));
+  p.n_tiles = p.gated ? (p.n_y + kRows / 2 - 1) / (kRows / 2) : (p.n_y + kRows - 1) / kRows;
+  if (dtype == DType::F16) launch_typed<DType::F16>(p, uint32_t(ring_offset), n_stages, stream);
+  else launch_typed<DType::BF16>(p, uint32_t(ring_offset), n_stages, stream);
+  return true;
+}
+
+}  // namespace kiln::cuda::gemv_detail
