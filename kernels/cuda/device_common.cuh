@@ -13,6 +13,9 @@ namespace kiln::cuda {
 // log2(e): the attention kernels score in the exp2 domain (scale and ALiBi slopes times this).
 inline constexpr float kLog2e = 1.4426950408889634f;
 
+// The 32-bit shared-memory address of p (a pointer into shared memory) that PTX's shared:: forms take.
+__device__ __forceinline__ uint32_t shared_address(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

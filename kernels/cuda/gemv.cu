@@ -14,34 +14,39 @@ namespace {
 using namespace gemv_detail;
 
 constexpr size_t kDefaultSmemBytes = 48 * 1024;  // above this a kernel must opt in
+constexpr int kQuantizeThreads = 1024;
+constexpr int64_t kMinQuantizeOnceInputs = 2048;
 
 template <DType kW, int kRows, int kLoads>
 __device__ __forceinline__ void load_chunk(const GemvParams& p, int64_t tile, int64_t chunk,
                                            Chunk<kW, kRows, kLoads>& c) {
-  const int lane = threadIdx.x % 32;
-  const int64_t n_vec = p.n_in / kPerLoad<kW>;
+  // Vector indices fit 32 bits (n_in < 2^31): 64-bit arithmetic a load was much of the int8 loop.
+  const int n_vec = int(p.n_in / kPerLoad<kW>);
+  const int first = int(chunk) * (32 * kLoads) + threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int64_t row = row_of<kRows>(p, tile, r);
     const bool valid = row_valid<kRows>(p, tile, r);
     const auto* w_row = reinterpret_cast<const uint4*>(static_cast<const char*>(p.w) + row * p.n_in * kBytesOf<kW>);
+    const uint16_t* scale_row = p.scales + row * p.n_groups;
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
-      const int64_t v = chunk * (32 * kLoads) + u * 32 + lane;
+      const int v = first + u * 32;
       c.w[r][u] = make_uint4(0, 0, 0, 0);
       c.scale[r][u] = 0;
       if (valid && v < n_vec) {
         c.w[r][u] = __ldg(w_row + v);
-        if constexpr (kW == DType::I8) c.scale[r][u] = __ldg(p.scales + row * p.n_groups + group_of(p, int(v) * 16));
+        if constexpr (kW == DType::I8) c.scale[r][u] = __ldg(scale_row + (v * 16 >> p.group_shift));
       }
     }
   }
 }
 
-// 16-byte loads: n_in a multiple of the values per load, 16-byte aligned rows, int8 groups a multiple
-// of 16. Each warp walks its tiles chunk by chunk, the next chunk's loads in flight while this one is
-// multiplied. kStagedX: x staged in shared memory (always for int8 and the fused norm), else read from
-// global memory (through L1) where it is used.
+// 16-byte loads: n_in a multiple of the values per load, 16-byte aligned rows, int8 groups a power of
+// two of at least 16. Each warp walks its tiles chunk by chunk, the next chunk's loads in flight while
+// this one is multiplied. kStagedX: x staged in shared memory (for int8: normalised and quantized there
+// by every block), else read from global memory (through L1) where it is used (int8: p.xq, quantized
+// once before).
 template <DType kW, int kTokens, int kRows, int kLoads, bool kStagedX>
 __global__ void __launch_bounds__(kThreads, kTokens == 1 ? 2 : 1) gemv_vector_kernel(GemvParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -78,6 +83,21 @@ __global__ void __launch_bounds__(kThreads, kTokens == 1 ? 2 : 1) gemv_vector_ke
     tile = next_tile;
     chunk = next_chunk;
   }
+}
+
+// One token's x normalised (if asked, writing norm_out) and quantized per group once, by one block, into
+// xq and xq_scale: staging x in every block of the int8 GEMV was ~30% of its warps' time (Nsight, 7B
+// shape). Same device code as that staging, so the same values.
+__global__ void __launch_bounds__(kQuantizeThreads) quantize_x_kernel(GemvParams p, int8_t* xq, float* xq_scale) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float scratch[32];
+  pdl_launch_dependents();
+  pdl_wait();
+  stage_quantized(p, smem, scratch);
+  const auto* q = reinterpret_cast<const int4*>(smem + p.smem_q);
+  for (int64_t i = threadIdx.x; i < p.n_in / 16; i += blockDim.x) reinterpret_cast<int4*>(xq)[i] = q[i];
+  const auto* scale = reinterpret_cast<const float*>(smem + p.smem_qscale);
+  for (int64_t i = threadIdx.x; i < p.n_groups; i += blockDim.x) xq_scale[i] = scale[i];
 }
 
 // Element-wise loads (any shape and alignment), one lane per column.
@@ -129,14 +149,11 @@ __global__ void __launch_bounds__(kThreads) gemv_generic_kernel(GemvParams p) {
   }
 }
 
-// Launches with programmatic dependent launch where the device has it (sm_90): the kernel may start
-// while the previous one in the stream finishes, and waits for it before reading x (see
-// pdl_wait). The grid is as many blocks as fit at once, at most one warp per tile.
+// Launches with programmatic dependent launch (launch_pdl.cuh): the kernel may start while the previous
+// one in the stream finishes, and waits for it before reading x (pdl_wait). The grid is as many blocks as
+// fit at once, at most one warp per tile.
 template <typename Kernel>
 void launch(Kernel kernel, const GemvParams& p, size_t smem, cudaStream_t stream) {
-  int device = 0, major = 0;
-  KILN_CUDA_CHECK(cudaGetDevice(&device));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (smem + 1024 > kDefaultSmemBytes)  // with the kernels' static scratch
     KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int per_sm = 0;
@@ -144,17 +161,7 @@ void launch(Kernel kernel, const GemvParams& p, size_t smem, cudaStream_t stream
   KILN_CHECK(per_sm > 0, "cuda gemv: no block of {} threads with {} bytes of shared memory fits", kThreads, smem);
   const int64_t needed = (p.n_tiles + kWarps - 1) / kWarps;
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(multiprocessor_count()) * per_sm));
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(blocks));
-  config.blockDim = dim3(unsigned(kThreads));
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = major >= 9 && programmatic_launch_enabled() ? 1 : 0;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  KILN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  launch_pdl(kernel, dim3(unsigned(blocks)), dim3(unsigned(kThreads)), smem, stream, p);
 }
 
 int64_t tiles_of(const GemvParams& p, int rows) {
@@ -166,12 +173,13 @@ int64_t tiles_of(const GemvParams& p, int rows) {
 // tokens: four rows per warp share each x value. (Measured on an H200: fewer warps per block for small
 // matrices only multiplied the per-block staging.)
 template <DType kW, int kTokens>
-void launch_vector(GemvParams& p, size_t smem, cudaStream_t s) {
+void launch_vector(GemvParams& p, size_t smem, bool stream_weights, const DeviceLimits& device, cudaStream_t s) {
   if constexpr (kTokens == 1 && kW != DType::F32) {
     p.rotate = true;
     p.n_tiles = tiles_of(p, 2);
-    if (launch_streamed(p, kW, smem, s)) return;
-    if (kW == DType::I8 || p.norm || !p.x_vec4) launch(gemv_vector_kernel<kW, 1, 2, 4, true>, p, smem, s);
+    if (stream_weights && launch_streamed(p, kW, smem, device, s)) return;
+    if (kW == DType::I8 && p.xq != nullptr) launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, s);
+    else if (kW == DType::I8 || p.norm || !p.x_vec4) launch(gemv_vector_kernel<kW, 1, 2, 4, true>, p, smem, s);
     else if constexpr (kW != DType::I8) launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, s);
   } else {
     p.rotate = false;
@@ -181,15 +189,16 @@ void launch_vector(GemvParams& p, size_t smem, cudaStream_t s) {
 }
 
 template <DType kW>
-void launch_typed(GemvParams& p, bool vector, size_t smem, cudaStream_t s) {
+void launch_typed(GemvParams& p, bool vector, size_t smem, bool stream_weights, const DeviceLimits& device,
+                  cudaStream_t s) {
   if (!vector) {
     p.n_tiles = tiles_of(p, 2);
     if (p.n_tokens == 1) launch(gemv_generic_kernel<kW, 1, 2>, p, smem, s);
     else launch(gemv_generic_kernel<kW, kGemvMaxTokens, 2>, p, smem, s);
   } else if (p.n_tokens == 1) {
-    launch_vector<kW, 1>(p, smem, s);
+    launch_vector<kW, 1>(p, smem, stream_weights, device, s);
   } else {
-    launch_vector<kW, kGemvMaxTokens>(p, smem, s);
+    launch_vector<kW, kGemvMaxTokens>(p, smem, false, device, s);
   }
 }
 
@@ -208,15 +217,38 @@ size_t smem_bytes(GemvParams& p, DType dtype, int64_t n_tokens) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// int8, one token, vector path, rows of kMinQuantizeOnceInputs or more: x quantized once by
+// quantize_x_kernel into the GEMM context's x16 scratch (free during a GEMV), when the caller gave a
+// context that holds it; sets p.xq and p.xq_scale. Else every block of the GEMV quantizes x itself.
+// (Measured on an H200: the 7B shape's decode, 4,096 and 11,008 inputs, went from 315 to 344 t/s;
+// SmolLM2-135M's, 576 and 1,536 inputs, from 1,025 to 897, the extra launch above its short staging.)
+void quantize_once(GemvParams& p, const MatmulArgs& a, size_t smem) {
+  const size_t bytes = align16(size_t(p.n_in)) + size_t(p.n_groups) * sizeof(float);
+  const GemmContext* context = a.gemm;
+  if (p.n_in < kMinQuantizeOnceInputs || context == nullptr ||
+      bytes > size_t(context->max_tokens() * context->max_n_in()) * 4)
+    return;
+  auto* xq = static_cast<int8_t*>(context->x16());
+  auto* xq_scale = reinterpret_cast<float*>(xq + align16(size_t(p.n_in)));
+  if (smem + 1024 > kDefaultSmemBytes)
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(quantize_x_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  launch_pdl(quantize_x_kernel, dim3(1), dim3(kQuantizeThreads), smem, a.stream, p, xq, xq_scale);
+  p.xq = xq;
+  p.xq_scale = xq_scale;
+}
+
 }  // namespace
 
 void gemv(const MatmulArgs& a) {
   const DeviceMatrix& w = a.weight;
   const bool int8 = w.dtype == DType::I8;
   const int per_load = 16 / int(dtype_bytes(w.dtype));
-  const bool vector = !a.force_generic && w.cols % per_load == 0 && aligned16(w.data) &&
-                      (!int8 || w.group_size % 16 == 0);
   GemvParams p{};
+  p.group_shift = -1;
+  for (int shift = 0; shift < 31 && int8; ++shift)
+    if (int64_t(1) << shift == w.group_size) p.group_shift = shift;
+  const bool vector = !a.force_generic && w.cols % per_load == 0 && aligned16(w.data) &&
+                      (!int8 || (w.group_size >= 16 && p.group_shift >= 0));
   p.w = w.data;
   p.scales = w.scales;
   p.group_size = int8 ? int(w.group_size) : 0;
@@ -233,15 +265,14 @@ void gemv(const MatmulArgs& a) {
   p.norm_bias = a.norm.bias;
   p.eps = a.norm.eps;
   p.x_vec4 = aligned16(a.x) && w.cols % 4 == 0;
-  p.group_shift = -1;
-  for (int shift = 0; shift < 31 && int8; ++shift)
-    if (int64_t(1) << shift == w.group_size) p.group_shift = shift;
 
   // As many tokens per pass as shared memory holds (all of them, but for long rows and many tokens).
-  int device = 0, smem_max = 0;
-  KILN_CUDA_CHECK(cudaGetDevice(&device));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const size_t smem_limit = size_t(smem_max) - 1024;  // the kernels' static scratch, with room
+  int device_id = 0;
+  DeviceLimits device;
+  KILN_CUDA_CHECK(cudaGetDevice(&device_id));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.major, cudaDevAttrComputeCapabilityMajor, device_id));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
+  const size_t smem_limit = size_t(device.smem_optin) - 1024;  // the kernels' static scratch, with room
   int64_t per_pass = a.n_tokens;
   while (per_pass > 1 && smem_bytes(p, w.dtype, per_pass) > smem_limit) --per_pass;
   KILN_CHECK(smem_bytes(p, w.dtype, 1) <= smem_limit,
@@ -254,11 +285,12 @@ void gemv(const MatmulArgs& a) {
     p.residual = a.residual != nullptr ? a.residual + t0 * p.n_y : nullptr;
     p.norm_out = a.norm.out != nullptr ? a.norm.out + t0 * w.cols : nullptr;
     const size_t smem = smem_bytes(p, w.dtype, n);
+    if (int8 && vector && n == 1) quantize_once(p, a, smem);
     switch (w.dtype) {
-      case DType::F16: launch_typed<DType::F16>(p, vector, smem, a.stream); break;
-      case DType::BF16: launch_typed<DType::BF16>(p, vector, smem, a.stream); break;
-      case DType::I8: launch_typed<DType::I8>(p, vector, smem, a.stream); break;
-      default: launch_typed<DType::F32>(p, vector, smem, a.stream); break;
+      case DType::F16: launch_typed<DType::F16>(p, vector, smem, a.stream_weights, device, a.stream); break;
+      case DType::BF16: launch_typed<DType::BF16>(p, vector, smem, a.stream_weights, device, a.stream); break;
+      case DType::I8: launch_typed<DType::I8>(p, vector, smem, a.stream_weights, device, a.stream); break;
+      default: launch_typed<DType::F32>(p, vector, smem, a.stream_weights, device, a.stream); break;
     }
   }
 }

@@ -39,6 +39,10 @@ struct GemvParams {
   int group_shift;           // int8: log2(group_size), or -1 when not a power of two
   bool rotate;               // each tile starts its rows at a different chunk (spreads addresses)
   size_t smem_qscale, smem_q;  // int8: offsets of the quantized x's scales and values in shared memory
+  // int8, x quantized once before the GEMV (gemv.cu's quantize_x_kernel): [n_tokens, n_in] and
+  // [n_tokens, n_groups] in global memory, which the kernels read instead of staging x.
+  const int8_t* xq;
+  const float* xq_scale;
 };
 
 template <DType kW> constexpr int kBytesOf = kW == DType::F32 ? 4 : kW == DType::I8 ? 1 : 2;
@@ -190,7 +194,7 @@ __device__ __forceinline__ void store_tile(const GemvParams& p, int64_t tile, fl
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int t = 0; t < kTokens; ++t) {
-    if (t >= p.n_tokens) break;
+    if (kTokens > 1 && t >= p.n_tokens) break;  // one-token kernels run with one token only
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r][t] = warp_sum(acc[r][t]);
 #pragma unroll
@@ -255,20 +259,21 @@ __device__ __forceinline__ void multiply_chunk(const GemvParams& p, const unsign
                                                const Chunk<kW, kRows, kLoads>& c, float (&acc)[kRows][kTokens]) {
   constexpr int kPer = kPerLoad<kW>;
   const int lane = threadIdx.x % 32;
-  const int64_t n_vec = p.n_in / kPer;
+  const int n_vec = int(p.n_in / kPer);
 #pragma unroll
   for (int u = 0; u < kLoads; ++u) {
-    const int64_t v = chunk * (32 * kLoads) + u * 32 + lane;
+    const int v = int(chunk) * (32 * kLoads) + u * 32 + lane;
     if (v >= n_vec) break;
     if constexpr (kW == DType::I8) {
-      const int group = group_of(p, int(v) * 16);
-      const auto* qscale = reinterpret_cast<const float*>(smem + p.smem_qscale);
-      const auto* q = reinterpret_cast<const int4*>(smem + p.smem_q);
+      const int group = v * 16 >> p.group_shift;
+      const auto* qscale = kStagedX ? reinterpret_cast<const float*>(smem + p.smem_qscale) : p.xq_scale;
+      const auto* q = kStagedX ? reinterpret_cast<const int4*>(smem + p.smem_q) : reinterpret_cast<const int4*>(p.xq);
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        if (t >= p.n_tokens) break;
-        const int4 xq = q[int64_t(t) * (p.n_in / 16) + v];
-        const float x_scale = qscale[int64_t(t) * p.n_groups + group];
+        if (kTokens > 1 && t >= p.n_tokens) break;
+        const int4 xq = kStagedX ? q[t * n_vec + v] : __ldg(q + t * n_vec + v);
+        const int at = t * int(p.n_groups) + group;
+        const float x_scale = kStagedX ? qscale[at] : __ldg(qscale + at);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           const uint4 w = c.w[r][u];
@@ -286,13 +291,13 @@ __device__ __forceinline__ void multiply_chunk(const GemvParams& p, const unsign
       const auto* xs = reinterpret_cast<const float4*>(smem);
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        if (t >= p.n_tokens) break;
+        if (kTokens > 1 && t >= p.n_tokens) break;
         float x[kPer];
         float4 a, b;
         if constexpr (kStagedX) {
-          const float4* xt = xs + int64_t(t) * (p.n_in / 4);
+          const float4* xt = xs + t * int(p.n_in / 4);
           a = xt[v];
-          if constexpr (kPer == 8) b = xt[p.n_in / 8 + v];
+          if constexpr (kPer == 8) b = xt[int(p.n_in / 8) + v];
         } else {
           const auto* xt = reinterpret_cast<const float4*>(p.x + int64_t(t) * p.n_in) + v * (kPer / 4);
           a = __ldg(xt);
@@ -312,9 +317,15 @@ __device__ __forceinline__ void multiply_chunk(const GemvParams& p, const unsign
   }
 }
 
+// What the launches need to know of the current device, queried once a gemv call.
+struct DeviceLimits {
+  int major = 0;       // compute capability
+  int smem_optin = 0;  // shared memory a block may opt in to
+};
+
 // One token through the streamed GEMV (gemv_streamed.cu) when it applies: sm_90, f16 or bf16 weights of
 // 16 MiB or more on the vector path, x (smem_x bytes staged) and two stages of the warps' rings fitting
 // shared memory. Sets p.n_tiles for its tiles. Returns false, launching nothing, when it does not apply.
-bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, cudaStream_t stream);
+bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, const DeviceLimits& device, cudaStream_t stream);
 
 }  // namespace kiln::cuda::gemv_detail

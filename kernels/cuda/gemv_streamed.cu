@@ -27,10 +27,6 @@ constexpr int kMinStages = 2, kMaxStages = 8;
 constexpr size_t kStaticBytes = 2048;  // the kernel's scratch and barriers, with room
 constexpr int64_t kMinStreamedBytes = int64_t(16) << 20;
 
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void barrier_init(uint64_t* barrier) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(barrier)) : "memory");
@@ -166,20 +162,17 @@ void launch_typed(GemvParams& p, uint32_t ring_offset, int n_stages, cudaStream_
 
 }  // namespace
 
-bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, cudaStream_t stream) {
+bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, const DeviceLimits& device, cudaStream_t stream) {
   // int8 is left to the register GEMV: streamed, its integer dot products and per-group scaling made the
   // 7B-shape decode slower on an H200 (299 against 312 t/s). Small weights are too: a first form of this
   // kernel, streaming every weight, took SmolLM2-135M's decode from 1,164 to 1,061 t/s, its launches'
   // fixed costs (barriers, the first copy's latency) above what streaming ~1 MB gains.
   if (dtype != DType::F16 && dtype != DType::BF16) return false;
   if (p.n_out * p.n_in * 2 < kMinStreamedBytes) return false;
-  int device = 0, major = 0, smem_max = 0;
-  KILN_CUDA_CHECK(cudaGetDevice(&device));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t smem_max = size_t(device.smem_optin);
   const size_t ring_offset = (smem_x + 127) / 128 * 128;
-  if (major < 9 || ring_offset + kMinStages * kStageBytes + kStaticBytes > size_t(smem_max)) return false;
-  const int n_stages = int(std::min<size_t>(kMaxStages, (size_t(smem_max) - kStaticBytes - ring_offset) / kStageBytes));
+  if (device.major < 9 || ring_offset + kMinStages * kStageBytes + kStaticBytes > smem_max) return false;
+  const int n_stages = int(std::min<size_t>(kMaxStages, (smem_max - kStaticBytes - ring_offset) / kStageBytes));
   p.n_tiles = p.gated ? (p.n_y + kRows / 2 - 1) / (kRows / 2) : (p.n_y + kRows - 1) / kRows;
   if (dtype == DType::F16) launch_typed<DType::F16>(p, uint32_t(ring_offset), n_stages, stream);
   else launch_typed<DType::BF16>(p, uint32_t(ring_offset), n_stages, stream);

@@ -91,11 +91,15 @@ struct MatmulArgs {
   int64_t n_tokens = 0;
   InputNorm norm;
   GatedOutput gated;
-  GemmContext* gemm = nullptr;     // needed above kGemvMaxTokens tokens
+  // Needed above kGemvMaxTokens tokens; a one-token int8 GEMV uses its x16 scratch for x quantized once.
+  GemmContext* gemm = nullptr;
   // GEMM path, int8 weights: the context's f16 copy already holds this weight (the call before, on the
   // same stream, dequantized it): the later calls of one matmul split into several.
   bool weight_dequantized = false;
   bool force_generic = false;      // tests: the element-wise GEMV (the path for unaligned shapes)
+  // One token: f16/bf16 weights may stream through shared memory (gemv_streamed.cu) where that applies;
+  // false keeps the register GEMV (the faster one beside attention over many keys).
+  bool stream_weights = true;
   cudaStream_t stream = nullptr;
 };
 

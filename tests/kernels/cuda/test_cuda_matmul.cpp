@@ -75,6 +75,8 @@ struct Case {
   Activation act = Activation::Silu;
   bool x_unaligned = false;  // x one float past a 16-byte boundary
   bool x16_only = false;     // x given in f16 (MatmulArgs::x16), its f32 form all nan
+  bool no_context = false;   // no GEMM context: a one-token int8 GEMV quantizes x in every block
+  bool stream_weights = true;
 };
 
 cuda::Activation to_cuda(Activation a) {
@@ -209,7 +211,8 @@ void check(Gemm& gemm, const Case& c, uint32_t seed, const std::vector<float>* x
   if (c.residual == Residual::InPlace) a.residual = d_y.as<float>();
   a.gated = {c.gated, to_cuda(c.act)};
   a.n_tokens = c.n_tokens;
-  a.gemm = &gemm.context;
+  a.gemm = c.no_context ? nullptr : &gemm.context;
+  a.stream_weights = c.stream_weights;
   a.force_generic = c.generic;
   if (c.norm) {
     a.norm.enabled = true;
@@ -314,21 +317,53 @@ TEST(CudaMatmul, TokensInSeveralPasses) {
 // warps of several tiles and segments, a last segment of part of its 2 KB, warps without a tile; with the
 // norm, the residual and the gated epilogue. 40,000 inputs leave no room for the stages: the register
 // GEMV runs.
+// The same shapes with stream_weights off run the register GEMV.
 TEST(CudaMatmul, StreamedGemvOfLargeMatrices) {
   KILN_REQUIRE_GPU();
   Gemm gemm;
   uint32_t seed = 3600;
-  for (DType dtype : {DType::F16, DType::BF16}) {
-    check(gemm, {dtype, 8200, 1040, 1, 0}, seed++);
-    Case gated{dtype, 2 * 2050, 2064, 1, 0};
-    gated.gated = true;
-    gated.norm = true;
-    check(gemm, gated, seed++);
-    Case residual{dtype, 2 * 4096, 4096, 1, 0};
-    residual.residual = Residual::InPlace;
-    check(gemm, residual, seed++);
-    check(gemm, {dtype, 300, 40000, 1, 0, false, true}, seed++);
-  }
+  for (bool stream : {true, false})
+    for (DType dtype : {DType::F16, DType::BF16}) {
+      Case plain{dtype, 8200, 1040, 1, 0};
+      plain.stream_weights = stream;
+      check(gemm, plain, seed++);
+      Case gated{dtype, 2 * 2050, 2064, 1, 0};
+      gated.gated = true;
+      gated.norm = true;
+      gated.stream_weights = stream;
+      check(gemm, gated, seed++);
+      Case residual{dtype, 2 * 4096, 4096, 1, 0};
+      residual.residual = Residual::InPlace;
+      residual.stream_weights = stream;
+      check(gemm, residual, seed++);
+      check(gemm, {dtype, 300, 40000, 1, 0, false, true}, seed++);
+    }
+}
+
+// One token of int8 weights, rows of 2,048 inputs or more: x quantized once before the GEMV into the GEMM
+// context's scratch, or (no context) by every block; both against the CPU's int8 matmul (check), with the
+// norm, the residual and the gated epilogue, several group sizes and a row of 11,008 inputs.
+TEST(CudaMatmul, Int8OneTokenQuantizedOnceOrPerBlock) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 3700;
+  for (bool no_context : {false, true})
+    for (int64_t group : {16, 64, 128}) {
+      Case plain{DType::I8, 300, 4096, 1, group};
+      plain.no_context = no_context;
+      check(gemm, plain, seed++);
+      Case normed{DType::I8, 96, 4096, 1, group, false, true, NormKind::Layer};
+      normed.residual = Residual::InPlace;
+      normed.no_context = no_context;
+      check(gemm, normed, seed++);
+      Case gated{DType::I8, 2 * 200, 2048, 1, group, false, true};
+      gated.gated = true;
+      gated.no_context = no_context;
+      check(gemm, gated, seed++);
+      Case down{DType::I8, 64, 11008, 1, group};
+      down.no_context = no_context;
+      check(gemm, down, seed++);
+    }
 }
 
 // x off the 16-byte alignment: the GEMV stages it element by element instead of reading float4s.
