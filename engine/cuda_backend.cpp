@@ -1,6 +1,8 @@
 #include "engine/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 #include <vector>
 
 #include "engine/cuda_forward.h"
@@ -16,6 +18,10 @@
 
 namespace kiln {
 namespace {
+
+// The KV bytes a one-token step reads, as a share of the weight bytes, up to which its GEMVs stream their
+// weights (CudaBackend::streams_weights).
+constexpr double kStreamedMaxKvShare = 0.3;
 
 // One sequence's cache: k: [n_layers, n_kv_heads, n_ctx, head_dim], then v likewise. Its rows are
 // consecutive positions from the first one (a device scalar).
@@ -181,6 +187,7 @@ class CudaBackend final : public Backend {
   void forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                      bool all_logits);
   void run(int64_t n_tokens, bool want_logits, bool all_logits);  // launches only: graph-capturable
+  bool streams_weights(int64_t position) const;
 
   ModelConfig config_;
   CudaOptions cuda_;
@@ -191,7 +198,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<ContiguousKv> kv_;
   std::unique_ptr<CudaForward> forward_;
   cuda::PinnedBuffer staging_;  // [2, max_tokens] int32: what the forward's inputs receive
-  cuda::CudaGraph decode_graph_;
+  cuda::CudaGraph decode_graphs_[2];  // [whether its GEMVs stream their weights]
   int64_t n_past_ = 0;
 };
 
@@ -267,9 +274,12 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   kv_->set_first_position(first_position);
   const bool want_logits = logits != nullptr;
   const bool timing = forward_->begin_stage_timing();
+  const bool stream_weights = streams_weights(first_position);
+  forward_->set_stream_weights(stream_weights);
   if (n_tokens == 1 && want_logits && cuda_.use_graph && !on_tensor_ && !timing) {
-    if (!decode_graph_.captured()) decode_graph_.capture(s, [&] { run(1, true, false); });
-    decode_graph_.launch(s);
+    cuda::CudaGraph& graph = decode_graphs_[stream_weights ? 1 : 0];
+    if (!graph.captured()) graph.capture(s, [&] { run(1, true, false); });
+    graph.launch(s);
   } else {
     run(n_tokens, want_logits, all_logits);
   }
@@ -280,6 +290,23 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(s));  // the staging buffer is reused by the next chunk
   forward_->report_stage_times();
+}
+
+// A one-token step streams its f16/bf16 weights through shared memory (cuda::MatmulArgs::stream_weights)
+// unless it reads many keys and values. On an H200 (f16 KV, tg64), with the KV bytes read as a share of
+// the weight bytes: the 7B shape streamed faster at 4K keys (share 0.16: 219.6 against 213.8 t/s) and
+// slower at 8K (0.32: 185.7 / 190.5) to 32K (1.27: 117.0 / 124.4); the 8B shape (GQA) streamed faster at
+// every depth to 32K (0.27: 145.5 / 140.6). Timed stage by stage, the 7B's streamed GEMVs were only ~4 us
+// a layer slower at 32K: most of the loss is in how the step's kernels overlap.
+// KILN_CUDA_GEMV_STREAM=0 or 1 forces either (A/B runs).
+bool CudaBackend::streams_weights(int64_t position) const {
+  static const int forced = [] {
+    const char* value = std::getenv("KILN_CUDA_GEMV_STREAM");
+    return value == nullptr ? -1 : std::string_view(value) == "0" ? 0 : 1;
+  }();
+  if (forced >= 0) return forced == 1;
+  const double kv_bytes_read = double(kv_->bytes()) / double(n_ctx_) * double(position + 1);
+  return kv_bytes_read <= kStreamedMaxKvShare * double(forward_->weight_bytes());
 }
 
 void CudaBackend::run(int64_t n_tokens, bool want_logits, bool all_logits) {

@@ -400,6 +400,7 @@ void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, c
   a.bias = first_rank ? bias : nullptr;
   a.n_tokens = n;
   a.gemm = gemm_.get();
+  a.stream_weights = stream_weights_;
   a.stream = stream();
   run_matmul(a);
   sum_over_ranks(ws_.x, n * config_.dim, stage, layer);
@@ -445,6 +446,7 @@ void CudaForward::matmul(const DeviceMatrix& w, const float* x, float* y, const 
   a.norm = norm;
   a.gated = gated;
   a.gemm = gemm_.get();
+  a.stream_weights = stream_weights_;
   a.stream = stream();
   run_matmul(a);
 }

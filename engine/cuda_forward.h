@@ -131,6 +131,10 @@ class CudaForward {
   // (rows of hidden() or spare_rows()).
   void head(const float* hidden, int64_t rows);
 
+  // Whether the one-token GEMVs of the steps launched from now on may stream their weights through shared
+  // memory (cuda::MatmulArgs::stream_weights).
+  void set_stream_weights(bool on) { stream_weights_ = on; }
+
   // Stage timing of the next step (kiln bench --profile): true when the stage timer is on; the caller then
   // launches the step without its graph and calls report_stage_times() once it is done.
   bool begin_stage_timing();
@@ -173,6 +177,7 @@ class CudaForward {
   bool batched_;
   TensorCallback on_tensor_;
   std::shared_ptr<StageTimer> stage_timer_;
+  bool stream_weights_ = true;
   bool timing_ = false;  // this step marks its stage ends on stage_events_
   cuda::EventTimer stage_events_;
   std::vector<std::pair<const char*, int>> stage_names_;  // [marks] each mark's stage and layer
