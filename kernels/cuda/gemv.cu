@@ -149,23 +149,26 @@ __global__ void __launch_bounds__(kThreads) gemv_generic_kernel(GemvParams p) {
   }
 }
 
+// Lets `kernel` take `smem` bytes of dynamic shared memory where that is above the default (with the
+// kernels' static scratch).
+template <typename Kernel>
+void opt_in_smem(Kernel kernel, size_t smem) {
+  if (smem + 1024 > kDefaultSmemBytes)
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+}
+
 // Launches with programmatic dependent launch (launch_pdl.cuh): the kernel may start while the previous
 // one in the stream finishes, and waits for it before reading x (pdl_wait). The grid is as many blocks as
 // fit at once, at most one warp per tile.
 template <typename Kernel>
-void launch(Kernel kernel, const GemvParams& p, size_t smem, cudaStream_t stream) {
-  if (smem + 1024 > kDefaultSmemBytes)  // with the kernels' static scratch
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+void launch(Kernel kernel, const GemvParams& p, size_t smem, const DeviceLimits& device, cudaStream_t stream) {
+  opt_in_smem(kernel, smem);
   int per_sm = 0;
   KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   KILN_CHECK(per_sm > 0, "cuda gemv: no block of {} threads with {} bytes of shared memory fits", kThreads, smem);
   const int64_t needed = (p.n_tiles + kWarps - 1) / kWarps;
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(multiprocessor_count()) * per_sm));
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(device.multiprocessors) * per_sm));
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(unsigned(kThreads)), smem, stream, p);
-}
-
-int64_t tiles_of(const GemvParams& p, int rows) {
-  return p.gated ? (p.n_y + rows / 2 - 1) / (rows / 2) : (p.n_y + rows - 1) / rows;
 }
 
 // One token: streamed through shared memory where it can be (gemv_streamed.cu); else two rows per warp,
@@ -178,13 +181,13 @@ void launch_vector(GemvParams& p, size_t smem, bool stream_weights, const Device
     p.rotate = true;
     p.n_tiles = tiles_of(p, 2);
     if (stream_weights && launch_streamed(p, kW, smem, device, s)) return;
-    if (kW == DType::I8 && p.xq != nullptr) launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, s);
-    else if (kW == DType::I8 || p.norm || !p.x_vec4) launch(gemv_vector_kernel<kW, 1, 2, 4, true>, p, smem, s);
-    else if constexpr (kW != DType::I8) launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, s);
+    const bool staged = kW == DType::I8 ? p.xq == nullptr : p.norm || !p.x_vec4;
+    if (staged) launch(gemv_vector_kernel<kW, 1, 2, 4, true>, p, smem, device, s);
+    else launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, device, s);
   } else {
     p.rotate = false;
     p.n_tiles = tiles_of(p, 4);
-    launch(gemv_vector_kernel<kW, kTokens, 4, 2, true>, p, smem, s);
+    launch(gemv_vector_kernel<kW, kTokens, 4, 2, true>, p, smem, device, s);
   }
 }
 
@@ -193,8 +196,8 @@ void launch_typed(GemvParams& p, bool vector, size_t smem, bool stream_weights, 
                   cudaStream_t s) {
   if (!vector) {
     p.n_tiles = tiles_of(p, 2);
-    if (p.n_tokens == 1) launch(gemv_generic_kernel<kW, 1, 2>, p, smem, s);
-    else launch(gemv_generic_kernel<kW, kGemvMaxTokens, 2>, p, smem, s);
+    if (p.n_tokens == 1) launch(gemv_generic_kernel<kW, 1, 2>, p, smem, device, s);
+    else launch(gemv_generic_kernel<kW, kGemvMaxTokens, 2>, p, smem, device, s);
   } else if (p.n_tokens == 1) {
     launch_vector<kW, 1>(p, smem, stream_weights, device, s);
   } else {
@@ -230,8 +233,7 @@ void quantize_once(GemvParams& p, const MatmulArgs& a, size_t smem) {
     return;
   auto* xq = static_cast<int8_t*>(context->x16());
   auto* xq_scale = reinterpret_cast<float*>(xq + align16(size_t(p.n_in)));
-  if (smem + 1024 > kDefaultSmemBytes)
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(quantize_x_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  opt_in_smem(quantize_x_kernel, smem);
   launch_pdl(quantize_x_kernel, dim3(1), dim3(kQuantizeThreads), smem, a.stream, p, xq, xq_scale);
   p.xq = xq;
   p.xq_scale = xq_scale;
@@ -272,6 +274,7 @@ void gemv(const MatmulArgs& a) {
   KILN_CUDA_CHECK(cudaGetDevice(&device_id));
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.major, cudaDevAttrComputeCapabilityMajor, device_id));
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.multiprocessors, cudaDevAttrMultiProcessorCount, device_id));
   const size_t smem_limit = size_t(device.smem_optin) - 1024;  // the kernels' static scratch, with room
   int64_t per_pass = a.n_tokens;
   while (per_pass > 1 && smem_bytes(p, w.dtype, per_pass) > smem_limit) --per_pass;

@@ -186,6 +186,11 @@ __device__ __forceinline__ bool row_valid(const GemvParams& p, int64_t tile, int
   return tile * kRows + r < p.n_y;
 }
 
+// Tiles of `rows` rows (row_of): the outputs over rows, or when gated rows / 2 gate rows and their up rows.
+inline int64_t tiles_of(const GemvParams& p, int rows) {
+  return p.gated ? (p.n_y + rows / 2 - 1) / (rows / 2) : (p.n_y + rows - 1) / rows;
+}
+
 // acc [kRows][kTokens]: this lane's partial sums of the tile; the warp adds them up and writes the
 // outputs, one per lane.
 template <int kRows, int kTokens>
@@ -319,8 +324,9 @@ __device__ __forceinline__ void multiply_chunk(const GemvParams& p, const unsign
 
 // What the launches need to know of the current device, queried once a gemv call.
 struct DeviceLimits {
-  int major = 0;       // compute capability
-  int smem_optin = 0;  // shared memory a block may opt in to
+  int major = 0;            // compute capability
+  int smem_optin = 0;       // shared memory a block may opt in to
+  int multiprocessors = 0;
 };
 
 // One token through the streamed GEMV (gemv_streamed.cu) when it applies: sm_90, f16 or bf16 weights of

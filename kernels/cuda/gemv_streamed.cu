@@ -151,11 +151,12 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
 }
 
 template <DType kW>
-void launch_typed(GemvParams& p, uint32_t ring_offset, int n_stages, cudaStream_t stream) {
+void launch_typed(GemvParams& p, uint32_t ring_offset, int n_stages, const DeviceLimits& device,
+                  cudaStream_t stream) {
   const size_t smem = ring_offset + size_t(n_stages) * kStageBytes;
   KILN_CUDA_CHECK(cudaFuncSetAttribute(gemv_streamed_kernel<kW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        int(smem)));
-  const int64_t blocks = std::min<int64_t>(multiprocessor_count(), (p.n_tiles + kStreamWarps - 1) / kStreamWarps);
+  const int64_t blocks = std::min<int64_t>(device.multiprocessors, (p.n_tiles + kStreamWarps - 1) / kStreamWarps);
   launch_pdl(gemv_streamed_kernel<kW>, dim3(unsigned(blocks)), dim3(kStreamThreads), smem, stream, p, ring_offset,
              n_stages);
 }
@@ -173,9 +174,9 @@ bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, const DeviceLimi
   const size_t ring_offset = (smem_x + 127) / 128 * 128;
   if (device.major < 9 || ring_offset + kMinStages * kStageBytes + kStaticBytes > smem_max) return false;
   const int n_stages = int(std::min<size_t>(kMaxStages, (smem_max - kStaticBytes - ring_offset) / kStageBytes));
-  p.n_tiles = p.gated ? (p.n_y + kRows / 2 - 1) / (kRows / 2) : (p.n_y + kRows - 1) / kRows;
-  if (dtype == DType::F16) launch_typed<DType::F16>(p, uint32_t(ring_offset), n_stages, stream);
-  else launch_typed<DType::BF16>(p, uint32_t(ring_offset), n_stages, stream);
+  p.n_tiles = tiles_of(p, kRows);
+  if (dtype == DType::F16) launch_typed<DType::F16>(p, uint32_t(ring_offset), n_stages, device, stream);
+  else launch_typed<DType::BF16>(p, uint32_t(ring_offset), n_stages, device, stream);
   return true;
 }
 
