@@ -215,7 +215,7 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
   KILN_CHECK(max_tokens_ >= 1 && max_tokens_ <= 65536, "the batch size {} is outside [1, 65536]", max_tokens_);
   KILN_CHECK(c.head_dim <= cuda::kAttentionMaxHeadDim, "head_dim {} is larger than the CUDA attention's {}",
              c.head_dim, cuda::kAttentionMaxHeadDim);
-  kv_ = std::make_unique<ContiguousKv>(config_, n_ctx_, cuda.kv_f16 ? cuda::KvDType::F16 : cuda::KvDType::F32);
+  kv_ = std::make_unique<ContiguousKv>(config_, n_ctx_, cuda.kv_dtype);
   KILN_CHECK(kv_->bytes() <= options.max_kv_bytes,
              "a KV cache for {} positions needs {:.1f} GiB, more than the {:.1f} GiB allowed: use a smaller context size",
              n_ctx_, double(kv_->bytes()) / (1u << 30), double(options.max_kv_bytes) / (1u << 30));

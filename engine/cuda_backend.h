@@ -1,5 +1,5 @@
 // The CUDA backend: the CUDA forward (engine/cuda_forward.h, stage for stage the CPU's) over one sequence
-// on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32 or f16; one workspace
+// on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32, f16 or fp8; one workspace
 // allocation and the KV cache are sized at start-up and nothing is allocated per token. A decode step (one token, logits wanted) is captured into a CUDA graph on first use and
 // replayed: tokens and positions reach the kernels through device memory.
 #pragma once
@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "engine/backend.h"
+#include "kernels/cuda/kv_dtype.h"
 
 namespace kiln {
 
@@ -17,7 +18,8 @@ class NcclGroup;
 struct CudaOptions {
   int device = 0;          // CUDA device index
   bool use_graph = true;   // false: launch every decode kernel one by one (for comparison)
-  bool kv_f16 = false;     // the KV cache in f16: half the bytes attention reads (kiln's commands set it)
+  // The KV cache's type: f16 reads half the bytes of f32 (kiln's commands default to it), fp8 a quarter.
+  cuda::KvDType kv_dtype = cuda::KvDType::F32;
   // Tensor parallelism: the communicators of the ranks (BackendOptions::shard says which this one is).
   const cuda::NcclGroup* nccl = nullptr;
 };

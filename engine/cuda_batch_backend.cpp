@@ -216,7 +216,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
       n_ctx_(context_size(config, weights, options.n_ctx)),
       max_sequences_(options.max_sequences),
       in_{options.max_step_tokens, 0},
-      kv_(config_, n_ctx_, cuda.kv_f16 ? cuda::KvDType::F16 : cuda::KvDType::F32, attention_chunk(cuda, options)),
+      kv_(config_, n_ctx_, cuda.kv_dtype, attention_chunk(cuda, options)),
       step_(std::max<int64_t>(options.max_sequences, 1), std::max<int64_t>(options.max_step_tokens, 1)),
       use_graph_(cuda.use_graph) {
   KILN_CHECK(in_.T >= 1 && in_.T <= 65536, "the step size {} is outside [1, 65536]", in_.T);

@@ -2,7 +2,7 @@
 // paged KV pool on the GPU (16-position blocks, the accounting in KvBlockTable). Each step uploads its
 // rows and the block tables in one copy, runs every matmul over all rows, stores each row's rotated keys
 // at its own position, and computes logits only for the rows asked, gathered before the LM head. With an
-// f16 pool, the prompt rows of each sequence attend in tiles on the tensor cores (paged_prompt_attention),
+// f16 or fp8 pool, the prompt rows of each sequence attend in tiles on the tensor cores (paged_prompt_attention),
 // the other rows one by one. A step shape seen before (rows, logit rows, whether they need gathering, prompt
 // tiles: decode steps repeat theirs) replays a CUDA graph captured the second time it comes.
 //
@@ -16,12 +16,14 @@
 
 #include "engine/backend.h"
 #include "engine/batch_backend.h"
+#include "kernels/cuda/kv_dtype.h"
 
 namespace kiln {
 
 struct CudaBatchOptions {
   int device = 0;         // CUDA device index
-  bool kv_f16 = false;    // the KV pool in f16: twice the positions in the same memory
+  // The KV pool's type: f16 holds twice the positions of f32 in the same memory, fp8 four times.
+  cuda::KvDType kv_dtype = cuda::KvDType::F32;
   bool use_graph = true;  // false: launch every kernel of every step one by one (for comparison)
   // Rows of every matmul call (more than 8): fewer read the weights more often in long steps, more waste
   // work on short ones. Rows are alike whatever the step only between backends of the same value.

@@ -55,17 +55,17 @@ uint64_t parse_memory(const std::string& text, const std::string& device) {
 
 // The batched backend of a device (from choose_device); a new device is one line here.
 std::unique_ptr<BatchBackend> make_batch_backend(const std::string& device, const KilnFile& file,
-                                                 const BatchBackendOptions& options, bool kv_f16) {
+                                                 const BatchBackendOptions& options, cuda::KvDType kv_dtype) {
 #ifdef KILN_HAVE_CUDA
   CudaBatchOptions cuda;
-  cuda.kv_f16 = kv_f16;
+  cuda.kv_dtype = kv_dtype;
   // Every matmul call as many rows as the decode rows a step can hold, 64 to 256: a call of 256 rows reads
   // the weights once for four times the rows (7B on an H200, 256 sequences: 20.5K generated t/s against
   // 10.1K with 64-row calls); a step with fewer rows pays for the padding.
   cuda.matmul_rows = std::clamp<int64_t>((options.max_sequences + 63) / 64 * 64, 64, 256);
   if (device == "cuda") return make_cuda_batch_backend(file, options, cuda);
 #else
-  (void)kv_f16;
+  (void)kv_dtype;
 #endif
   KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
   return make_cpu_batch_backend(file, options);
@@ -137,7 +137,7 @@ class BatchRun {
     const std::string device = choose_device(args_["device"].as<std::string>());
     KILN_CHECK(tensor_parallel_from(args_) == 1, "kiln batch runs a model on one rank: leave out -tp");
     auto backend = make_batch_backend(device, model.file, backend_options(args_, device, int64_t(input_.items.size())),
-                                      kv_f16_from(args_));
+                                      kv_dtype_from(args_));
     BatchOptions options;
     options.max_parallel = args_["parallel"].as<int64_t>();
     options.max_step_tokens = backend->max_step_tokens();

@@ -180,8 +180,9 @@ int cmd_bench(int argc, char** argv) {
   backend_options.n_threads = threads;
   // The CUDA backend checks the cache against the GPU's free memory; a deep test may need over 32 GiB.
   if (on_gpu) backend_options.max_kv_bytes = std::numeric_limits<uint64_t>::max();
-  const bool kv_f16 = kv_f16_from(args) && on_gpu;  // checked on every device; the CPU's cache is f32
-  const uint64_t kv_element_bytes = kv_f16 ? 2 : 4;
+  const cuda::KvDType kv_asked = kv_dtype_from(args);  // checked on every device; the CPU's cache is f32
+  const cuda::KvDType kv_dtype = on_gpu ? kv_asked : cuda::KvDType::F32;
+  const uint64_t kv_element_bytes = cuda::kv_dtype_bytes(kv_dtype);
   StageProfiler profiler(on_gpu ? "CUDA" : "CPU", kv_element_bytes);
   if (profile) {
     backend_options.stage_timer = profiler.timer();
@@ -189,7 +190,7 @@ int cmd_bench(int argc, char** argv) {
   }
   const int tensor_parallel = tensor_parallel_from(args);
   const std::unique_ptr<Backend> backend_owner =
-      make_backend_on(device, file, backend_options, kv_f16, tensor_parallel);
+      make_backend_on(device, file, backend_options, kv_dtype, tensor_parallel);
   Backend& backend = *backend_owner;
   for (const Test& t : tests)
     KILN_CHECK(t.positions() <= backend.n_ctx(), "test {} needs {} positions but the context holds {}: raise -c",
@@ -227,7 +228,7 @@ int cmd_bench(int argc, char** argv) {
                           {"n_prompt", test.n_prompt},
                           {"n_gen", test.n_gen},
                           {"n_depth", test.n_depth},
-                          {"type_kv", kv_f16 ? "f16" : "f32"},
+                          {"type_kv", cuda::kv_dtype_name(kv_dtype)},
                           {"avg_ts", mean},
                           {"stddev_ts", stddev_of(rates)},
                           {"samples_ts", rates},

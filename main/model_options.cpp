@@ -19,7 +19,9 @@ void add_model_options(cxxopts::Options& options) {
       cxxopts::value<std::string>()->default_value("auto"))(
       "ngl,n-gpu-layers", "accepted for llama.cpp compatibility; kiln runs every layer on the chosen device",
       cxxopts::value<int>()->default_value("-1"))(
-      "cache-type", "the GPU's KV cache type: f16 (half the bytes attention reads) or f32 (the CPU keeps f32)",
+      "cache-type",
+      "the GPU's KV cache type: f16 (half the bytes attention reads), fp8 (e4m3: a quarter; 3 mantissa bits) or f32 "
+      "(the CPU keeps f32)",
       cxxopts::value<std::string>()->default_value("f16"))(
       "tensor-parallel,tp",
       "-tp N: split the model by heads over N ranks (at most its key/value heads): GPUs 0 .. N-1, or on the "
@@ -33,10 +35,11 @@ int tensor_parallel_from(const cxxopts::ParseResult& args) {
   return size;
 }
 
-bool kv_f16_from(const cxxopts::ParseResult& args) {
+cuda::KvDType kv_dtype_from(const cxxopts::ParseResult& args) {
   const std::string type = args["cache-type"].as<std::string>();
-  KILN_CHECK(type == "f16" || type == "f32", "--cache-type '{}' is not f16 or f32", type);
-  return type == "f16";
+  for (cuda::KvDType dtype : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8})
+    if (type == cuda::kv_dtype_name(dtype)) return dtype;
+  fail("--cache-type '{}' is not f16, fp8 or f32", type);
 }
 
 void add_sampling_options(cxxopts::Options& options) {
@@ -89,15 +92,15 @@ std::string choose_device(const std::string& requested) {
 }
 
 std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                         const BackendOptions& options, bool kv_f16, int tensor_parallel) {
+                                         const BackendOptions& options, cuda::KvDType kv_dtype, int tensor_parallel) {
 #ifdef KILN_HAVE_CUDA
   CudaOptions cuda;
-  cuda.kv_f16 = kv_f16;
+  cuda.kv_dtype = kv_dtype;
   if (device == "cuda")
     return tensor_parallel > 1 ? make_cuda_tensor_parallel_backend(file, options, cuda, tensor_parallel)
                                : make_cuda_backend(file, options, cuda);
 #else
-  (void)kv_f16;
+  (void)kv_dtype;
 #endif
   KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
   return make_cpu_tensor_parallel_backend(file, options, tensor_parallel);
@@ -118,7 +121,7 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   BackendOptions options;
   options.n_ctx = n_ctx;
   options.n_threads = threads;
-  model.backend = make_backend_on(device, model.file, options, kv_f16_from(args), tensor_parallel_from(args));
+  model.backend = make_backend_on(device, model.file, options, kv_dtype_from(args), tensor_parallel_from(args));
   return model;
 }
 

@@ -10,6 +10,7 @@
 #include "engine/backend.h"
 #include "engine/kiln_file.h"
 #include "engine/sampler.h"
+#include "kernels/cuda/kv_dtype.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -32,17 +33,17 @@ struct LoadedModel {
 // --device: "cpu", "cuda", or "auto" (or empty): cuda when this kiln has CUDA and a GPU is present.
 [[nodiscard]] std::string choose_device(const std::string& requested);
 
-// kv_f16: the GPU's KV cache in f16 (--cache-type); the CPU's is f32. tensor_parallel: ranks the model is
+// kv_dtype: the GPU's KV cache type (--cache-type); the CPU's is f32. tensor_parallel: ranks the model is
 // split over (-tp).
 [[nodiscard]] std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                                       const BackendOptions& options, bool kv_f16,
+                                                       const BackendOptions& options, cuda::KvDType kv_dtype,
                                                        int tensor_parallel);
 
 // -tp: the tensor-parallel size. Throws kiln::Error outside [1, 64].
 [[nodiscard]] int tensor_parallel_from(const cxxopts::ParseResult& args);
 
-// --cache-type: true for f16. Throws kiln::Error for another type.
-[[nodiscard]] bool kv_f16_from(const cxxopts::ParseResult& args);
+// --cache-type: f32, f16 or fp8. Throws kiln::Error for another type.
+[[nodiscard]] cuda::KvDType kv_dtype_from(const cxxopts::ParseResult& args);
 
 [[nodiscard]] LoadedModel load_model(const cxxopts::ParseResult& args);
 

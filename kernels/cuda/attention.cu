@@ -81,8 +81,9 @@ struct ContiguousRows {
 
 // Block (row tile blockIdx.x of kDecodeMaxRows rows, kv head blockIdx.y, split blockIdx.z).
 template <typename T, int kDMax, int kR>
-__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) attention_decode_kernel(DecodeParams p) {
-  constexpr int kW = 16 / int(sizeof(T)), kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
+__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR, sizeof(T)))
+    attention_decode_kernel(DecodeParams p) {
+  constexpr int kW = kv_chunk_values<T>(kR), kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   using Shape = DecodeShape<T, kW, kTk, kCpt, kR>;
   pdl_wait();  // the query and the cache are written
   pdl_launch_dependents();  // the next kernel may be scheduled now: it waits for this grid to finish
@@ -104,7 +105,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) attenti
 
 template <typename T, int kDMax, int kR>
 void launch_decode(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
-  constexpr int kW = 16 / int(sizeof(T)), kTk = kDMax / kW < 32 ? kDMax / kW : 32;
+  constexpr int kW = kv_chunk_values<T>(kR), kTk = kDMax / kW < 32 ? kDMax / kW : 32;
   size_t shared = decode_shared_bytes(kDecodeThreads / kTk, kR, p.head_dim);
   if (p.n_splits > 1 && p.counters != nullptr) shared = std::max(shared, merge_shared_bytes(p.n_splits));
   launch_pdl(attention_decode_kernel<T, kDMax, kR>, grid, dim3(kDecodeThreads), shared, stream, p);
@@ -139,8 +140,7 @@ void attention_decode(const AttentionArgs& a) {
   const int64_t rows = a.n_tokens * (a.n_heads / a.n_kv_heads);
   const dim3 grid(unsigned((rows + kDecodeMaxRows - 1) / kDecodeMaxRows), unsigned(a.n_kv_heads), unsigned(a.n_splits));
   const int rows_per_block = int(std::min<int64_t>(rows, kDecodeMaxRows));
-  if (a.kv_dtype == KvDType::F16) launch_decode_dims<__half>(p, rows_per_block, grid, a.stream);
-  else launch_decode_dims<float>(p, rows_per_block, grid, a.stream);
+  with_kv_type(a.kv_dtype, [&](auto t) { launch_decode_dims<decltype(t)>(p, rows_per_block, grid, a.stream); });
 }
 
 struct AllSplits {
@@ -158,7 +158,8 @@ int attention_splits(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim
   int64_t splits = 1;
   if (rows <= kAttentionDecodeMaxRows) {
     const int64_t blocks = (rows + kDecodeMaxRows - 1) / kDecodeMaxRows * n_kv_heads;
-    const int per_sm = decode_min_blocks(decode_rows_template(int(std::min<int64_t>(rows, kDecodeMaxRows))));
+    // f16's count for every cache type (fp8 would allow a fifth block of one row): a graph's splits stay put.
+    const int per_sm = decode_min_blocks(decode_rows_template(int(std::min<int64_t>(rows, kDecodeMaxRows))), 2);
     splits = std::min(int64_t(per_sm) * n_multiprocessors / blocks,
                       (max_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit);
   } else {
@@ -189,8 +190,8 @@ void attention(const AttentionArgs& a) {
   KILN_CHECK(a.n_kv_heads <= 65535 && a.n_tokens * a.n_heads < (int64_t(1) << 31),
              "cuda attention: {} tokens x {} heads is too large", a.n_tokens, a.n_heads);
   KILN_CHECK(a.scale > 0 && std::isfinite(a.scale), "cuda attention: scale {} must be positive", a.scale);
-  KILN_CHECK(a.kv_dtype == KvDType::F32 || a.kv_dtype == KvDType::F16, "cuda attention: unknown KV dtype {}",
-             int(a.kv_dtype));
+  KILN_CHECK(a.kv_dtype == KvDType::F32 || a.kv_dtype == KvDType::F16 || a.kv_dtype == KvDType::F8,
+             "cuda attention: unknown KV dtype {}", int(a.kv_dtype));
   if (a.n_tokens == 0) return;
   KILN_CHECK(a.q != nullptr && a.k_cache != nullptr && a.v_cache != nullptr && a.out != nullptr &&
                  a.first_position != nullptr && a.kv_stride >= a.n_tokens,

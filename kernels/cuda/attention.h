@@ -1,4 +1,4 @@
-// Attention of new query tokens over the KV cache (f32 or f16): GQA, causal or bidirectional mask, ALiBi,
+// Attention of new query tokens over the KV cache (f32, f16 or fp8): GQA, causal or bidirectional mask, ALiBi,
 // local window, any number of keys. Few query rows per kv head (decode: a token's GQA group) take a
 // flash-decoding kernel that streams each key split once in 16-byte loads; many rows (prefill) take a
 // tiled flash-style kernel. Both split the keys across blocks when the rows alone would not fill the GPU,

@@ -1,7 +1,7 @@
 // The decode attention kernel shared by attention.cu (contiguous cache) and paged_attention.cu (paged pool),
 // flash-decoding style: one block per (kv head, key split) holds the few query rows of that kv head (the
-// GQA group of one or a few tokens) in registers and streams the split's keys and values once, in 16-byte
-// chunks, with a running softmax per row; a second kernel (attention_merge.cuh) merges the splits.
+// GQA group of one or a few tokens) in registers and streams the split's keys and values once, in chunks of
+// 16 bytes (fp8: 8), with a running softmax per row; a second kernel (attention_merge.cuh) merges the splits.
 //
 // Thread layout: kTk lanes share a key (each owns kCpt chunks of kW values of head_dim), so a block of
 // kThreads works on kSub = kThreads / kTk keys at once, kU such steps per iteration (loads of all of them
@@ -21,8 +21,12 @@ namespace kiln::cuda {
 inline constexpr int kDecodeThreads = 128;
 inline constexpr int kDecodeMaxRows = 8;  // query rows a block holds at most
 // Blocks of kR rows a multiprocessor must hold at once (bounds the registers: more rows, more outputs);
-// the split counts aim at that many blocks per multiprocessor, so all splits run in one wave.
-constexpr int decode_min_blocks(int rows) { return rows >= 8 ? 2 : rows >= 4 ? 3 : 4; }
+// the split counts aim at that many blocks per multiprocessor, so all splits run in one wave. fp8 beside
+// one row: 5, its loads fewer keys deep (Nsight Compute, 7B, 256 rows: the issue slots, not the memory,
+// bound it; 5 blocks instead of 4 took a call from 376 to 351 us).
+constexpr int decode_min_blocks(int rows, int value_bytes) {
+  return rows >= 8 ? 2 : rows >= 4 ? 3 : value_bytes == 1 ? 5 : 4;
+}
 // The kR a launch uses for blocks of `rows` query rows.
 constexpr int decode_rows_template(int rows) { return rows <= 1 ? 1 : rows <= 4 ? 4 : kDecodeMaxRows; }
 
@@ -63,7 +67,8 @@ __device__ __forceinline__ void load_floats(const float* p, float (&out)[kW]) {
 template <typename T, int kW, int kTk, int kCpt, int kR>
 struct DecodeShape {
   static constexpr int kSub = kDecodeThreads / kTk;
-  // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4).
+  // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4;
+  // fp8 beside one row takes 4, leaving registers for a fifth block a multiprocessor).
   static constexpr int kU = kR >= 8 ? (kCpt >= 2 ? 1 : 2)
                             : kCpt >= 4 ? 1
                                         : (kR == 1 && (sizeof(T) == 2 || kTk == 32) ? 8 : 4) / kCpt;
@@ -178,13 +183,15 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
         else if (src.alibi) s[u][r] += src.slope(r) * float(int(key) - src.pos(r));
         m_new = fmaxf(m_new, s[u][r]);
       }
-      const float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - m_new);
-      m[r] = m_new;
-      l[r] *= corr;
+      if (m_new != m[r]) {  // the running max moved: rescale (a factor of exactly 1 otherwise)
+        const float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - m_new);
+        m[r] = m_new;
+        l[r] *= corr;
 #pragma unroll
-      for (int i = 0; i < kCpt; ++i)
+        for (int i = 0; i < kCpt; ++i)
 #pragma unroll
-        for (int e = 0; e < kW; ++e) acc[r][i][e] *= corr;
+          for (int e = 0; e < kW; ++e) acc[r][i][e] *= corr;
+      }
 #pragma unroll
       for (int u = 0; u < kU; ++u) s[u][r] = s[u][r] == -INFINITY ? 0.0f : exp2f(s[u][r] - m_new);
     }

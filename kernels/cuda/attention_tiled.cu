@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/kv_store.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -194,8 +195,7 @@ int attention_tiled_rows(int head_dim) { return rows_for(head_dim); }
 
 void attention_tiled(const AttentionArgs& a) {
   const Params p = kernel_params(a);
-  if (a.kv_dtype == KvDType::F16) launch_for_dim<__half>(p, a.stream);
-  else launch_for_dim<float>(p, a.stream);
+  with_kv_type(a.kv_dtype, [&](auto t) { launch_for_dim<decltype(t)>(p, a.stream); });
 }
 
 }  // namespace kiln::cuda

@@ -73,9 +73,10 @@ struct PagedRow {
 };
 
 // Block (row blockIdx.x, kv head and group of its query heads blockIdx.y, split blockIdx.z). kW: values
-// per chunk (16 bytes, or 1 for head dims that are not whole chunks).
+// per chunk (kv_chunk_values, or 1 for head dims that are not whole chunks).
 template <typename T, int kW, int kDMax, int kR>
-__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR)) paged_attention_kernel(Params p) {
+__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR, sizeof(T)))
+    paged_attention_kernel(Params p) {
   constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   pdl_wait();  // the queries and the pool are written
   pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
@@ -109,24 +110,30 @@ void launch(const Params& p, dim3 grid) {
   launch_pdl(paged_attention_kernel<T, kW, kDMax, kR>, grid, dim3(kDecodeThreads), shared, p.a.stream, p);
 }
 
-template <typename T, int kW, int kDMax>
+// kChunked: rows of head_dim values are whole chunks (kv_chunk_values of the block's rows), else one value
+// at a time.
+template <typename T, bool kChunked, int kDMax, int kR>
+void launch_chunks(const Params& p, dim3 grid) {
+  launch<T, kChunked ? kv_chunk_values<T>(kR) : 1, kDMax, kR>(p, grid);
+}
+
+template <typename T, bool kChunked, int kDMax>
 void launch_rows(const Params& p, dim3 grid) {
   switch (decode_rows_template(p.heads_per_block)) {
-    case 1: launch<T, kW, kDMax, 1>(p, grid); break;
-    case 4: launch<T, kW, kDMax, 4>(p, grid); break;
-    default: launch<T, kW, kDMax, kDecodeMaxRows>(p, grid); break;
+    case 1: launch_chunks<T, kChunked, kDMax, 1>(p, grid); break;
+    case 4: launch_chunks<T, kChunked, kDMax, 4>(p, grid); break;
+    default: launch_chunks<T, kChunked, kDMax, kDecodeMaxRows>(p, grid); break;
   }
 }
 
 template <typename T>
 void launch_dims(const Params& p, dim3 grid) {
-  constexpr int kW = 16 / int(sizeof(T));
-  const int D = p.a.kv.head_dim;
-  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  if (D % kW != 0 || !aligned(p.a.kv.k_pool) || !aligned(p.a.kv.v_pool)) launch_rows<T, 1, 256>(p, grid);
-  else if (D <= 64) launch_rows<T, kW, 64>(p, grid);
-  else if (D <= 128) launch_rows<T, kW, 128>(p, grid);
-  else launch_rows<T, kW, 256>(p, grid);
+  const int D = p.a.kv.head_dim, chunk = kv_chunk_values<T>(decode_rows_template(p.heads_per_block));
+  const auto aligned = [&](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % (chunk * sizeof(T)) == 0; };
+  if (D % chunk != 0 || !aligned(p.a.kv.k_pool) || !aligned(p.a.kv.v_pool)) launch_rows<T, false, 256>(p, grid);
+  else if (D <= 64) launch_rows<T, true, 64>(p, grid);
+  else if (D <= 128) launch_rows<T, true, 128>(p, grid);
+  else launch_rows<T, true, 256>(p, grid);
 }
 
 int64_t split_count(int64_t max_keys, int64_t chunk) { return (max_keys + chunk - 1) / chunk; }
@@ -171,8 +178,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   KILN_CHECK(int64_t(a.kv.n_kv_heads) * blocks_per_kv_head <= 65535, "cuda paged_attention: {} kv heads x {} blocks",
              a.kv.n_kv_heads, blocks_per_kv_head);
   const dim3 grid(unsigned(a.n_rows), unsigned(a.kv.n_kv_heads * blocks_per_kv_head), unsigned(n_splits));
-  if (a.kv.dtype == KvDType::F16) launch_dims<__half>(p, grid);
-  else launch_dims<float>(p, grid);
+  with_kv_type(a.kv.dtype, [&](auto t) { launch_dims<decltype(t)>(p, grid); });
   if (n_splits > 1) {
     const int64_t n_th = a.n_rows * a.n_heads;
     const RowSplits range{a.row_position, a.skip_rows, a.n_heads, int(a.chunk_keys), a.window};

@@ -1,4 +1,4 @@
-// Causal attention of query rows from many sequences over a paged KV cache (f32 or f16), and the store of
+// Causal attention of query rows from many sequences over a paged KV cache (f32, f16 or fp8), and the store of
 // each row's keys and values into its sequence's block (with the rotary embedding at each row's own
 // position). GQA, ALiBi, local window. The CUDA twin of kernels/cpu/paged_attention.h; the caller checks
 // block ids and positions on the host (the tables live on the device).
@@ -86,7 +86,8 @@ void paged_attention(const PagedAttentionArgs& args);
 // Prompt rows on the tensor cores: tiles of consecutive rows of one sequence share each tile of its keys
 // (paged_prompt_attention.cu). The queries and probabilities are rounded to f16, so a row differs from
 // paged_attention's by ~2^-11 relative; but it is bit for bit the same in any tile of any call.
-// True when the layout and heads allow it: an f16 pool, head_dim a multiple of 8 up to 128, and at most
+// True when the layout and heads allow it: an f16 pool with head_dim a multiple of 8, or an fp8 pool with
+// head_dim a multiple of 16 (the f16 values it holds, read exactly), head_dim up to 128, and at most
 // 64 query heads a kv head.
 bool paged_prompt_attention_supported(const PagedKvLayout& kv, int n_heads);
 // Rows a tile holds at most: 64 query slots over the query heads of a kv head.

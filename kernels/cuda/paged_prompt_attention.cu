@@ -8,7 +8,11 @@
 // A row's result never depends on the rest of its tile: an mma's output rows are independent, key tiles
 // start at multiples of 64 whatever the tile, and a key tile a row cannot see leaves its state exactly as it
 // was (probabilities 0, rescale 1, or 0 x 0 before its first key).
+//
+// An fp8 pool: the key tiles stream in as they are stored (two stages of fp8), and each is widened to f16
+// in shared memory before its mma (exactly: every e4m3 value is an f16 value).
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cmath>
 
@@ -31,9 +35,11 @@ constexpr int kMaxDim = 128;
 template <int kD>
 constexpr int kStride = kD + 8;
 
-// Q [kSlots], then K and V, two stages each [2][kKeys], rows of kStride halves.
-template <int kD>
+// Q [kSlots], then K and V, two stages each [2][kKeys], rows of kStride halves. fp8: one f16 stage of K and
+// V, then the two fp8 stages of K and V [2][kKeys][kD] each.
+template <int kD, bool kFp8>
 __host__ __device__ constexpr size_t shared_bytes() {
+  if constexpr (kFp8) return size_t(kSlots + 2 * kKeys) * kStride<kD> * sizeof(__half) + size_t(4 * kKeys * kD);
   return size_t(kSlots + 4 * kKeys) * kStride<kD> * sizeof(__half);
 }
 
@@ -79,22 +85,34 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// 16 fp8 values (one 16-byte chunk) to 16 halves.
+__device__ __forceinline__ void widen_fp8(const uint4& raw, __half* to) {
+  const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+  __half2 h[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) h[i] = __half2(__nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3));
+  reinterpret_cast<uint4*>(to)[0] = reinterpret_cast<const uint4*>(h)[0];
+  reinterpret_cast<uint4*>(to)[1] = reinterpret_cast<const uint4*>(h)[1];
+}
+
 // Block (tile blockIdx.x, kv head blockIdx.y). A thread owns two slots of its warp's 16: lane / 4 and
 // lane / 4 + 8 (the rows of an mma accumulator), and in each the columns 2 (lane % 4) + {0, 1} of every
 // 8-wide column group.
-template <int kD>
+template <int kD, bool kFp8>
 __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
-  constexpr int kS = kStride<kD>, kKeyGroups = kKeys / 8, kDimGroups = kD / 8;
+  constexpr int kS = kStride<kD>, kKeyGroups = kKeys / 8, kDimGroups = kD / 8, kF16Stages = kFp8 ? 1 : 2;
   extern __shared__ __align__(16) unsigned char smem[];
   __half* qs = reinterpret_cast<__half*>(smem);  // [kSlots][kS]
-  __half* ks = qs + kSlots * kS;                 // [2][kKeys][kS]
-  __half* vs = ks + 2 * kKeys * kS;              // [2][kKeys][kS]
+  __half* ks = qs + kSlots * kS;                 // [kF16Stages][kKeys][kS]
+  __half* vs = ks + kF16Stages * kKeys * kS;     // [kF16Stages][kKeys][kS]
+  unsigned char* k8 = reinterpret_cast<unsigned char*>(vs + kF16Stages * kKeys * kS);  // fp8: [2][kKeys][kD]
+  unsigned char* v8 = k8 + 2 * kKeys * kD;                                             // fp8: [2][kKeys][kD]
   const PagedAttentionArgs& a = p.a;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int D = a.kv.head_dim, group = a.n_heads / a.kv.n_kv_heads, g = int(blockIdx.y);
 
   if (D < kD) {  // the columns past head_dim take part in the mma: zeros
-    for (int i = tid; i < int(shared_bytes<kD>() / 16); i += kThreads) reinterpret_cast<uint4*>(smem)[i] = uint4{};
+    for (int i = tid; i < int(shared_bytes<kD, kFp8>() / 16); i += kThreads) reinterpret_cast<uint4*>(smem)[i] = uint4{};
     __syncthreads();  // before any thread stores a query or starts a copy into what another zeroes
   }
   pdl_wait();  // the queries and the pool are written
@@ -118,9 +136,11 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
 
   // Key tile kt into stage st: keys the tile cannot see are zeros (never read: the pool past them may be
   // unwritten or another sequence's).
-  const __half* k_pool = static_cast<const __half*>(a.kv.k_pool);
-  const __half* v_pool = static_cast<const __half*>(a.kv.v_pool);
-  const int chunks = D / 8, bp = int(a.kv.block_positions);
+  // Element sizes and 16-byte chunks: 8 f16 values or 16 fp8 ones.
+  constexpr int kBytes = kFp8 ? 1 : 2, kChunkValues = 16 / kBytes;
+  const unsigned char* k_pool = static_cast<const unsigned char*>(a.kv.k_pool);
+  const unsigned char* v_pool = static_cast<const unsigned char*>(a.kv.v_pool);
+  const int chunks = D / kChunkValues, bp = int(a.kv.block_positions);
   const auto load_tile = [&](int kt, int st) {
     for (int e = tid; e < kKeys * chunks; e += kThreads) {
       const int j = e / chunks, c = e - j * chunks, key = kt * kKeys + j;
@@ -128,13 +148,27 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
       int64_t at = 0;
       if (valid) {
         const int b = key / bp;
-        at = ((int64_t(table[b]) * a.kv.n_kv_heads + g) * bp + (key - b * bp)) * D + 8 * c;
+        at = (((int64_t(table[b]) * a.kv.n_kv_heads + g) * bp + (key - b * bp)) * D + kChunkValues * c) * kBytes;
       }
-      const int to = (st * kKeys + j) * kS + 8 * c;
-      cp_async16(ks + to, k_pool + at, valid);
-      cp_async16(vs + to, v_pool + at, valid);
+      if constexpr (kFp8) {
+        const int to = (st * kKeys + j) * kD + 16 * c;
+        cp_async16(k8 + to, k_pool + at, valid);
+        cp_async16(v8 + to, v_pool + at, valid);
+      } else {
+        const int to = (st * kKeys + j) * kS + 8 * c;
+        cp_async16(ks + to, k_pool + at, valid);
+        cp_async16(vs + to, v_pool + at, valid);
+      }
     }
     cp_async_commit();
+  };
+  // fp8: stage st of the fp8 tiles widened into the f16 tiles (the caller syncs before and after).
+  const auto widen_tile = [&](int st) {
+    for (int e = tid; e < kKeys * chunks; e += kThreads) {
+      const int j = e / chunks, c = e - j * chunks, from = (st * kKeys + j) * kD + 16 * c, to = j * kS + 16 * c;
+      widen_fp8(*reinterpret_cast<const uint4*>(k8 + from), ks + to);
+      widen_fp8(*reinterpret_cast<const uint4*>(v8 + from), vs + to);
+    }
   };
 
   // This thread's two slots.
@@ -171,10 +205,14 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
       cp_async_wait<0>();
     }
     __syncthreads();  // tile kt is in shared memory
+    if constexpr (kFp8) {
+      widen_tile(st);
+      __syncthreads();
+    }
     const int key0 = kt * kKeys;
     if (warp_used && key0 <= warp_last && key0 + kKeys > warp_lowest) {
-      const __half* kst = ks + st * kKeys * kS;
-      const __half* vst = vs + st * kKeys * kS;
+      const __half* kst = ks + (kFp8 ? 0 : st) * kKeys * kS;
+      const __half* vst = vs + (kFp8 ? 0 : st) * kKeys * kS;
       float s[kKeyGroups][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk)
@@ -259,23 +297,31 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
   }
 }
 
-template <int kD>
+template <int kD, bool kFp8>
 void launch(const Params& p, int64_t n_tiles) {
-  constexpr size_t bytes = shared_bytes<kD>();
+  constexpr size_t bytes = shared_bytes<kD, kFp8>();
   static const bool attribute_set = [] {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(paged_prompt_kernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(paged_prompt_kernel<kD, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          int(bytes)));
     return true;
   }();
   (void)attribute_set;
   const dim3 grid(unsigned(n_tiles), unsigned(p.a.kv.n_kv_heads));
-  launch_pdl(paged_prompt_kernel<kD>, grid, dim3(kThreads), bytes, p.a.stream, p);
+  launch_pdl(paged_prompt_kernel<kD, kFp8>, grid, dim3(kThreads), bytes, p.a.stream, p);
+}
+
+template <bool kFp8>
+void launch_dims(const Params& p, int64_t n_tiles) {
+  if (p.a.kv.head_dim <= 32) launch<32, kFp8>(p, n_tiles);
+  else if (p.a.kv.head_dim <= 64) launch<64, kFp8>(p, n_tiles);
+  else launch<128, kFp8>(p, n_tiles);
 }
 
 }  // namespace
 
 bool paged_prompt_attention_supported(const PagedKvLayout& kv, int n_heads) {
-  return kv.dtype == KvDType::F16 && kv.head_dim % 8 == 0 && kv.head_dim >= 8 && kv.head_dim <= kMaxDim &&
+  const int chunk = kv.dtype == KvDType::F16 ? 8 : kv.dtype == KvDType::F8 ? 16 : 0;  // values in 16 bytes
+  return chunk > 0 && kv.head_dim % chunk == 0 && kv.head_dim >= chunk && kv.head_dim <= kMaxDim &&
          kv.n_kv_heads >= 1 && n_heads % kv.n_kv_heads == 0 && n_heads / kv.n_kv_heads <= kSlots;
 }
 
@@ -286,9 +332,9 @@ void paged_prompt_attention(const PagedAttentionArgs& a, const int32_t* tiles, i
   if (n_tiles == 0) return;
   check_paged_layout(a.kv, "paged_prompt_attention");
   KILN_CHECK(paged_prompt_attention_supported(a.kv, a.n_heads),
-             "cuda paged_prompt_attention: needs an f16 pool, head_dim a multiple of 8 up to {} and at most {} query "
-             "heads a kv head (here {}, head_dim {}, {} heads over {})",
-             kMaxDim, kSlots, a.kv.dtype == KvDType::F16 ? "f16" : "f32", a.kv.head_dim, a.n_heads, a.kv.n_kv_heads);
+             "cuda paged_prompt_attention: needs an f16 or fp8 pool, head_dim a multiple of 8 (fp8: 16) up to {} and "
+             "at most {} query heads a kv head (here {}, head_dim {}, {} heads over {})",
+             kMaxDim, kSlots, kv_dtype_name(a.kv.dtype), a.kv.head_dim, a.n_heads, a.kv.n_kv_heads);
   KILN_CHECK(a.scale > 0 && std::isfinite(a.scale), "cuda paged_prompt_attention: scale {} must be positive", a.scale);
   KILN_CHECK(a.window >= 0, "cuda paged_prompt_attention: window {}", a.window);
   KILN_CHECK(a.q != nullptr && a.out != nullptr && a.row_seq != nullptr && a.row_position != nullptr &&
@@ -303,9 +349,8 @@ void paged_prompt_attention(const PagedAttentionArgs& a, const int32_t* tiles, i
                  reinterpret_cast<uintptr_t>(a.out) % 8 == 0,
              "cuda paged_prompt_attention: the pools must be 16-byte aligned and the output 8-byte aligned");
   const Params p{a, tiles, q_stride, a.scale * kLog2e};
-  if (a.kv.head_dim <= 32) launch<32>(p, n_tiles);
-  else if (a.kv.head_dim <= 64) launch<64>(p, n_tiles);
-  else launch<128>(p, n_tiles);
+  if (a.kv.dtype == KvDType::F8) launch_dims<true>(p, n_tiles);
+  else launch_dims<false>(p, n_tiles);
 }
 
 }  // namespace kiln::cuda

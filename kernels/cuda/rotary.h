@@ -26,7 +26,7 @@ struct RotaryAppendArgs {
   float* k_out = nullptr;          // [n_tokens, n_kv_heads, head_dim] or nullptr (debugging output)
   void* k_cache = nullptr;         // [n_kv_heads, kv_stride, head_dim] of kv_dtype (one layer)
   void* v_cache = nullptr;         // [n_kv_heads, kv_stride, head_dim] of kv_dtype
-  KvDType kv_dtype = KvDType::F32; // f16: keys and values rounded to nearest once, after the rotation
+  KvDType kv_dtype = KvDType::F32; // f16, fp8: keys and values rounded to nearest once, after the rotation
   int64_t kv_stride = 0;           // positions per head in the cache
   const int32_t* first_position = nullptr;  // device scalar; first_position + n_tokens <= kv_stride (the caller checks)
   int64_t n_tokens = 0;

@@ -1,6 +1,7 @@
 // Batched generation speed against single-sequence decode (run by hand, not by ctest):
 //   bench_batch_decode MODEL.kiln [--device cpu|cuda] [-s SEQUENCES=16] [-p PROMPT=32] [-n NEW=32] [-t THREADS=0]
-//                      [-b STEP_TOKENS=512] [-r MATMUL_ROWS=64] [-k SPLIT_KEYS=0] [--kv-f16] [--no-single] [--profile]
+//                      [-b STEP_TOKENS=512] [-r MATMUL_ROWS=64] [-k SPLIT_KEYS=0] [--kv-f16|--kv-fp8] [--no-single]
+//                      [--profile]
 // Every sequence's prompt runs first, in steps of up to STEP_TOKENS rows; then all sequences decode together,
 // one row each a step, logits for every row. Prints prompt and generated tokens per second of the batch
 // backend (the generated figure is the decode steps' alone), next to one sequence decoding alone on the
@@ -25,6 +26,7 @@
 #include "engine/batch_backend.h"
 #include "engine/error.h"
 #include "engine/kiln_file.h"
+#include "kernels/cuda/kv_dtype.h"
 #ifdef KILN_HAVE_CUDA
 #include "engine/cuda_backend.h"
 #include "engine/cuda_batch_backend.h"
@@ -43,20 +45,22 @@ struct Args {
   int64_t n_seqs = 16, n_prompt = 32, n_decode = 32, step_tokens = 512;
   int64_t matmul_rows = 64, split_keys = 0;
   int n_threads = 0;
-  bool kv_f16 = false, single = true, profile = false;
+  kiln::cuda::KvDType kv_dtype = kiln::cuda::KvDType::F32;
+  bool single = true, profile = false;
 };
 
 Args parse(int argc, char** argv) {
   KILN_CHECK(argc >= 2, "usage: {} MODEL.kiln [--device cpu|cuda] [-s SEQUENCES] [-p PROMPT] [-n NEW] [-t THREADS] "
-             "[-b STEP_TOKENS] [--kv-f16]", argv[0]);
+             "[-b STEP_TOKENS] [--kv-f16|--kv-fp8]", argv[0]);
   Args a;
   a.model = argv[1];
   for (int i = 2; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--kv-f16") a.kv_f16 = true;
+    if (flag == "--kv-f16") a.kv_dtype = kiln::cuda::KvDType::F16;
+    else if (flag == "--kv-fp8") a.kv_dtype = kiln::cuda::KvDType::F8;
     else if (flag == "--no-single") a.single = false;
     else if (flag == "--profile") a.profile = true;
-    if (flag == "--kv-f16" || flag == "--no-single" || flag == "--profile") continue;
+    if (flag == "--kv-f16" || flag == "--kv-fp8" || flag == "--no-single" || flag == "--profile") continue;
     KILN_CHECK(i + 1 < argc, "{} needs a value", flag);
     const char* value = argv[++i];
     if (flag == "--device") a.device = value;
@@ -78,7 +82,9 @@ Args parse(int argc, char** argv) {
 std::unique_ptr<kiln::Backend> single_backend(const Args& a, const kiln::KilnFile& file,
                                               const kiln::BackendOptions& options) {
 #ifdef KILN_HAVE_CUDA
-  if (a.device == "cuda") return kiln::make_cuda_backend(file, options);
+  kiln::CudaOptions cuda;
+  cuda.kv_dtype = a.kv_dtype;
+  if (a.device == "cuda") return kiln::make_cuda_backend(file, options, cuda);
 #endif
   KILN_CHECK(a.device == "cpu", "this build has no CUDA");
   return kiln::make_cpu_backend(file, options);
@@ -89,7 +95,7 @@ std::unique_ptr<kiln::BatchBackend> batch_backend(const Args& a, const kiln::Kil
                                                   const std::shared_ptr<kiln::StageTimer>& timer) {
 #ifdef KILN_HAVE_CUDA
   kiln::CudaBatchOptions cuda;
-  cuda.kv_f16 = a.kv_f16;
+  cuda.kv_dtype = a.kv_dtype;
   cuda.matmul_rows = a.matmul_rows;
   cuda.attention_chunk_keys = a.split_keys;
   cuda.stage_timer = timer;

@@ -139,32 +139,38 @@ TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
   }
 }
 
-// An f16 KV cache rounds each key and value once (2^-11 relative): fed the f32 cache's greedy tokens,
-// its logits stay within 2% of their scale of the f32 cache's, step by step.
-TEST_P(CudaParity, F16KvCacheFollowsTheF32One) {
+// An f16 KV cache rounds each key and value once (2^-11 relative), an fp8 one to 3 mantissa bits (2^-4):
+// fed the f32 cache's greedy tokens, their logits stay within 2% (f16) and 10% (fp8) of their scale of the
+// f32 cache's, step by step.
+TEST_P(CudaParity, F16AndFp8KvCachesFollowTheF32One) {
   KILN_REQUIRE_GPU();
   const TinyModel model = load_tiny_model(GetParam());
   const TensorStore store(model, DType::F32);
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
   const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
-  CudaOptions f16;
-  f16.kv_f16 = true;
   auto f32_cache = make_cuda_backend(model.config, weights, tiny_backend_options(512));
-  auto f16_cache = make_cuda_backend(model.config, weights, tiny_backend_options(512), f16);
   std::vector<float> a;
   const std::vector<int32_t> tokens = test::greedy_single(*f32_cache, prompt, 30, &a);
-  const int64_t n_vocab = model.config.n_vocab;
-  std::vector<float> b(size_t(n_vocab) * tokens.size());
-  f16_cache->forward(prompt.data(), int64_t(prompt.size()), 0, b.data(), false);
-  for (size_t i = 0; i + 1 < tokens.size(); ++i)
-    f16_cache->forward(&tokens[i], 1, int64_t(prompt.size() + i), b.data() + (i + 1) * size_t(n_vocab), false);
-  ASSERT_EQ(a.size(), b.size());
   float scale = 1.0f;
   for (float v : a) scale = std::max(scale, std::fabs(v));
-  const float diff = max_abs_difference(a, b);
-  EXPECT_LE(diff, 2e-2f * scale);
-  EXPECT_GT(diff, 0.0f) << "the f16 cache gave the f32 one's logits bit for bit: was it used?";
+  for (const auto& [dtype, tolerance] : {std::pair{cuda::KvDType::F16, 2e-2f}, std::pair{cuda::KvDType::F8, 0.1f}}) {
+    SCOPED_TRACE(cuda::kv_dtype_name(dtype));
+    CudaOptions options;
+    options.kv_dtype = dtype;
+    auto cache = make_cuda_backend(model.config, weights, tiny_backend_options(512), options);
+    const int64_t n_vocab = model.config.n_vocab;
+    std::vector<float> b(size_t(n_vocab) * tokens.size());
+    cache->forward(prompt.data(), int64_t(prompt.size()), 0, b.data(), false);
+    for (size_t i = 0; i + 1 < tokens.size(); ++i)
+      cache->forward(&tokens[i], 1, int64_t(prompt.size() + i), b.data() + (i + 1) * size_t(n_vocab), false);
+    ASSERT_EQ(a.size(), b.size());
+    const float diff = max_abs_difference(a, b);
+    std::printf("%s %s cache: logits within %.3f of their scale of the f32 cache's\n", GetParam(),
+                cuda::kv_dtype_name(dtype), diff / scale);
+    EXPECT_LE(diff, tolerance * scale);
+    EXPECT_GT(diff, 0.0f) << "the cache gave the f32 one's logits bit for bit: was it used?";
+  }
 }
 
 // Prompts of 16 tokens or more over an f16 cache take the tensor cores (kernels/cuda/attention_gemm.h),
@@ -177,7 +183,7 @@ TEST_P(CudaParity, F16KvPromptOnTensorCoresFollowsTheF32One) {
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
   CudaOptions f16;
-  f16.kv_f16 = true;
+  f16.kv_dtype = cuda::KvDType::F16;
   auto f32_cache = make_cuda_backend(model.config, weights, tiny_backend_options(512));
   for (int64_t max_batch : {512, 48}) {
     if (!model.config.causal && max_batch < 512) continue;  // an encoder runs its input in one call

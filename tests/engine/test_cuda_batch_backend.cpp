@@ -1,10 +1,11 @@
 // The batched CUDA backend on the tiny models: steps mixing prompt chunks of some sequences with decode
 // rows of others give each row the logits of the CPU batch backend running the same steps (every family,
-// f32 weights: 1e-4; f16: 1e-2; an f16 pool with prompt tiles: 2e-2) and bit for bit those of its sequence
-// alone in the CUDA batch backend (every weight dtype, with and without prompt tiles); greedy tokens equal the single-sequence CUDA backend's; sixteen sequences decode alike alone
-// and batched; the block pool's accounting never leaks over 1,000 sequences; bad steps throw kiln::Error
-// without changing anything; a pool larger than the GPU is refused naming the bytes needed and free. Skips
-// itself without a GPU.
+// f32 weights: 1e-4; f16: 1e-2; an f16 pool with prompt tiles: 2e-2; an fp8 pool, whose keys and values
+// keep 3 mantissa bits: kFp8PoolTolerance) and bit for bit those of its sequence alone in the CUDA batch
+// backend (every weight dtype, f32, f16 and fp8 pools, with and without prompt tiles); greedy tokens equal
+// the single-sequence CUDA backend's; sixteen sequences decode alike alone and batched; the block pool's
+// accounting never leaks over 1,000 sequences; bad steps throw kiln::Error without changing anything; a
+// pool larger than the GPU is refused naming the bytes needed and free. Skips itself without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,6 +35,10 @@ std::vector<std::vector<int32_t>> four_sequences(int64_t n_vocab, uint32_t seed)
   return seqs;
 }
 
+// An fp8 pool keeps 3 mantissa bits of each key and value (2^-4 relative rounding): the logits' distance
+// from the f32 computation it allows.
+constexpr float kFp8PoolTolerance = 0.5f;
+
 const std::vector<std::vector<Part>> kMixedSteps = {
     {{0, 20}},                          // a prompt chunk alone
     {{0, 1}, {1, 30}},                  // a decode row, then another prompt's chunk
@@ -47,27 +52,30 @@ class CudaBatchParity : public ::testing::TestWithParam<const char*> {};
 
 // The same steps on the CPU batch backend: f32 weights part only by f32 rounding in another order; f16
 // weights also by the GEMM's rounding of activations to f16.
-// With an f16 pool and the rows flagged prompt rows, the prompt tiles of the tensor cores (queries and
-// probabilities in f16 as well as the keys and values): 2e-2.
+// With an f16 or fp8 pool and the rows flagged prompt rows, the prompt tiles of the tensor cores (queries
+// and probabilities in f16 as well as the keys and values): 2e-2 for f16, kFp8PoolTolerance for fp8.
 TEST_P(CudaBatchParity, MixedStepsMatchTheCpuBatchBackend) {
   KILN_REQUIRE_GPU();
   struct Variant {
     DType dtype;
-    bool kv_f16;
+    cuda::KvDType pool;
     float tolerance;
   };
-  for (const Variant& v : {Variant{DType::F32, false, 1e-4f}, Variant{DType::F16, false, 1e-2f},
-                           Variant{DType::F32, true, 2e-2f}}) {
-    const std::string name = std::string(dtype_name(v.dtype)) + (v.kv_f16 ? " f16 pool, prompt rows" : "");
+  for (const Variant& v :
+       {Variant{DType::F32, cuda::KvDType::F32, 1e-4f}, Variant{DType::F16, cuda::KvDType::F32, 1e-2f},
+        Variant{DType::F32, cuda::KvDType::F16, 2e-2f}, Variant{DType::F32, cuda::KvDType::F8, kFp8PoolTolerance}}) {
+    const bool prompt = v.pool != cuda::KvDType::F32;
+    const std::string name = std::string(dtype_name(v.dtype)) + " weights, " + cuda::kv_dtype_name(v.pool) +
+                             (prompt ? " pool, prompt rows" : " pool");
     SCOPED_TRACE(name);
     const Tiny tiny(GetParam(), v.dtype);
     const ModelConfig& c = tiny.model.config;
     const auto seqs = four_sequences(c.n_vocab, 11);
     auto cpu = make_cpu_batch_backend(c, tiny.weights, small_batch(4));
     CudaBatchOptions cuda;
-    cuda.kv_f16 = v.kv_f16;
+    cuda.kv_dtype = v.pool;
     auto gpu = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
-    const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps, v.kv_f16);
+    const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps, prompt);
     for (size_t s = 0; s < seqs.size(); ++s) {
       const float diff = max_abs_difference(got[s], want[s]);
       std::printf("%s %s sequence %zu: max abs %.2e vs CPU\n", GetParam(), name.c_str(), s, diff);
@@ -93,20 +101,22 @@ Logits alone_in_batch_backend(const ModelConfig& c, const Weights& weights,
 }
 
 // Every weight dtype: a row's logits are bit for bit those of its sequence alone, whatever the step mixes in;
-// with an f32 pool, and with an f16 pool, prompt rows (alone, a sequence's rows share tiles they do not
-// share in the mixed steps) and small attention splits.
+// with an f32 pool, and with f16 and fp8 pools, prompt rows (alone, a sequence's rows share tiles they do
+// not share in the mixed steps) and small attention splits.
 class CudaBatchInvariance : public ::testing::TestWithParam<DType> {};
 
 TEST_P(CudaBatchInvariance, RowsMatchTheSequenceAloneBitForBit) {
   KILN_REQUIRE_GPU();
   for (const char* name : {"llama_gqa_tied", "gpt2", "bloom", "mistral_swa"}) {  // rotary, learned, ALiBi, window
-    for (bool prompt : {false, true}) {
-      SCOPED_TRACE(testing::Message() << name << (prompt ? " f16 pool, prompt rows, splits of 16 keys" : ""));
+    for (cuda::KvDType pool : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8}) {
+      const bool prompt = pool != cuda::KvDType::F32;
+      SCOPED_TRACE(testing::Message() << name << " " << cuda::kv_dtype_name(pool)
+                                      << (prompt ? " pool, prompt rows, splits of 16 keys" : " pool"));
       const Tiny tiny(name, GetParam());
       const ModelConfig& c = tiny.model.config;
       const auto seqs = four_sequences(c.n_vocab, 21);
       CudaBatchOptions cuda;
-      cuda.kv_f16 = prompt;
+      cuda.kv_dtype = pool;
       cuda.attention_chunk_keys = prompt ? 16 : 0;  // the decode rows' keys in several splits
       const Logits want = alone_in_batch_backend(c, tiny.weights, seqs, cuda, prompt);
       auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
@@ -143,18 +153,18 @@ TEST(CudaBatchBackend, GreedyTokensEqualTheSingleSequenceBackend) {
 }
 
 // Sixteen prompts (f16 weights) decoded together, in steps whose rows cross the matmul's 64-row calls,
-// give each the tokens and, bit for bit, the logits it gets decoding alone; with an f32 pool and with an
-// f16 one (prompt tiles).
+// give each the tokens and, bit for bit, the logits it gets decoding alone; with an f32 pool and with f16
+// and fp8 ones (prompt tiles).
 TEST(CudaBatchBackend, SixteenSequencesDecodeAsAlone) {
   KILN_REQUIRE_GPU();
   const Tiny tiny("llama_gqa_tied", DType::F16);
   const ModelConfig& c = tiny.model.config;
   std::vector<std::vector<int32_t>> prompts;
   for (uint32_t i = 0; i < 16; ++i) prompts.push_back(random_tokens(5 + i * 7 % 40, c.n_vocab, 100 + i));
-  for (bool kv_f16 : {false, true}) {
-    SCOPED_TRACE(kv_f16 ? "f16 pool" : "f32 pool");
+  for (cuda::KvDType pool : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8}) {
+    SCOPED_TRACE(cuda::kv_dtype_name(pool));
     CudaBatchOptions cuda;
-    cuda.kv_f16 = kv_f16;
+    cuda.kv_dtype = pool;
     auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(16), cuda);
     Logits batched_logits;
     const auto batched = greedy_batched(*batch, prompts, 48, 100, &batched_logits);
@@ -192,22 +202,26 @@ TEST(CudaBatchBackend, PinnedLogitsBufferEqualsPlainMemory) {
             0);
 }
 
-// Steps replayed from captured graphs compute what their launches compute, bit for bit.
+// Steps replayed from captured graphs compute what their launches compute, bit for bit; f16 and fp8 pools
+// (prompt tiles among the graphs' kernels).
 TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
   KILN_REQUIRE_GPU();
   const Tiny tiny("qwen2", DType::F16);
   const ModelConfig& c = tiny.model.config;
   std::vector<std::vector<int32_t>> prompts;
   for (uint32_t i = 0; i < 6; ++i) prompts.push_back(random_tokens(3 + i * 5, c.n_vocab, 200 + i));
-  CudaBatchOptions graphs, launches;
-  graphs.kv_f16 = launches.kv_f16 = true;  // prompt tiles among the graphs' kernels
-  launches.use_graph = false;
-  auto with_graphs = make_cuda_batch_backend(c, tiny.weights, small_batch(6), graphs);
-  auto without = make_cuda_batch_backend(c, tiny.weights, small_batch(6), launches);
-  Logits a, b;
-  EXPECT_EQ(greedy_batched(*with_graphs, prompts, 30, 12, &a), greedy_batched(*without, prompts, 30, 12, &b));
-  for (size_t s = 0; s < prompts.size(); ++s)
-    EXPECT_EQ(std::memcmp(a[s].data(), b[s].data(), a[s].size() * sizeof(float)), 0) << "prompt " << s;
+  for (cuda::KvDType pool : {cuda::KvDType::F16, cuda::KvDType::F8}) {
+    SCOPED_TRACE(cuda::kv_dtype_name(pool));
+    CudaBatchOptions graphs, launches;
+    graphs.kv_dtype = launches.kv_dtype = pool;
+    launches.use_graph = false;
+    auto with_graphs = make_cuda_batch_backend(c, tiny.weights, small_batch(6), graphs);
+    auto without = make_cuda_batch_backend(c, tiny.weights, small_batch(6), launches);
+    Logits a, b;
+    EXPECT_EQ(greedy_batched(*with_graphs, prompts, 30, 12, &a), greedy_batched(*without, prompts, 30, 12, &b));
+    for (size_t s = 0; s < prompts.size(); ++s)
+      EXPECT_EQ(std::memcmp(a[s].data(), b[s].data(), a[s].size() * sizeof(float)), 0) << "prompt " << s;
+  }
 }
 
 // 1,000 short sequences through 6 slots and a pool of 9 blocks: a finished sequence's slot and blocks are

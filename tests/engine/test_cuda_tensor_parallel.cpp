@@ -134,7 +134,7 @@ TEST(CudaTensorParallelSmolLM2, SplitMatchesTheReference) {
     BackendOptions options;
     options.n_ctx = 256;
     CudaOptions cuda;
-    cuda.kv_f16 = true;
+    cuda.kv_dtype = cuda::KvDType::F16;
     auto split = make_cuda_tensor_parallel_backend(file, options, cuda, size);
     testing::expect_greedy_matches_reference(*split, *tokenizer, dtype);
     testing::expect_last_logits_match_reference(*split, *tokenizer, dtype);

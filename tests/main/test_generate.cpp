@@ -96,7 +96,7 @@ TEST_F(Generate, BadInputGivesClearErrors) {
   expect_clean_error(run_kiln({"generate", "-m", model(), "-p", "hi", "--top-p", "2"}), "top-p 2");
   expect_clean_error(run_kiln({"generate", "-m", model(), "-p", "hi", "-n", "-5"}), "-n");
   expect_clean_error(run_kiln({"generate", "-m", model(), "-p", "hi", "--cache-type", "q4"}),
-                     "--cache-type 'q4' is not f16 or f32");
+                     "--cache-type 'q4' is not f16, fp8 or f32");
   std::string long_prompt;
   for (int i = 0; i < 300; ++i) long_prompt += "word ";
   expect_clean_error(run_kiln({"generate", "-m", model(), "-p", long_prompt, "-c", "64"}), "context holds 64");
@@ -117,7 +117,7 @@ TEST_F(Generate, PerplexityBenchAndTokenizeRun) {
   EXPECT_GT(rows[1]["achieved_bandwidth_gbs"].get<double>(), 0);
   EXPECT_GT(rows[1]["read_bandwidth_gbs"].get<double>(), 0);
   expect_clean_error(run_kiln({"bench", "-m", model(), "-p", "x"}), "is not a count");
-  expect_clean_error(run_kiln({"bench", "-m", model(), "--cache-type", "q4"}), "--cache-type 'q4' is not f16 or f32");
+  expect_clean_error(run_kiln({"bench", "-m", model(), "--cache-type", "q4"}), "--cache-type 'q4' is not f16, fp8 or f32");
 
   r = run_kiln({"tokenize", "-m", model(), "--ids", "Hello world, 123"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -1,12 +1,14 @@
 // Decode attention benchmark (a build target, not a test): the µs of one attention call and the KV cache
 // bytes it streams per second, against the device's copy bandwidth measured in the same run.
 //
-//   bench_cuda_attention [--quick] [--sweep]   (--sweep: also other split counts of the contiguous decode)
+//   bench_cuda_attention [--quick] [--sweep] [--paged [ROWS]]   (--sweep: also other split counts of the
+//   contiguous decode; --paged: the paged rows alone, or only those of ROWS rows)
 //
 // Contiguous cache: one decode token of a 7B (32 heads / 32 kv heads, head_dim 128), an 8B (32 / 8) and
-// SmolLM2 (9 / 3, head_dim 64) at depths 1K, 8K and 32K, f16 and f32 caches of 32K positions (the split
-// count the engine would use for that cache). Paged pool: a decode batch of 64 SmolLM2 rows and of 32 7B
-// rows, each its own sequence of 128..1024 keys, one block a row or split in chunks. Each call reads another
+// SmolLM2 (9 / 3, head_dim 64) at depths 1K, 8K and 32K, f16, fp8 and f32 caches of 32K positions (the
+// split count the engine would use for that cache). Paged pool: a decode batch of 64 SmolLM2 rows and of 32
+// and 256 7B rows, each its own sequence of 128..1024 keys, one block a row or split in chunks (256 keys;
+// 1,024 for 256 rows, as kiln batch splits them). Each call reads another
 // layer's cache, enough layers that their bytes are four times the L2 cache, as a model's layers do; the
 // calls are captured in a CUDA graph and replayed, so launch gaps count as they do in a decode step.
 #include <cuda_runtime_api.h>
@@ -14,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -35,10 +38,9 @@ struct Shape {
   int n_heads, n_kv_heads, head_dim;
 };
 constexpr Shape kShapes[] = {{"7B", 32, 32, 128}, {"8B", 32, 8, 128}, {"SmolLM2", 9, 3, 64}};
-constexpr KvDType kDTypes[] = {KvDType::F16, KvDType::F32};
+constexpr KvDType kDTypes[] = {KvDType::F16, KvDType::F8, KvDType::F32};
 constexpr size_t kTouchTarget = size_t(240) << 20;  // bytes read across the layers: 4x the L2 cache
 
-const char* dtype_name(KvDType t) { return t == KvDType::F16 ? "f16" : "f32"; }
 
 // Microseconds per call of `step(layer)`, the layers taken in turn: at least 64 calls captured once and
 // replayed (the graph's own launch is then a small share, as in a decode step of many layers).
@@ -119,11 +121,12 @@ void bench_contiguous(const Shape& s, KvDType dtype, int64_t depth, double copy_
         cuda::attention(a);
       },
       replays);
-  row(std::string(s.name) + " decode", dtype_name(dtype), depth, splits, us, touched, copy_gbs);
+  row(std::string(s.name) + " decode", cuda::kv_dtype_name(dtype), depth, splits, us, touched, copy_gbs);
 }
 
 // n_rows sequences of 128..1024 keys, each one decode row.
-void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double copy_gbs, int replays) {
+void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double copy_gbs, int replays,
+                 int64_t chunk_keys = cuda::kPagedAttentionChunkKeys) {
   const int64_t bs = 16, max_len = 1024, max_blocks = max_len / bs;
   const auto n = static_cast<size_t>(n_rows);
   std::vector<int32_t> positions(n), seqs(n), table(n * size_t(max_blocks));
@@ -149,7 +152,8 @@ void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double c
   };
   const cuda::DeviceBuffer d_table = upload(table), d_seqs = upload(seqs), d_pos = upload(positions);
   const size_t q_floats = size_t(n_rows) * size_t(s.n_heads) * size_t(s.head_dim);
-  const size_t n_partial = split ? cuda::paged_attention_partial_floats(n_rows, s.n_heads, s.head_dim, max_len) : 0;
+  const size_t n_partial =
+      split ? cuda::paged_attention_partial_floats(n_rows, s.n_heads, s.head_dim, max_len, chunk_keys) : 0;
   cuda::DeviceBuffer q(q_floats * sizeof(float)), out(q_floats * sizeof(float)),
       partial(std::max<size_t>(n_partial, 1) * sizeof(float));
   KILN_CUDA_CHECK(cudaMemset(q.data(), 0, q.bytes()));
@@ -168,6 +172,7 @@ void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double c
   a.n_heads = s.n_heads;
   a.scale = 1.0f / std::sqrt(float(s.head_dim));
   a.partial = n_partial > 0 ? partial.as<float>() : nullptr;
+  a.chunk_keys = chunk_keys;
   const double us = time_calls(
       n_layers,
       [&](int l, cudaStream_t stream) {
@@ -177,34 +182,45 @@ void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double c
         cuda::paged_attention(a);
       },
       replays);
-  const int chunks = split ? int(max_len / cuda::kPagedAttentionChunkKeys) : 1;
-  row(std::string(s.name) + " paged x" + std::to_string(n_rows) + (split ? " split" : ""), dtype_name(dtype),
-      max_len, chunks, us, touched, copy_gbs);
+  const int chunks = split ? int((max_len + chunk_keys - 1) / chunk_keys) : 1;
+  row(std::string(s.name) + " paged x" + std::to_string(n_rows) + (split ? " split" : ""),
+      cuda::kv_dtype_name(dtype), max_len, chunks, us, touched, copy_gbs);
 }
 
 int run(int argc, char** argv) {
-  bool quick = false, sweep = false;
+  bool quick = false, sweep = false, paged_only = false;
+  int only_rows = 0;  // > 0: the paged rows of that many rows alone
   for (int i = 1; i < argc; ++i) {
     quick |= std::strcmp(argv[i], "--quick") == 0;
     sweep |= std::strcmp(argv[i], "--sweep") == 0;
+    if (std::strcmp(argv[i], "--paged") == 0) {
+      paged_only = true;
+      if (i + 1 < argc && argv[i + 1][0] != '-') only_rows = std::atoi(argv[++i]);
+    }
   }
   const int replays = quick ? 3 : 10;
   KILN_CHECK(cuda::device_available(), "bench_cuda_attention needs a CUDA GPU");
   cudaDeviceProp prop{};
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_gbs = cuda::copy_bandwidth_gbs();
+  const auto paged = [&](const Shape& s, int n_rows, KvDType dtype, bool split, int64_t chunk) {
+    if (only_rows == 0 || only_rows == n_rows) bench_paged(s, n_rows, dtype, split, copy_gbs, replays, chunk);
+  };
   std::printf("%s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s (read + write)\n\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
   std::printf("| %-28s | kv  | depth  | splt | µs/call  | KV GB/s | of copy |\n", "attention");
   std::printf("|------------------------------|-----|--------|------|----------|---------|---------|\n");
-  for (const Shape& s : kShapes)
-    for (KvDType dtype : kDTypes)
-      for (int64_t depth : {1024, 8192, 32768}) bench_contiguous(s, dtype, depth, copy_gbs, replays);
-  for (KvDType dtype : kDTypes)
+  if (!paged_only)
+    for (const Shape& s : kShapes)
+      for (KvDType dtype : kDTypes)
+        for (int64_t depth : {1024, 8192, 32768}) bench_contiguous(s, dtype, depth, copy_gbs, replays);
+  for (KvDType dtype : kDTypes) {
     for (bool split : {false, true}) {
-      bench_paged(kShapes[2], 64, dtype, split, copy_gbs, replays);
-      bench_paged(kShapes[0], 32, dtype, split, copy_gbs, replays);
+      paged(kShapes[2], 64, dtype, split, cuda::kPagedAttentionChunkKeys);
+      paged(kShapes[0], 32, dtype, split, cuda::kPagedAttentionChunkKeys);
     }
+    paged(kShapes[0], 256, dtype, true, 1024);
+  }
   if (sweep)  // split counts other than attention_splits' (f16 caches)
     for (const Shape& s : kShapes)
       for (KvDType dtype : {KvDType::F16})

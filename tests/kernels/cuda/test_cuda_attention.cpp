@@ -1,12 +1,12 @@
 // cuda::attention against attention_reference (double precision, one head at a time) over head_dim
 // 16..256, GQA ratios 1, 3, 4 and 8, 1..256 query tokens, caches of up to 33000 keys, causal and
-// bidirectional masks, local windows, ALiBi, every way of splitting the keys, f32 and f16 caches, the
+// bidirectional masks, local windows, ALiBi, every way of splitting the keys, f32, f16 and fp8 caches, the
 // decode shapes of a 7B (32 heads / 32 kv heads, head_dim 128), an 8B (32 / 8) and SmolLM2 (9 / 3, 64),
 // and one captured CUDA graph replayed at many positions.
 // Tolerance (the CPU kernels' bound, doubled for exp2f and the split merge): the output is a convex
 // combination of value rows and the f32 scores are off by at most (head_dim + 4) u S, S = the largest
-// scale * sum |q k| over visible keys, so |out - ref| <= (16 (head_dim + 4) u S + 4e-6) max|v|. An f16
-// cache is compared with the reference over the f16 values it holds, so the same bound applies.
+// scale * sum |q k| over visible keys, so |out - ref| <= (16 (head_dim + 4) u S + 4e-6) max|v|. An f16 or
+// fp8 cache is compared with the reference over the values it holds, so the same bound applies.
 // Unused cache positions hold nan: reading one poisons the output.
 #include <gtest/gtest.h>
 
@@ -167,7 +167,7 @@ struct Gqa {
   int n_heads, n_kv_heads;
 };
 constexpr Gqa kGqa[] = {{4, 4}, {6, 2}, {16, 2}};
-constexpr KvDType kDTypes[] = {KvDType::F32, KvDType::F16};
+constexpr KvDType kDTypes[] = {KvDType::F32, KvDType::F16, KvDType::F8};
 
 TEST(CudaAttention, DecodeAndShortPrefillEveryHeadDimAndGqa) {
   KILN_REQUIRE_GPU();
@@ -245,6 +245,7 @@ TEST(CudaAttention, MoreThanThirtyTwoThousandKeys) {
   check({4, 32764, 6, 2, 96}, 4002);
   check({1, 33000, 32, 8, 128, true, 0, false, 0, KvDType::F16}, 4003);
   check({1, 33000, 9, 3, 64, true, 0, true, 0, KvDType::F16}, 4004);
+  check({1, 33000, 32, 8, 128, true, 0, false, 0, KvDType::F8}, 4005);
 }
 
 // A graph captured once, with the splits of the whole cache, replays right at every position (the

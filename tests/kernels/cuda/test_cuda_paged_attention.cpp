@@ -1,9 +1,9 @@
 // cuda::paged_attention against paged_attention_reference (double precision) over the CPU test's cases
 // (tests/kernels/test_paged_attention_cases.h: GQA 1/3/8, head_dim 7..128, block sizes 1..32, windows,
 // ALiBi, prompt chunks beside decode rows, sequences of 1500 keys) and decode batches of a 7B, an 8B and
-// SmolLM2 shape plus GQA groups past 8 heads; f32 and f16 pools (the reference reads the f16 values), one
-// block a row or the keys split in chunks (of 256 keys, and of 48 and 1,024); each row bit for bit the same
-// alone. Tolerance: the CPU kernels' bound, doubled for exp2f and the merge.
+// SmolLM2 shape plus GQA groups past 8 heads; f32, f16 and fp8 pools (the reference reads the values they
+// hold), one block a row or the keys split in chunks (of 256 keys, and of 48 and 1,024); each row bit for
+// bit the same alone. Tolerance: the CPU kernels' bound, doubled for exp2f and the merge.
 // The prompt tiles of paged_prompt_attention beside the one-row kernel: against the reference within the
 // bound of their f16 queries and probabilities, every untiled row as the one-row kernel alone gives it,
 // and every tiled row the same bits whatever tile it falls in.
@@ -133,13 +133,13 @@ void check_cases(const std::vector<test::PagedCase>& cases, KvDType dtype, bool 
 
 TEST(CudaPagedAttention, MatchesReference) {
   KILN_REQUIRE_GPU();
-  for (KvDType dtype : {KvDType::F32, KvDType::F16})
+  for (KvDType dtype : {KvDType::F32, KvDType::F16, KvDType::F8})
     for (bool split : {false, true}) check_cases(test::paged_cases(), dtype, split, 3);
 }
 
 TEST(CudaPagedAttention, ModelDecodeBatches) {
   KILN_REQUIRE_GPU();
-  for (KvDType dtype : {KvDType::F32, KvDType::F16})
+  for (KvDType dtype : {KvDType::F32, KvDType::F16, KvDType::F8})
     for (bool split : {false, true}) check_cases(model_cases(), dtype, split, 500);
 }
 
@@ -195,64 +195,71 @@ std::vector<int32_t> cut_tiles(const test::PagedData& d, const std::vector<int32
   return tiles;
 }
 
+// An f16 pool, and an fp8 one (its tiles widened to f16 in shared memory) where head_dim is whole chunks of
+// 16 values.
 TEST(CudaPagedAttention, PromptTilesMatchReferenceAndAreAlikeInAnyTile) {
   KILN_REQUIRE_GPU();
   uint32_t seed = 900;
-  for (const test::PagedCase& c : prompt_cases()) {
-    SCOPED_TRACE(testing::Message() << "heads " << c.n_heads << "/" << c.n_kv_heads << " dim " << c.head_dim
-                                    << " block " << c.block_positions << " window " << c.window);
-    test::PagedData d = test::make_paged(c, seed += 7);
-    DeviceCase dev = upload(d, KvDType::F16, true);
-    ASSERT_TRUE(cuda::paged_prompt_attention_supported(dev.args.kv, c.n_heads));
-    const std::vector<int32_t> in_tile = prompt_rows(c, d);
-    const cuda::DeviceBuffer skip = test::to_device(in_tile);
-    const int most = cuda::paged_prompt_tile_rows(c.n_heads, c.n_kv_heads);
-    const size_t width = size_t(c.n_heads) * size_t(c.head_dim);
+  for (KvDType dtype : {KvDType::F16, KvDType::F8}) {
+    for (const test::PagedCase& c : prompt_cases()) {
+      if (dtype == KvDType::F8 && c.head_dim % 16 != 0) continue;
+      SCOPED_TRACE(testing::Message() << "heads " << c.n_heads << "/" << c.n_kv_heads << " dim " << c.head_dim
+                                      << " block " << c.block_positions << " window " << c.window << " "
+                                      << test::kv_name(dtype));
+      test::PagedData d = test::make_paged(c, seed += 7);
+      DeviceCase dev = upload(d, dtype, true);
+      ASSERT_TRUE(cuda::paged_prompt_attention_supported(dev.args.kv, c.n_heads));
+      const std::vector<int32_t> in_tile = prompt_rows(c, d);
+      const cuda::DeviceBuffer skip = test::to_device(in_tile);
+      const int most = cuda::paged_prompt_tile_rows(c.n_heads, c.n_kv_heads);
+      const size_t width = size_t(c.n_heads) * size_t(c.head_dim);
 
-    // Prompt tiles, then the one-row kernel for the rest; the output starts as nan, so a row nobody
-    // writes fails.
-    const auto run = [&](const std::vector<int32_t>& tiles) {
-      cuda::PagedAttentionArgs a = dev.args;
-      cuda::DeviceBuffer out = test::to_device(std::vector<float>(d.q.size(), NAN));
-      a.out = out.as<float>();
-      const cuda::DeviceBuffer tiles_dev = test::to_device(tiles.empty() ? std::vector<int32_t>{0} : tiles);
-      cuda::paged_prompt_attention(a, tiles_dev.as<int32_t>(), int64_t(tiles.size() / 2));
-      a.skip_rows = skip.as<int32_t>();
-      cuda::paged_attention(a);
-      return test::to_host<float>(out, d.q.size());
-    };
-    const std::vector<float> got = run(cut_tiles(d, in_tile, most, 0));
+      // Prompt tiles, then the one-row kernel for the rest; the output starts as nan, so a row nobody
+      // writes fails.
+      const auto run = [&](const std::vector<int32_t>& tiles) {
+        cuda::PagedAttentionArgs a = dev.args;
+        cuda::DeviceBuffer out = test::to_device(std::vector<float>(d.q.size(), NAN));
+        a.out = out.as<float>();
+        const cuda::DeviceBuffer tiles_dev = test::to_device(tiles.empty() ? std::vector<int32_t>{0} : tiles);
+        cuda::paged_prompt_attention(a, tiles_dev.as<int32_t>(), int64_t(tiles.size() / 2));
+        a.skip_rows = skip.as<int32_t>();
+        cuda::paged_attention(a);
+        return test::to_host<float>(out, d.q.size());
+      };
+      const std::vector<float> got = run(cut_tiles(d, in_tile, most, 0));
 
-    std::vector<float> want(d.q.size());
-    paged_attention_reference(d.q.data(), d.k_pool.data(), d.v_pool.data(), want.data(), d.p);
-    cuda::paged_attention(dev.args);  // every row through the one-row kernel
-    const std::vector<float> one_row = test::to_host<float>(dev.out, d.q.size());
-    // The queries and probabilities in f16: a score is off by up to 2^-11 of sum |q_i k_i| (2.25 head_dim
-    // at most, times the scale), a probability by 2^-11 more; each moves the output by its share of |v| <= 2.
-    const double scores = 2.25 * std::sqrt(double(c.head_dim));
-    const double prompt_tol = 2.0 * std::ldexp(1.0, -11) * (2.0 * scores + 2.0);
-    double worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      const size_t row = i / width;
-      if (in_tile[row] != 0) {
-        worst = std::max(worst, std::abs(double(got[i]) - want[i]));
-        ASSERT_NEAR(got[i], want[i], prompt_tol) << "tiled row " << row;
-      } else {
-        ASSERT_EQ(got[i], one_row[i]) << "untiled row " << row << " differs from the one-row kernel alone";
+      std::vector<float> want(d.q.size());
+      paged_attention_reference(d.q.data(), d.k_pool.data(), d.v_pool.data(), want.data(), d.p);
+      cuda::paged_attention(dev.args);  // every row through the one-row kernel
+      const std::vector<float> one_row = test::to_host<float>(dev.out, d.q.size());
+      // The queries and probabilities in f16: a score is off by up to 2^-11 of sum |q_i k_i| (2.25 head_dim
+      // at most, times the scale), a probability by 2^-11 more; each moves the output by its share of |v| <= 2.
+      const double scores = 2.25 * std::sqrt(double(c.head_dim));
+      const double prompt_tol = 2.0 * std::ldexp(1.0, -11) * (2.0 * scores + 2.0);
+      double worst = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const size_t row = i / width;
+        if (in_tile[row] != 0) {
+          worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+          ASSERT_NEAR(got[i], want[i], prompt_tol) << "tiled row " << row;
+        } else {
+          ASSERT_EQ(got[i], one_row[i]) << "untiled row " << row << " differs from the one-row kernel alone";
+        }
       }
-    }
-    std::printf("heads %d/%d dim %d: tiled rows within %.2e of the reference (bound %.2e)\n", c.n_heads,
-                c.n_kv_heads, c.head_dim, worst, prompt_tol);
+      std::printf("%s heads %d/%d dim %d: tiled rows within %.2e of the reference (bound %.2e)\n",
+                  test::kv_name(dtype), c.n_heads, c.n_kv_heads, c.head_dim, worst, prompt_tol);
 
-    // Every row the same bits whatever its tile: one row a tile, and runs cut at another row.
-    for (const auto& [tile_most, first] : {std::pair{1, 0}, std::pair{most, std::max(1, most / 3)}, std::pair{3, 2}}) {
-      const std::vector<float> again = run(cut_tiles(d, in_tile, std::min(tile_most, most), first));
-      ASSERT_EQ(again, got) << "tiles of " << tile_most << ", the first of " << first;
+      // Every row the same bits whatever its tile: one row a tile, and runs cut at another row.
+      for (const auto& [tile_most, first] :
+           {std::pair{1, 0}, std::pair{most, std::max(1, most / 3)}, std::pair{3, 2}}) {
+        const std::vector<float> again = run(cut_tiles(d, in_tile, std::min(tile_most, most), first));
+        ASSERT_EQ(again, got) << "tiles of " << tile_most << ", the first of " << first;
+      }
     }
   }
 }
 
-TEST(CudaPagedAttention, PromptTilesRejectF32PoolsAndWideHeads) {
+TEST(CudaPagedAttention, PromptTilesRejectF32PoolsAndUnfitHeads) {
   cuda::PagedKvLayout kv;
   kv.n_kv_heads = 2;
   kv.head_dim = 128;
@@ -266,6 +273,10 @@ TEST(CudaPagedAttention, PromptTilesRejectF32PoolsAndWideHeads) {
   EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 8));
   kv.head_dim = 64;
   EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 2 * 65));  // 65 query heads a kv head
+  kv.dtype = KvDType::F8;
+  EXPECT_TRUE(cuda::paged_prompt_attention_supported(kv, 8));
+  kv.head_dim = 24;  // whole 16-byte chunks of f16, not of fp8
+  EXPECT_FALSE(cuda::paged_prompt_attention_supported(kv, 8));
   cuda::PagedAttentionArgs a;
   a.kv = kv;
   a.kv.dtype = KvDType::F32;

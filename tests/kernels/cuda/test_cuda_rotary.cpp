@@ -1,11 +1,11 @@
 // cuda::rotary_kv_append against rotary_reference (double precision) followed by a plain KV append:
 // queries to q_out, rotated keys to the cache (and k_out), values to the cache, nothing else written;
-// f32 and f16 caches. Both compute the angle, cosine and sine in double; the rotation is f32 here and
+// f32, f16 and fp8 caches. Both compute the angle, cosine and sine in double; the rotation is f32 here and
 // double in the reference, so |out - ref| <= 3 u (|a| + |b|) for the pair (a, b); copied values are
-// exact. An f16 cache holds the rounded result: one f16 rounding more (2^-11 relative) for keys, a value
-// exactly the f16 rounding of its input.
+// exact. An f16 or fp8 cache holds the rounded result: one rounding more for keys, a value exactly the
+// rounding of its input (fp8 from its definition: kv_test_util.h).
 // cuda::paged_rotary_kv_store likewise, rows of several sequences at their own positions, into a paged
-// pool (f32 and f16), the queries rotated in place or to an output.
+// pool (f32, f16 and fp8), the queries rotated in place or to an output.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -45,16 +45,19 @@ void rotate_reference(std::vector<float>& x, const std::vector<int32_t>& positio
 // The pair partner of each value bounds its rounding: 3 u (|a| + |b|) <= 3 u * 4 for inputs in [-2, 2].
 constexpr double kTol = 12 * test::kU * 1.5;
 
-void expect_near(const std::vector<float>& got, const std::vector<float>& want, double rel, const char* what) {
+void expect_near(const std::vector<float>& got, const std::vector<float>& want, double rel, const char* what,
+                 double abs = 0.0) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i)
-    ASSERT_NEAR(got[i], want[i], kTol + rel * std::fabs(want[i])) << what << " at " << i;
+    ASSERT_NEAR(got[i], want[i], kTol + abs + rel * std::fabs(want[i])) << what << " at " << i;
 }
 
-// A cache of `dtype` holds want rounded once: keys within one f16 rounding of the f32 result.
+// A cache of `dtype` holds want rounded once: keys within one step of its rounding of the f32 result (f16:
+// 2^-10 relative; fp8: 2^-3 relative, 2^-9 among its subnormals).
 void expect_cache(const std::vector<float>& got, std::vector<float> want, cuda::KvDType dtype, const char* what) {
   test::round_to_kv(want, dtype);
-  expect_near(got, want, dtype == cuda::KvDType::F16 ? 1.0 / 1024 : 0.0, what);
+  if (dtype == cuda::KvDType::F8) expect_near(got, want, 1.0 / 8, what, std::ldexp(1.0, -9));
+  else expect_near(got, want, dtype == cuda::KvDType::F16 ? 1.0 / 1024 : 0.0, what);
 }
 
 void check(const Case& c, uint32_t seed) {
@@ -147,15 +150,17 @@ TEST(CudaRotary, NoRotaryOnlyAppends) {
   KILN_REQUIRE_GPU();
   check({64, 0, 6, 2, cuda::RotaryMode::None, 10000.0f, 1.0f, 9, 20}, 5);
   check({64, 0, 6, 2, cuda::RotaryMode::None, 10000.0f, 1.0f, 9, 20, cuda::KvDType::F16}, 6);
+  check({64, 0, 6, 2, cuda::RotaryMode::None, 10000.0f, 1.0f, 9, 20, cuda::KvDType::F8}, 7);
 }
 
-TEST(CudaRotary, HalfCache) {
+TEST(CudaRotary, HalfAndFp8Cache) {
   KILN_REQUIRE_GPU();
   uint32_t seed = 200;
-  for (cuda::RotaryMode mode : {cuda::RotaryMode::RotateHalf, cuda::RotaryMode::RotateEveryTwo})
-    for (auto [hd, rotary_dim] : {std::pair{64, 64}, std::pair{128, 128}, std::pair{80, 32}})
-      for (auto [n, first] : {std::pair<int64_t, int64_t>{1, 0}, {1, 32767}, {16, 4080}})
-        check({hd, rotary_dim, 9, 3, mode, 10000.0f, 1.0f, n, first, cuda::KvDType::F16}, seed++);
+  for (cuda::KvDType dtype : {cuda::KvDType::F16, cuda::KvDType::F8})
+    for (cuda::RotaryMode mode : {cuda::RotaryMode::RotateHalf, cuda::RotaryMode::RotateEveryTwo})
+      for (auto [hd, rotary_dim] : {std::pair{64, 64}, std::pair{128, 128}, std::pair{80, 32}})
+        for (auto [n, first] : {std::pair<int64_t, int64_t>{1, 0}, {1, 32767}, {16, 4080}})
+          check({hd, rotary_dim, 9, 3, mode, 10000.0f, 1.0f, n, first, dtype}, seed++);
 }
 
 
@@ -239,7 +244,7 @@ TEST(CudaRotary, PagedStoreAtEachRowsPosition) {
   uint32_t seed = 300;
   const cuda::RotaryMode modes[] = {cuda::RotaryMode::RotateHalf, cuda::RotaryMode::RotateEveryTwo,
                                     cuda::RotaryMode::None};
-  for (cuda::KvDType dtype : {cuda::KvDType::F32, cuda::KvDType::F16})
+  for (cuda::KvDType dtype : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8})
     for (cuda::RotaryMode mode : modes)
       for (bool in_place : {true, false}) {
         check_paged({64, 64, 9, 3, mode, 10000.0f, 1.0f, 0, 0, dtype}, 16, in_place, seed++);
