@@ -1,7 +1,8 @@
 // The CUDA backend: the CUDA forward (engine/cuda_forward.h, stage for stage the CPU's) over one sequence
-// on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32, f16 or fp8; one workspace
-// allocation and the KV cache are sized at start-up and nothing is allocated per token. A decode step (one token, logits wanted) is captured into a CUDA graph on first use and
-// replayed: tokens and positions reach the kernels through device memory.
+// on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32, f16 or fp8;
+// one workspace allocation and the KV cache are sized at start-up and nothing is allocated per token. A
+// decode step (one token, logits wanted) is captured into a CUDA graph on first use and replayed: tokens
+// and positions reach the kernels through device memory.
 #pragma once
 
 #include <memory>

@@ -112,7 +112,8 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
   const int D = a.kv.head_dim, group = a.n_heads / a.kv.n_kv_heads, g = int(blockIdx.y);
 
   if (D < kD) {  // the columns past head_dim take part in the mma: zeros
-    for (int i = tid; i < int(shared_bytes<kD, kFp8>() / 16); i += kThreads) reinterpret_cast<uint4*>(smem)[i] = uint4{};
+    for (int i = tid; i < int(shared_bytes<kD, kFp8>() / 16); i += kThreads)
+      reinterpret_cast<uint4*>(smem)[i] = uint4{};
     __syncthreads();  // before any thread stores a query or starts a copy into what another zeroes
   }
   pdl_wait();  // the queries and the pool are written
@@ -192,7 +193,8 @@ __global__ void __launch_bounds__(kThreads) paged_prompt_kernel(Params p) {
   __syncthreads();  // the queries are in shared memory
   uint32_t qf[kD / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) ldmatrix_x4(qf[kk], qs + (warp * 16 + lane % 16) * kS + kk * 16 + (lane / 16) * 8);
+  for (int kk = 0; kk < kD / 16; ++kk)
+    ldmatrix_x4(qf[kk], qs + (warp * 16 + lane % 16) * kS + kk * 16 + (lane / 16) * 8);
 
   float o[kDimGroups][4] = {};
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};

@@ -117,7 +117,8 @@ TEST_F(Generate, PerplexityBenchAndTokenizeRun) {
   EXPECT_GT(rows[1]["achieved_bandwidth_gbs"].get<double>(), 0);
   EXPECT_GT(rows[1]["read_bandwidth_gbs"].get<double>(), 0);
   expect_clean_error(run_kiln({"bench", "-m", model(), "-p", "x"}), "is not a count");
-  expect_clean_error(run_kiln({"bench", "-m", model(), "--cache-type", "q4"}), "--cache-type 'q4' is not f16, fp8 or f32");
+  expect_clean_error(run_kiln({"bench", "-m", model(), "--cache-type", "q4"}),
+                     "--cache-type 'q4' is not f16, fp8 or f32");
 
   r = run_kiln({"tokenize", "-m", model(), "--ids", "Hello world, 123"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
