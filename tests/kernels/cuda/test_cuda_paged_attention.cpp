@@ -259,6 +259,25 @@ TEST(CudaPagedAttention, PromptTilesMatchReferenceAndAreAlikeInAnyTile) {
   }
 }
 
+// The tests' e4m3 codec (kv_test_util.h) on what the format defines: every code decodes and encodes back,
+// halfway values take the even code, and large ones saturate at 448 (no GPU needed).
+TEST(CudaPagedAttention, TestsE4m3CodecFollowsTheFormat) {
+  for (int c = 0; c < 256; ++c) {
+    const float v = test::e4m3_to_fp32(uint8_t(c));
+    if ((c & 0x7F) == 0x7F) EXPECT_TRUE(std::isnan(v)) << c;
+    else EXPECT_EQ(test::fp32_to_e4m3(v), uint8_t(c)) << c;
+  }
+  EXPECT_EQ(test::e4m3_to_fp32(0x38), 1.0f);
+  EXPECT_EQ(test::e4m3_to_fp32(0x7E), 448.0f);
+  EXPECT_EQ(test::e4m3_to_fp32(0x08), std::ldexp(1.0f, -6));  // the smallest normal
+  EXPECT_EQ(test::e4m3_to_fp32(0x01), std::ldexp(1.0f, -9));  // the smallest subnormal
+  EXPECT_EQ(test::fp32_to_e4m3(1.0625f), 0x38);  // halfway between 1 (even) and 1.125
+  EXPECT_EQ(test::fp32_to_e4m3(1.1875f), 0x3A);  // halfway between 1.125 and 1.25 (even)
+  EXPECT_EQ(test::fp32_to_e4m3(std::ldexp(1.0f, -10)), 0x00);  // halfway between 0 (even) and 2^-9
+  EXPECT_EQ(test::fp32_to_e4m3(1000.0f), 0x7E);
+  EXPECT_EQ(test::fp32_to_e4m3(-INFINITY), 0xFE);
+}
+
 TEST(CudaPagedAttention, PromptTilesRejectF32PoolsAndUnfitHeads) {
   cuda::PagedKvLayout kv;
   kv.n_kv_heads = 2;
