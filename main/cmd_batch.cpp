@@ -137,7 +137,7 @@ class BatchRun {
     const std::string device = choose_device(args_["device"].as<std::string>());
     KILN_CHECK(tensor_parallel_from(args_) == 1, "kiln batch runs a model on one rank: leave out -tp");
     auto backend = make_batch_backend(device, model.file, backend_options(args_, device, int64_t(input_.items.size())),
-                                      kv_dtype_from(args_));
+                                      kv_dtype_from(args_, device));
     BatchOptions options;
     options.max_parallel = args_["parallel"].as<int64_t>();
     options.max_step_tokens = backend->max_step_tokens();

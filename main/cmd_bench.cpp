@@ -180,8 +180,7 @@ int cmd_bench(int argc, char** argv) {
   backend_options.n_threads = threads;
   // The CUDA backend checks the cache against the GPU's free memory; a deep test may need over 32 GiB.
   if (on_gpu) backend_options.max_kv_bytes = std::numeric_limits<uint64_t>::max();
-  const cuda::KvDType kv_asked = kv_dtype_from(args);  // checked on every device; the CPU's cache is f32
-  const cuda::KvDType kv_dtype = on_gpu ? kv_asked : cuda::KvDType::F32;
+  const cuda::KvDType kv_dtype = kv_dtype_from(args, device);
   const uint64_t kv_element_bytes = cuda::kv_dtype_bytes(kv_dtype);
   StageProfiler profiler(on_gpu ? "CUDA" : "CPU", kv_element_bytes);
   if (profile) {

@@ -35,10 +35,15 @@ int tensor_parallel_from(const cxxopts::ParseResult& args) {
   return size;
 }
 
-cuda::KvDType kv_dtype_from(const cxxopts::ParseResult& args) {
+cuda::KvDType kv_dtype_from(const cxxopts::ParseResult& args, const std::string& device) {
   const std::string type = args["cache-type"].as<std::string>();
-  for (cuda::KvDType dtype : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8})
-    if (type == cuda::kv_dtype_name(dtype)) return dtype;
+  for (cuda::KvDType dtype : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8}) {
+    if (type != cuda::kv_dtype_name(dtype)) continue;
+    if (device == "cuda") return dtype;
+    if (args.count("cache-type") > 0 && dtype != cuda::KvDType::F32)
+      fmt::print(stderr, "note: --cache-type {} sets a GPU's KV cache; the CPU keeps its cache in f32\n", type);
+    return cuda::KvDType::F32;
+  }
   fail("--cache-type '{}' is not f16, fp8 or f32", type);
 }
 
@@ -121,7 +126,8 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   BackendOptions options;
   options.n_ctx = n_ctx;
   options.n_threads = threads;
-  model.backend = make_backend_on(device, model.file, options, kv_dtype_from(args), tensor_parallel_from(args));
+  model.backend = make_backend_on(device, model.file, options, kv_dtype_from(args, device),
+                                  tensor_parallel_from(args));
   return model;
 }
 

@@ -42,8 +42,9 @@ struct LoadedModel {
 // -tp: the tensor-parallel size. Throws kiln::Error outside [1, 64].
 [[nodiscard]] int tensor_parallel_from(const cxxopts::ParseResult& args);
 
-// --cache-type: f32, f16 or fp8. Throws kiln::Error for another type.
-[[nodiscard]] cuda::KvDType kv_dtype_from(const cxxopts::ParseResult& args);
+// --cache-type for `device` (from choose_device): f32, f16 or fp8 on a GPU; the CPU keeps f32, and says so
+// on stderr when the option asked for another type. Throws kiln::Error for an unknown type on any device.
+[[nodiscard]] cuda::KvDType kv_dtype_from(const cxxopts::ParseResult& args, const std::string& device);
 
 [[nodiscard]] LoadedModel load_model(const cxxopts::ParseResult& args);
 

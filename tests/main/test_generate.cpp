@@ -116,11 +116,12 @@ TEST_F(Generate, PerplexityBenchAndTokenizeRun) {
   EXPECT_GT(rows[0]["avg_ts"].get<double>(), 0);
   EXPECT_GT(rows[1]["achieved_bandwidth_gbs"].get<double>(), 0);
   EXPECT_GT(rows[1]["read_bandwidth_gbs"].get<double>(), 0);
-  // --cache-type sets the GPU's cache: the CPU keeps f32 and its rows say so.
+  // --cache-type sets a GPU's cache: the CPU keeps f32, says so, and its rows too.
   r = run_kiln({"bench", "-m", model(), "-p", "4", "-n", "2", "-r", "1", "-o", "json", "-c", "64", "--device", "cpu",
                 "--cache-type", "fp8"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)[0]["type_kv"], "f32");
+  EXPECT_NE(r.err.find("the CPU keeps its cache in f32"), std::string::npos) << r.err;
   expect_clean_error(run_kiln({"bench", "-m", model(), "-p", "x"}), "is not a count");
   expect_clean_error(run_kiln({"bench", "-m", model(), "--cache-type", "q4"}),
                      "--cache-type 'q4' is not f16, fp8 or f32");
