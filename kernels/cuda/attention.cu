@@ -79,9 +79,10 @@ struct ContiguousRows {
   __device__ int64_t key_offset(int64_t key) const { return key_base + key * head_dim; }
 };
 
-// Block (row tile blockIdx.x of kDecodeMaxRows rows, kv head blockIdx.y, split blockIdx.z).
+// Block (row tile blockIdx.x of kDecodeMaxRows rows, kv head blockIdx.y, split blockIdx.z). The registers
+// of f16's blocks a multiprocessor for every cache type, as attention_splits counts them.
 template <typename T, int kDMax, int kR>
-__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR, sizeof(T)))
+__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR, 2))
     attention_decode_kernel(DecodeParams p) {
   constexpr int kW = kv_chunk_values<T>(kR), kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   using Shape = DecodeShape<T, kW, kTk, kCpt, kR>;

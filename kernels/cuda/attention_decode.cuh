@@ -94,8 +94,15 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
   // The query rows, pre-scaled: up to 4 rows in registers, straight from global memory; 8 rows would leave
   // too few registers for the outputs, so they go to shared memory and are read back chunk by chunk.
   constexpr bool kQInRegisters = kR <= 4;
+  // fp8 keys and values: the query-key products and the probability-weighted values are taken in f16 pairs
+  // (HFMA2, two products an instruction, on the values as widened: no f32 conversions), then added into the
+  // f32 scores a key at a time and into the f32 outputs kU keys at a time. Widening every value to f32 made
+  // the loop bound by its instruction issue at 67-82% of the memory's rate. f16 rounds at 2^-11, the e4m3
+  // values themselves at 2^-4.
+  constexpr bool kHalf = sizeof(T) == 1 && kQInRegisters && kW >= 8;  // whole 8- or 16-byte chunks
   float* q_s = decode_smem;  // [kR][D] (8 rows)
-  float q_reg[kQInRegisters ? kR : 1][kCpt][kW];
+  float q_reg[kQInRegisters && !kHalf ? kR : 1][kCpt][kW];
+  __half2 q_half[kHalf ? kR : 1][kHalf ? kCpt : 1][kHalf ? kW / 2 : 1];
   if constexpr (kQInRegisters) {
 #pragma unroll
     for (int r = 0; r < kR; ++r)
@@ -104,8 +111,14 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
         const int c = lane + i * kTk;
         const bool in = c < n_chunks && r < n_rows;
         const float* qr = src.q_row(in ? r : 0) + (in ? c * kW : 0);
+        if constexpr (kHalf) {
 #pragma unroll
-        for (int e = 0; e < kW; ++e) q_reg[r][i][e] = in ? qr[e] * qk_scale : 0.0f;
+          for (int e = 0; e < kW / 2; ++e)
+            q_half[r][i][e] = in ? __floats2half2_rn(qr[2 * e] * qk_scale, qr[2 * e + 1] * qk_scale) : __half2{};
+        } else {
+#pragma unroll
+          for (int e = 0; e < kW; ++e) q_reg[r][i][e] = in ? qr[e] * qk_scale : 0.0f;
+        }
       }
   } else {
     for (int e = tid; e < kR * D; e += kDecodeThreads) {
@@ -152,19 +165,32 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
       for (int i = 0; i < kCpt; ++i) {
         const int c = lane + i * kTk;
         if (c >= n_chunks) continue;
-        float kf[kW];
-        kc[u][i].widen(kf);
+        if constexpr (kHalf) {
+          __half2 kh[kW / 2];
+          kc[u][i].widen_half2(kh);
 #pragma unroll
-        for (int r = 0; r < kR; ++r) {
-          float qf[kW];
-          if constexpr (kQInRegisters) {
+          for (int r = 0; r < kR; ++r) {
+            __half2 dot = __hmul2(q_half[r][i][0], kh[0]);
 #pragma unroll
-            for (int e = 0; e < kW; ++e) qf[e] = q_reg[r][i][e];
-          } else {
-            load_floats(q_s + r * D + c * kW, qf);
+            for (int e = 1; e < kW / 2; ++e) dot = __hfma2(q_half[r][i][e], kh[e], dot);
+            const float2 f = __half22float2(dot);
+            s[u][r] += f.x + f.y;
           }
+        } else {
+          float kf[kW];
+          kc[u][i].widen(kf);
 #pragma unroll
-          for (int e = 0; e < kW; ++e) s[u][r] = fmaf(qf[e], kf[e], s[u][r]);
+          for (int r = 0; r < kR; ++r) {
+            float qf[kW];
+            if constexpr (kQInRegisters) {
+#pragma unroll
+              for (int e = 0; e < kW; ++e) qf[e] = q_reg[r][i][e];
+            } else {
+              load_floats(q_s + r * D + c * kW, qf);
+            }
+#pragma unroll
+            for (int e = 0; e < kW; ++e) s[u][r] = fmaf(qf[e], kf[e], s[u][r]);
+          }
         }
       }
 #pragma unroll
@@ -195,19 +221,49 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
 #pragma unroll
       for (int u = 0; u < kU; ++u) s[u][r] = s[u][r] == -INFINITY ? 0.0f : exp2f(s[u][r] - m_new);
     }
+    if constexpr (kHalf) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u)
+      for (int r = 0; r < kR; ++r)
+#pragma unroll
+        for (int u = 0; u < kU; ++u) l[r] += s[u][r];
 #pragma unroll
       for (int i = 0; i < kCpt; ++i) {
-        float vf[kW];
-        vc[u][i].widen(vf);
+        __half2 o[kR][kW / 2] = {};
 #pragma unroll
-        for (int r = 0; r < kR; ++r) {
-          if (i == 0) l[r] += s[u][r];
+        for (int u = 0; u < kU; ++u) {
+          __half2 vh[kW / 2];
+          vc[u][i].widen_half2(vh);
 #pragma unroll
-          for (int e = 0; e < kW; ++e) acc[r][i][e] = fmaf(s[u][r], vf[e], acc[r][i][e]);
+          for (int r = 0; r < kR; ++r) {
+            const __half2 p = __float2half2_rn(s[u][r]);
+#pragma unroll
+            for (int e = 0; e < kW / 2; ++e) o[r][e] = __hfma2(p, vh[e], o[r][e]);
+          }
         }
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+#pragma unroll
+          for (int e = 0; e < kW / 2; ++e) {
+            const float2 f = __half22float2(o[r][e]);
+            acc[r][i][2 * e] += f.x;
+            acc[r][i][2 * e + 1] += f.y;
+          }
       }
+    } else {
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int i = 0; i < kCpt; ++i) {
+          float vf[kW];
+          vc[u][i].widen(vf);
+#pragma unroll
+          for (int r = 0; r < kR; ++r) {
+            if (i == 0) l[r] += s[u][r];
+#pragma unroll
+            for (int e = 0; e < kW; ++e) acc[r][i][e] = fmaf(s[u][r], vf[e], acc[r][i][e]);
+          }
+        }
+    }
   }
 
   // Fold the key groups: [kSub][n_rows] maxima and sums, [kSub][n_rows][D] outputs, then per row the

@@ -60,12 +60,20 @@ struct KvChunk<T, kW, true> {
   Raw raw;
   __device__ __forceinline__ void load(const T* p) { raw = __ldg(reinterpret_cast<const Raw*>(p)); }
   __device__ __forceinline__ void clear() { raw = Raw{}; }
+  // fp8 only: the values as f16 pairs (exact: e4m3 is a subset of f16).
+  __device__ __forceinline__ void widen_half2(__half2 (&out)[kW / 2]) const {
+    static_assert(sizeof(T) == 1, "f16 pairs are widened from fp8");
+    const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kW / 2; ++i) out[i] = __half2(__nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3));
+  }
   __device__ __forceinline__ void widen(float (&out)[kW]) const {
     if constexpr (sizeof(T) == 1) {
-      const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+      __half2 h[kW / 2];
+      widen_half2(h);
 #pragma unroll
       for (int i = 0; i < kW / 2; ++i) {
-        const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3)));
+        const float2 f = __half22float2(h[i]);
         out[2 * i] = f.x;
         out[2 * i + 1] = f.y;
       }

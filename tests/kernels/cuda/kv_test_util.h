@@ -83,4 +83,15 @@ inline std::vector<float> kv_to_host(const cuda::DeviceBuffer& buffer, size_t n,
 
 inline const char* kv_name(cuda::KvDType dtype) { return cuda::kv_dtype_name(dtype); }
 
+// What the decode kernel's f16 arithmetic over an fp8 cache (attention_decode.cuh) may add to an output's
+// error; 0 for the other caches. Rounding at r = 2^-11 the query and each of the up to 8 partial sums of a
+// lane's query-key pairs moves a score by at most 9 r s_max (s_max: the largest sum over a head of
+// |q_i k_i| x scale), so each probability by 9 r s_max relative and the output by twice that times v_max;
+// the probabilities in f16 and their 4-key sums of products with the values add 6 r v_max.
+inline double kv_arithmetic_bound(cuda::KvDType dtype, double s_max, double v_max) {
+  if (dtype != cuda::KvDType::F8) return 0;
+  const double r = std::ldexp(1.0, -11);
+  return (18 * r * s_max + 6 * r) * v_max;
+}
+
 }  // namespace kiln::test

@@ -133,7 +133,8 @@ struct Problem {
     double v_max = 0;
     for (float x : v)
       if (std::isfinite(x)) v_max = std::max(v_max, double(std::fabs(x)));
-    const double tol = (16.0 * double(hd + 4) * test::kU * s_max + 4e-6) * 2.0 + rounding * (s_max + 1) * v_max;
+    const double tol = (16.0 * double(hd + 4) * test::kU * s_max + 4e-6) * 2.0 + rounding * (s_max + 1) * v_max +
+                       test::kv_arithmetic_bound(c.dtype, s_max, v_max);
     for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], tol) << "at " << i;
   }
 };
