@@ -526,7 +526,7 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   } else if (gated) {
     cuda::GatedActivationArgs g;
     g.gate_up = ws_.up;
-    g.out = ws_.act;
+    g.out = hidden16 != nullptr && !on_tensor_ ? nullptr : ws_.act;  // the down GEMM reads the f16 copy alone
     g.out16 = hidden16;
     g.n_tokens = n;
     g.ffn = ffn;

@@ -19,7 +19,7 @@ enum class Activation {
 // out = act(gate) * up
 struct GatedActivationArgs {
   const float* gate_up = nullptr;  // [n_tokens, 2 * ffn]: gate, then up
-  float* out = nullptr;            // [n_tokens, ffn]
+  float* out = nullptr;            // [n_tokens, ffn], or nullptr when out16 is all the caller reads
   __half* out16 = nullptr;         // [n_tokens, ffn] or nullptr: out rounded to f16 too (the next GEMM's input)
   int64_t n_tokens = 0;
   int64_t ffn = 0;

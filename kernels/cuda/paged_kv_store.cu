@@ -30,19 +30,20 @@ __global__ void __launch_bounds__(kRotaryThreads)
   const int32_t* table = a.kv.block_table + int64_t(a.row_seq[r]) * a.kv.max_blocks_per_seq;
   float* row = a.qkv + r * a.qkv_stride;
   const int n_heads = shape.n_heads, head_dim = shape.head_dim;
+  // The row's slot of kv head h is at base + h * head_stride: the block found once, not once a value.
+  const int64_t base = paged_slot_offset(a.kv, table, position, 0);
+  const int64_t head_stride = int64_t(a.kv.block_positions) * head_dim;
   auto store_qk = [&](int slot, int d, float v) {
     if (slot < n_heads) {
       if (a.q_out != nullptr) a.q_out[(r * n_heads + slot) * head_dim + d] = v;
       else row[slot * head_dim + d] = v;
     } else {
       const int h = slot - n_heads;
-      kv_store_value(a.kv.k_pool, a.kv.dtype, paged_slot_offset(a.kv, table, position, h) + d, v);
+      kv_store_value(a.kv.k_pool, a.kv.dtype, base + h * head_stride + d, v);
       if (a.k_out != nullptr) a.k_out[(r * shape.n_kv_heads + h) * head_dim + d] = v;
     }
   };
-  auto store_v = [&](int h, int d, float v) {
-    kv_store_value(a.kv.v_pool, a.kv.dtype, paged_slot_offset(a.kv, table, position, h) + d, v);
-  };
+  auto store_v = [&](int h, int d, float v) { kv_store_value(a.kv.v_pool, a.kv.dtype, base + h * head_stride + d, v); };
   const int n_slots = n_heads + 2 * shape.n_kv_heads, first = int(blockIdx.y) * slots_per_block;
   rotary_apply<kMode>(row, shape, a.q_out != nullptr, cs, first, min(first + slots_per_block, n_slots), store_qk,
                       store_v);
@@ -53,8 +54,7 @@ void launch_rotary_store(const PagedRotaryStoreArgs& a) {
   const RotaryShape shape{a.n_heads, a.kv.n_kv_heads, a.kv.head_dim, a.rotary_dim, double(a.theta),
                           double(a.position_scale)};
   const size_t shared = sizeof(float) * size_t(rotary_shared_floats(kMode, a.rotary_dim));
-  // A few rows: a head a block. More: 8 heads a block, so the angles are not computed once per head.
-  const int n_slots = a.n_heads + 2 * a.kv.n_kv_heads, slots_per_block = a.n_rows <= 8 ? 1 : 8;
+  const int n_slots = a.n_heads + 2 * a.kv.n_kv_heads, slots_per_block = rotary_slots_per_block(a.n_rows, n_slots);
   const dim3 grid(unsigned(a.n_rows), unsigned((n_slots + slots_per_block - 1) / slots_per_block));
   launch_pdl(paged_rotary_kv_store_kernel<kMode>, grid, dim3(kRotaryThreads), shared, a.stream, a, shape,
              slots_per_block);

@@ -22,6 +22,13 @@ void check_rotary(RotaryMode mode, int rotary_dim, int head_dim, float theta, fl
 // Shared floats the block needs for rotary_angles (cos and sin of every pair).
 inline int rotary_shared_floats(RotaryMode mode, int rotary_dim) { return mode == RotaryMode::None ? 0 : rotary_dim; }
 
+// Slots of a row a block takes: a few rows, a head a block (blocks enough for the machine); more, 8 heads;
+// many (a batch step's prompt rows), the whole row, so that its angles (double-precision pow and sincos)
+// are computed once a row rather than once every 8 heads.
+inline int rotary_slots_per_block(int64_t n_rows, int n_slots) {
+  return n_rows <= 8 ? 1 : n_rows < 256 ? 8 : n_slots;
+}
+
 // The cosine and sine of every pair at `position` into cs (rotary_shared_floats shared floats), for
 // rotary_apply; no barrier.
 template <RotaryMode kMode>
