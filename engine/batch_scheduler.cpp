@@ -278,13 +278,16 @@ std::vector<BatchResult> BatchScheduler::step() {
   if (st.rows.empty()) return results;
 
   float* logits = st.backend.logits_buffer(int64_t(st.logit_rows.size()));
-  const auto start = std::chrono::steady_clock::now();
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
   st.backend.forward(st.rows.data(), int64_t(st.rows.size()), st.logit_rows.data(), int64_t(st.logit_rows.size()),
                      logits);
-  st.progress.forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto forwarded = Clock::now();
+  st.progress.forward_seconds += std::chrono::duration<double>(forwarded - start).count();
   ++st.progress.n_steps;
   st.account_rows();
   st.sample_owners(logits);
+  st.progress.sampling_seconds += std::chrono::duration<double>(Clock::now() - forwarded).count();
   for (size_t i = 0; i < st.logit_owners.size(); ++i) {
     Sequence& s = *st.logit_owners[i];
     std::string& error = st.sample_errors[i];

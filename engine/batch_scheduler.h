@@ -47,6 +47,7 @@ struct BatchProgress {
   int64_t n_generated_tokens = 0;  // so far
   int64_t n_steps = 0;             // forward steps run
   double forward_seconds = 0;      // spent in the backend's forward (the device's work and its wait)
+  double sampling_seconds = 0;     // spent drawing the next tokens from the logits
 };
 
 // The scheduler owns the backend's sequence slots and KV pool for its lifetime: nothing else may

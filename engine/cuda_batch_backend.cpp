@@ -87,7 +87,23 @@ class PagedKv final : public CudaKvStore {
     cuda::paged_rotary_kv_store(a);
   }
 
+  // The prompt tiles' rows.
+  bool attend_apart(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) override {
+    if (n_tiles_ == 0) return false;
+    cuda::paged_prompt_attention(attention_args(layer, q, out, n, stream), tiles_, n_tiles_);
+    return true;
+  }
+
   void attend(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) override {
+    if (!rows_outside_tiles_) return;
+    cuda::PagedAttentionArgs a = attention_args(layer, q, out, n, stream);
+    if (n_tiles_ > 0) a.skip_rows = row_in_tile_;
+    cuda::paged_attention(a);
+  }
+
+ private:
+  cuda::PagedAttentionArgs attention_args(int64_t layer, const float* q, float* out, int64_t n,
+                                          cudaStream_t stream) const {
     const ModelConfig& c = config_;
     cuda::PagedAttentionArgs a;
     a.kv = layer_layout(layer);
@@ -104,14 +120,9 @@ class PagedKv final : public CudaKvStore {
     a.max_keys = n_ctx_;
     a.chunk_keys = chunk_keys_;
     a.stream = stream;
-    if (n_tiles_ > 0) {
-      cuda::paged_prompt_attention(a, tiles_, n_tiles_);
-      a.skip_rows = row_in_tile_;
-    }
-    if (rows_outside_tiles_) cuda::paged_attention(a);
+    return a;
   }
 
- private:
   cuda::PagedKvLayout layer_layout(int64_t layer) const {
     cuda::PagedKvLayout l = layout_;
     const uint64_t half = uint64_t(n_blocks_) * (block_bytes() / 2);  // all keys, then all values

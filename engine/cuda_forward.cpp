@@ -474,6 +474,7 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   emit("k", layer, ws_.k, n * kv_dim);
 
   // attention
+  if (kv.attend_apart(layer, ws_.q, ws_.att, n, s)) mark_stage("prompt_attn", layer);
   kv.attend(layer, ws_.q, ws_.att, n, s);
   emit("attn", layer, ws_.att, n * q_dim);
 

@@ -64,7 +64,13 @@ class CudaKvStore {
   // Rotary + KV append: the rotated queries of qkv: [n, qkv_dim] go to q: [n, q_dim], the rows' rotated keys
   // and values are kept for `layer`; k_out: [n, kv_dim] receives the rotated keys unless nullptr.
   virtual void append(int64_t layer, float* qkv, float* q, float* k_out, int64_t n, cudaStream_t stream) = 0;
-  // out: [n, q_dim] = attention of q: [n, q_dim] over what each row's sequence holds.
+  // out: [n, q_dim] = attention of q: [n, q_dim] over what each row's sequence holds. A store may attend
+  // for some rows apart first (prompt rows in tiles): attend_apart does those and returns whether it ran,
+  // so that a profile times it as a stage of its own; attend then does the rest.
+  virtual bool attend_apart(int64_t /*layer*/, const float* /*q*/, float* /*out*/, int64_t /*n*/,
+                            cudaStream_t /*stream*/) {
+    return false;
+  }
   virtual void attend(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) = 0;
 };
 

@@ -17,6 +17,7 @@ struct BatchTally {
   int64_t generated_tokens = 0;
   int64_t steps = 0;            // forward steps
   double forward_seconds = 0;   // of the wall time, in the forward steps
+  double sampling_seconds = 0;  // of the wall time, drawing tokens from the steps' logits
 };
 
 // "37/100 | 2.1 req/s | 140.3 t/s | ETA 30 s" (done counts resumed records).
@@ -30,10 +31,10 @@ class BatchMeter {
   explicit BatchMeter(bool live);  // live: refresh a line (stderr is a terminal)
   void update(const BatchTally& tally);
   void finish(const BatchTally& tally);
+  double seconds() const;  // since the meter started
 
  private:
   using Clock = std::chrono::steady_clock;
-  double seconds() const;
   bool live_;
   Clock::time_point start_, last_;
   bool shown_ = false;

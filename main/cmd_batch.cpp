@@ -24,6 +24,7 @@
 #include "main/batch_input.h"
 #include "main/batch_journal.h"
 #include "main/batch_output.h"
+#include "main/batch_profile.h"
 #include "main/batch_progress.h"
 #include "main/batch_requests.h"
 #include "main/cli.h"
@@ -55,17 +56,19 @@ uint64_t parse_memory(const std::string& text, const std::string& device) {
 
 // The batched backend of a device (from choose_device); a new device is one line here.
 std::unique_ptr<BatchBackend> make_batch_backend(const std::string& device, const KilnFile& file,
-                                                 const BatchBackendOptions& options, cuda::KvDType kv_dtype) {
+                                                 const BatchBackendOptions& options, cuda::KvDType kv_dtype,
+                                                 const std::shared_ptr<StageTimer>& stage_timer) {
 #ifdef KILN_HAVE_CUDA
   CudaBatchOptions cuda;
   cuda.kv_dtype = kv_dtype;
+  cuda.stage_timer = stage_timer;
   // Every matmul call as many rows as the decode rows a step can hold, 64 to 256: a call of 256 rows reads
   // the weights once for four times the rows (7B on an H200, 256 sequences: 20.5K generated t/s against
   // 10.1K with 64-row calls); a step with fewer rows pays for the padding.
   cuda.matmul_rows = std::clamp<int64_t>((options.max_sequences + 63) / 64 * 64, 64, 256);
   if (device == "cuda") return make_cuda_batch_backend(file, options, cuda);
 #else
-  (void)kv_dtype;
+  (void)kv_dtype, (void)stage_timer;
 #endif
   KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
   return make_cpu_batch_backend(file, options);
@@ -136,8 +139,9 @@ class BatchRun {
     context_ = {std::filesystem::path(model_path).stem().string(), int64_t(std::time(nullptr)), random_hex()};
     const std::string device = choose_device(args_["device"].as<std::string>());
     KILN_CHECK(tensor_parallel_from(args_) == 1, "kiln batch runs a model on one rank: leave out -tp");
+    if (args_.count("profile")) profile_.emplace();
     auto backend = make_batch_backend(device, model.file, backend_options(args_, device, int64_t(input_.items.size())),
-                                      kv_dtype_from(args_, device));
+                                      kv_dtype_from(args_, device), profile_ ? profile_->timer() : nullptr);
     BatchOptions options;
     options.max_parallel = args_["parallel"].as<int64_t>();
     options.max_step_tokens = backend->max_step_tokens();
@@ -171,6 +175,7 @@ class BatchRun {
       tally_.generated_tokens = progress.n_generated_tokens;
       tally_.steps = progress.n_steps;
       tally_.forward_seconds = progress.forward_seconds;
+      tally_.sampling_seconds = progress.sampling_seconds;
       for (BatchResult& r : finished)
         write(journal, size_t(r.index), {std::move(r.text), r.n_prompt, r.n_generated, r.finish, std::move(r.error), ""});
       meter_->update(tally_);
@@ -181,6 +186,7 @@ class BatchRun {
       replace_with_lines(out_path_, records_);
     }
     meter_->finish(tally_);
+    if (profile_) fmt::print(stderr, "{}", profile_->table(tally_, meter_->seconds()));
     return 0;
   }
 
@@ -227,6 +233,7 @@ class BatchRun {
   RecordContext context_;
   BatchTally tally_;
   std::optional<BatchMeter> meter_;
+  std::optional<BatchStageTotals> profile_;
 };
 
 }  // namespace
@@ -253,7 +260,9 @@ int cmd_batch(int argc, char** argv) {
       cxxopts::value<std::string>()->default_value("auto"))(
       "b,batch-size", "tokens per forward step", cxxopts::value<int64_t>()->default_value("512"))(
       "force", "start over instead of resuming an existing OUT")(
-      "no-sort", "leave OUT in completion order instead of input order");
+      "no-sort", "leave OUT in completion order instead of input order")(
+      "profile", "print at the end where the forward steps' time went, stage by stage (CUDA; its steps then run "
+      "without CUDA graphs)");
   options.parse_positional({"input"});
   options.positional_help("IN");
   cxxopts::ParseResult args;

@@ -296,6 +296,18 @@ TEST_F(BatchCli, NoSortKeepsCompletionOrder) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(out[size_t(i)]["id"], i + 1) << "sorted once the run completes";
 }
 
+TEST_F(BatchCli, ProfileSplitsTheWallTime) {
+  write_text(file("profile.txt"), "a\nbc\n");
+  const ProcessResult r = batch(file("profile.txt"), file("profile.jsonl"), {"-n", "4", "--profile"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(records(file("profile.jsonl")).size(), 2u);
+  // the CPU backend times no stages; the forward steps and the sampling are timed all the same
+  EXPECT_NE(r.err.find("no stage was timed"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("  forward "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("  sampling "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("  the rest "), std::string::npos) << r.err;
+}
+
 TEST_F(BatchCli, BadArgumentsGiveOneLineErrors) {
   write_text(file("args.txt"), "a\n");
   for (const auto& [args, part] : std::vector<std::pair<std::vector<std::string>, std::string>>{

@@ -11,6 +11,7 @@
 #include "main/batch_input.h"
 #include "main/batch_journal.h"
 #include "main/batch_output.h"
+#include "main/batch_profile.h"
 #include "main/batch_progress.h"
 #include "main/batch_requests.h"
 #include "tests/convert/kiln_file_fixture.h"
@@ -289,6 +290,34 @@ TEST(BatchProgress, LinesSayWhatIsDoneAndHowFast) {
   EXPECT_EQ(summary_line(t, 10),
             "[batch: 18 ok, 2 failed, 10 resumed | generated 500 tokens, 50.0 t/s | prompt 70 tokens | wall 10.0 s, "
             "8.2 s of it in 42 forward steps]");
+}
+
+// The stages in the order they first ran, each summed over every call, with its share of their sum; then
+// the forward steps', the sampling's and the rest of the wall time.
+TEST(BatchProfile, SumsEachStageAndSplitsTheWallTime) {
+  BatchStageTotals totals;
+  ASSERT_TRUE(totals.timer()->enabled);
+  totals.timer()->on_stage("qkv", 0, 1.0e6);
+  totals.timer()->on_stage("attn", 0, 2.5e6);
+  totals.timer()->on_stage("qkv", 1, 0.5e6);
+  BatchTally t;
+  t.forward_seconds = 4.5;
+  t.sampling_seconds = 1.25;
+  const std::string table = totals.table(t, 10);
+  const size_t qkv = table.find("  qkv               1.50 s  37.5%\n");
+  const size_t attn = table.find("  attn              2.50 s  62.5%\n");
+  EXPECT_NE(qkv, std::string::npos) << table;
+  EXPECT_NE(attn, std::string::npos) << table;
+  EXPECT_LT(qkv, attn) << table;
+  EXPECT_NE(table.find("  stages            4.00 s"), std::string::npos) << table;
+  EXPECT_NE(table.find("  forward           4.50 s"), std::string::npos) << table;
+  EXPECT_NE(table.find("  sampling          1.25 s"), std::string::npos) << table;
+  EXPECT_NE(table.find("  the rest          4.25 s"), std::string::npos) << table;
+
+  // Without timed stages (the CPU backend) it says so and still splits the wall time.
+  const std::string bare = BatchStageTotals().table(t, 10);
+  EXPECT_NE(bare.find("no stage was timed"), std::string::npos) << bare;
+  EXPECT_NE(bare.find("  the rest          4.25 s"), std::string::npos) << bare;
 }
 
 }  // namespace
