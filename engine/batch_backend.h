@@ -4,6 +4,7 @@
 // sequence only.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -64,7 +65,9 @@ class BatchBackend {
   // backend's end. The CUDA backend's is pinned, so that the logits come off the GPU at full speed (a step
   // of 64 SmolLM2 rows has 12.6 MB of them); any other memory works too.
   virtual float* logits_buffer(int64_t n_rows) {
-    logits_.resize(size_t(n_rows) * size_t(config().n_vocab));
+    // a row a sequence slot at least: made once rather than grown step by step
+    const size_t n = size_t(std::max(n_rows, max_sequences())) * size_t(config().n_vocab);
+    if (logits_.size() < n) logits_.resize(n);
     return logits_.data();
   }
 

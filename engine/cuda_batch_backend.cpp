@@ -342,8 +342,10 @@ int64_t CudaBatchBackend::stage_prompt_tiles(int64_t n_tokens, int32_t* staged) 
   return n_tiles;
 }
 
+// Room for a row a sequence slot at least (what a scheduler asks at most), so that the pinned buffer, slow
+// to allocate, is not made again as a run's steps return more rows.
 float* CudaBatchBackend::logits_buffer(int64_t n_rows) {
-  const size_t bytes = size_t(std::max<int64_t>(n_rows, 1)) * size_t(config_.n_vocab) * sizeof(float);
+  const size_t bytes = size_t(std::max(n_rows, max_sequences_)) * size_t(config_.n_vocab) * sizeof(float);
   if (logits_.bytes() < bytes) logits_ = cuda::PinnedBuffer(bytes);
   return logits_.as<float>();
 }

@@ -8,6 +8,19 @@
 namespace kiln {
 namespace {
 
+// This thread's scratch, grown to n_vocab entries (new counts are zero, as the old ones are between calls).
+Sampler::Scratch& scratch_for(int64_t n_vocab) {
+  thread_local Sampler::Scratch w;
+  const auto n = size_t(n_vocab);
+  if (w.candidates.size() < n) {
+    w.candidates.resize(n);
+    w.penalized.resize(n);
+    w.probs.resize(n);
+    w.counts.resize(n, 0);
+  }
+  return w;
+}
+
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -47,11 +60,7 @@ double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
 Sampler::Sampler(const SamplerParams& params, int64_t n_vocab) : params_(params), n_vocab_(n_vocab), rng_(params.seed) {
   params_.validate();
   KILN_CHECK(n_vocab >= 1 && n_vocab <= (int64_t(1) << 24), "vocabulary size {} is invalid", n_vocab);
-  candidates_.resize(size_t(n_vocab));
-  penalized_.resize(size_t(n_vocab));
-  probs_.resize(size_t(n_vocab));
   recent_.resize(size_t(params_.penalty_last_n));
-  counts_.assign(size_t(n_vocab), 0);
 }
 
 void Sampler::accept(int32_t token) {
@@ -80,40 +89,41 @@ void Sampler::check_finite(const float* logits) const {
 }
 
 // The logits the filters see: `logits` itself, or a copy with the recent tokens penalized.
-const float* Sampler::apply_penalties(const float* logits) {
+const float* Sampler::apply_penalties(const float* logits, Scratch& w) const {
   const SamplerParams& p = params_;
   if (recent_size_ == 0 || (p.repeat_penalty == 1 && p.frequency_penalty == 0 && p.presence_penalty == 0))
     return logits;
-  std::copy_n(logits, n_vocab_, penalized_.begin());
-  for (size_t i = 0; i < recent_size_; ++i) ++counts_[size_t(recent_[i])];
+  std::copy_n(logits, n_vocab_, w.penalized.begin());
+  for (size_t i = 0; i < recent_size_; ++i) ++w.counts[size_t(recent_[i])];
   for (size_t i = 0; i < recent_size_; ++i) {
     const auto id = size_t(recent_[i]);
-    const int32_t count = counts_[id];
+    const int32_t count = w.counts[id];
     if (count == 0) continue;  // already penalised
-    float& logit = penalized_[id];
+    float& logit = w.penalized[id];
     logit = logit > 0 ? logit / p.repeat_penalty : logit * p.repeat_penalty;
     logit -= float(count) * p.frequency_penalty + p.presence_penalty;
-    counts_[id] = 0;
+    w.counts[id] = 0;
   }
-  return penalized_.data();
+  return w.penalized.data();
 }
 
-// The k best scores into candidates_, best first (all of them, sorted, when top-k is off). Ties go to the
+// The k best scores into w.candidates, best first (all of them, sorted, when top-k is off). Ties go to the
 // lower id, so the order (and the draw) never depends on the sort's implementation. With top-k on, one pass
 // keeps a heap of the k best so far; a block of scores none of which beats the k-th is passed over on the
 // maximum of four independent lanes, without a branch a score.
-size_t Sampler::top_k(const float* scores) {
+size_t Sampler::top_k(const float* scores, Scratch& w) const {
   const auto n = size_t(n_vocab_);
   auto better = [](const Candidate& a, const Candidate& b) {
     return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
   };
   const size_t k = params_.top_k > 0 ? std::min(n, size_t(params_.top_k)) : n;
-  for (size_t i = 0; i < k; ++i) candidates_[i] = {scores[i], int32_t(i)};
+  std::vector<Candidate>& candidates = w.candidates;
+  for (size_t i = 0; i < k; ++i) candidates[i] = {scores[i], int32_t(i)};
   if (k == n) {
-    std::sort(candidates_.begin(), candidates_.begin() + ptrdiff_t(n), better);
+    std::sort(candidates.begin(), candidates.begin() + ptrdiff_t(n), better);
     return n;
   }
-  const auto heap = candidates_.begin(), heap_end = heap + ptrdiff_t(k);
+  const auto heap = candidates.begin(), heap_end = heap + ptrdiff_t(k);
   std::make_heap(heap, heap_end, better);  // the front is the worst kept
   constexpr size_t kBlock = 16;
   for (size_t block = k; block < n; block += kBlock) {
@@ -127,7 +137,7 @@ size_t Sampler::top_k(const float* scores) {
     for (size_t i = block; i < end; ++i) {
       if (!(scores[i] > heap->logit)) continue;  // a tie loses to the kept lower id
       std::pop_heap(heap, heap_end, better);
-      candidates_[k - 1] = {scores[i], int32_t(i)};
+      candidates[k - 1] = {scores[i], int32_t(i)};
       std::push_heap(heap, heap_end, better);
     }
   }
@@ -137,14 +147,15 @@ size_t Sampler::top_k(const float* scores) {
 
 // Nucleus: the shortest prefix whose probability (at temperature 1) reaches top_p; then min-p: tokens at
 // least min_p times as likely as the best. Both keep at least one token.
-size_t Sampler::top_p_and_min_p(size_t n) {
-  const double max_logit = candidates_[0].logit;
+size_t Sampler::top_p_and_min_p(size_t n, Scratch& w) const {
+  const std::vector<double>& probs = w.probs;
+  const double max_logit = w.candidates[0].logit;
   double total = 0;
-  for (size_t i = 0; i < n; ++i) total += probs_[i] = std::exp(double(candidates_[i].logit) - max_logit);
+  for (size_t i = 0; i < n; ++i) total += w.probs[i] = std::exp(double(w.candidates[i].logit) - max_logit);
   if (params_.top_p < 1) {
     double cumulative = 0;
     for (size_t i = 0; i < n; ++i) {
-      cumulative += probs_[i] / total;
+      cumulative += probs[i] / total;
       if (cumulative >= params_.top_p) {
         n = i + 1;
         break;
@@ -153,7 +164,7 @@ size_t Sampler::top_p_and_min_p(size_t n) {
   }
   if (params_.min_p > 0) {
     size_t keep = 1;
-    while (keep < n && probs_[keep] >= double(params_.min_p)) ++keep;  // probs_[0] is 1
+    while (keep < n && probs[keep] >= double(params_.min_p)) ++keep;  // probs[0] is 1
     n = keep;
   }
   return n;
@@ -161,7 +172,8 @@ size_t Sampler::top_p_and_min_p(size_t n) {
 
 int32_t Sampler::sample(const float* logits) {
   check_finite(logits);
-  const float* scores = apply_penalties(logits);
+  Scratch& w = scratch_for(n_vocab_);
+  const float* scores = apply_penalties(logits, w);
 
   if (params_.temperature == 0) {
     size_t best = 0;
@@ -170,21 +182,23 @@ int32_t Sampler::sample(const float* logits) {
     return int32_t(best);
   }
 
-  size_t n = top_k(scores);
-  if (candidates_[0].logit == -INFINITY) return candidates_[0].id;  // every token masked: nothing to weigh
-  n = top_p_and_min_p(n);
+  size_t n = top_k(scores, w);
+  const std::vector<Candidate>& candidates = w.candidates;
+  if (candidates[0].logit == -INFINITY) return candidates[0].id;  // every token masked: nothing to weigh
+  n = top_p_and_min_p(n, w);
 
   // temperature, then one draw
+  std::vector<double>& probs = w.probs;
   const double inv_t = 1.0 / double(params_.temperature);
-  const double max_logit = candidates_[0].logit;
+  const double max_logit = candidates[0].logit;
   double total = 0;
-  for (size_t i = 0; i < n; ++i) total += probs_[i] = std::exp((double(candidates_[i].logit) - max_logit) * inv_t);
+  for (size_t i = 0; i < n; ++i) total += probs[i] = std::exp((double(candidates[i].logit) - max_logit) * inv_t);
   double target = rng_.uniform() * total;
   for (size_t i = 0; i < n; ++i) {
-    target -= probs_[i];
-    if (target < 0) return candidates_[i].id;
+    target -= probs[i];
+    if (target < 0) return candidates[i].id;
   }
-  return candidates_[n - 1].id;  // rounding left a sliver past the end
+  return candidates[n - 1].id;  // rounding left a sliver past the end
 }
 
 }  // namespace kiln

@@ -44,24 +44,29 @@ class Sampler {
 
   const SamplerParams& params() const { return params_; }
 
- private:
   struct Candidate {
     float logit;
     int32_t id;
   };
+  // A call's working memory, one per thread and shared by every sampler on it: a sampler itself holds no
+  // vocabulary-sized buffer, so that making one (kiln batch makes one a request) touches no fresh pages.
+  struct Scratch {
+    std::vector<Candidate> candidates;  // [n_vocab]
+    std::vector<float> penalized;       // [n_vocab] the logits with the penalties applied (when any are on)
+    std::vector<double> probs;          // [n_vocab]
+    std::vector<int32_t> counts;        // [n_vocab] occurrences in the window, zero between calls
+  };
+
+ private:
   void check_finite(const float* logits) const;
-  const float* apply_penalties(const float* logits);
-  size_t top_k(const float* scores);
-  size_t top_p_and_min_p(size_t n);
+  const float* apply_penalties(const float* logits, Scratch& w) const;
+  size_t top_k(const float* scores, Scratch& w) const;
+  size_t top_p_and_min_p(size_t n, Scratch& w) const;
 
   SamplerParams params_;
   int64_t n_vocab_;
   Rng rng_;
-  std::vector<Candidate> candidates_;  // [n_vocab]
-  std::vector<float> penalized_;       // [n_vocab] the logits with the penalties applied (when any are on)
-  std::vector<double> probs_;          // [n_vocab]
-  std::vector<int32_t> recent_;        // [penalty_last_n] ring buffer
-  std::vector<int32_t> counts_;        // [n_vocab] occurrences in the window, zero between calls
+  std::vector<int32_t> recent_;  // [penalty_last_n] ring buffer
   size_t recent_next_ = 0;
   size_t recent_size_ = 0;
 };

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/error.h"
@@ -204,6 +205,47 @@ TEST(Sampler, FrequenciesMatchTheReference) {
     // Critical chi-square values at p = 0.001 for up to 11 degrees of freedom.
     const double critical[] = {0, 10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59, 31.26};
     EXPECT_LT(chi_square(counts, expected, draws), critical[kept - 1]) << "temperature " << temperature;
+  }
+}
+
+// Samplers share their thread's working memory: interleaved, with penalties and vocabularies of different
+// sizes, each draws what it draws alone, on this thread or another.
+TEST(Sampler, InterleavedSamplersDrawWhatEachDrawsAlone) {
+  SamplerParams p;
+  p.repeat_penalty = 1.3f;
+  p.frequency_penalty = 0.2f;
+  p.presence_penalty = 0.1f;
+  p.penalty_last_n = 8;
+  p.seed = 7;
+  std::vector<float> logits(300);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(std::sin(double(i) * 0.37)) * 3;
+  // Each sampler's draws alone, feeding back what it drew.
+  auto alone = [&](int64_t n_vocab, uint64_t seed) {
+    SamplerParams q = p;
+    q.seed = seed;
+    Sampler s(q, n_vocab);
+    std::vector<int32_t> drawn;
+    for (int i = 0; i < 50; ++i) {
+      drawn.push_back(s.sample(logits.data()));
+      s.accept(drawn.back());
+    }
+    return drawn;
+  };
+  const std::vector<int32_t> want_small = alone(40, 1), want_large = alone(300, 2);
+  std::vector<int32_t> other_thread;
+  std::thread([&] { other_thread = alone(40, 1); }).join();
+  EXPECT_EQ(other_thread, want_small);
+  SamplerParams q = p;
+  q.seed = 1;
+  Sampler small(q, 40);
+  q.seed = 2;
+  Sampler large(q, 300);
+  for (int i = 0; i < 50; ++i) {
+    const int32_t a = small.sample(logits.data()), b = large.sample(logits.data());
+    ASSERT_EQ(a, want_small[size_t(i)]) << "draw " << i;
+    ASSERT_EQ(b, want_large[size_t(i)]) << "draw " << i;
+    small.accept(a);
+    large.accept(b);
   }
 }
 
