@@ -17,6 +17,7 @@ Sampler::Scratch& scratch_for(int64_t n_vocab) {
     w.penalized.resize(n);
     w.probs.resize(n);
     w.counts.resize(n, 0);
+    w.block_max.resize(n);
   }
   return w;
 }
@@ -108,9 +109,11 @@ const float* Sampler::apply_penalties(const float* logits, Scratch& w) const {
 }
 
 // The k best scores into w.candidates, best first (all of them, sorted, when top-k is off). Ties go to the
-// lower id, so the order (and the draw) never depends on the sort's implementation. With top-k on, one pass
-// keeps a heap of the k best so far; a block of scores none of which beats the k-th is passed over on the
-// maximum of four independent lanes, without a branch a score.
+// lower id, so the order (and the draw) never depends on the sort's implementation. With top-k on, the
+// scores go in blocks of 16 and the blocks in k groups: each group holds a score as large as its maximum,
+// so k scores reach the least group maximum t, and so does every one of the k best. Only the blocks whose
+// maximum reaches t are looked into (a few hundred scores of 32K random logits), the rest passed over on
+// their maxima. A heap of the k best kept over all scores took twice as long: early on most scores entered.
 size_t Sampler::top_k(const float* scores, Scratch& w) const {
   const auto n = size_t(n_vocab_);
   auto better = [](const Candidate& a, const Candidate& b) {
@@ -118,30 +121,39 @@ size_t Sampler::top_k(const float* scores, Scratch& w) const {
   };
   const size_t k = params_.top_k > 0 ? std::min(n, size_t(params_.top_k)) : n;
   std::vector<Candidate>& candidates = w.candidates;
-  for (size_t i = 0; i < k; ++i) candidates[i] = {scores[i], int32_t(i)};
-  if (k == n) {
-    std::sort(candidates.begin(), candidates.begin() + ptrdiff_t(n), better);
-    return n;
-  }
-  const auto heap = candidates.begin(), heap_end = heap + ptrdiff_t(k);
-  std::make_heap(heap, heap_end, better);  // the front is the worst kept
   constexpr size_t kBlock = 16;
-  for (size_t block = k; block < n; block += kBlock) {
-    const size_t end = std::min(n, block + kBlock);
-    if (end - block == kBlock) {
-      float lane[4] = {scores[block], scores[block + 1], scores[block + 2], scores[block + 3]};
-      for (size_t i = block + 4; i < end; i += 4)
-        for (size_t j = 0; j < 4; ++j) lane[j] = std::max(lane[j], scores[i + j]);
-      if (!(std::max(std::max(lane[0], lane[1]), std::max(lane[2], lane[3])) > heap->logit)) continue;
-    }
-    for (size_t i = block; i < end; ++i) {
-      if (!(scores[i] > heap->logit)) continue;  // a tie loses to the kept lower id
-      std::pop_heap(heap, heap_end, better);
-      candidates[k - 1] = {scores[i], int32_t(i)};
-      std::push_heap(heap, heap_end, better);
-    }
+  const size_t n_blocks = n / kBlock;  // whole blocks; the tail's scores are always candidates
+  if (n_blocks < k) {  // top-k off, or a small vocabulary: every score is a candidate
+    for (size_t i = 0; i < n; ++i) candidates[i] = {scores[i], int32_t(i)};
+    const auto all = candidates.begin() + ptrdiff_t(n);
+    if (k == n) std::sort(candidates.begin(), all, better);
+    else std::partial_sort(candidates.begin(), candidates.begin() + ptrdiff_t(k), all, better);
+    return k;
   }
-  std::sort_heap(heap, heap_end, better);
+  std::vector<float>& maxima = w.block_max;
+  for (size_t b = 0; b < n_blocks; ++b) {
+    const float* x = scores + b * kBlock;
+    float lane[4] = {x[0], x[1], x[2], x[3]};  // four independent lanes: the compiler vectorizes them
+    for (size_t i = 4; i < kBlock; i += 4)
+      for (size_t j = 0; j < 4; ++j) lane[j] = std::max(lane[j], x[i + j]);
+    maxima[b] = std::max(std::max(lane[0], lane[1]), std::max(lane[2], lane[3]));
+  }
+  float t = INFINITY;
+  for (size_t g = 0; g < k; ++g) {
+    const size_t first = g * n_blocks / k, end = (g + 1) * n_blocks / k;
+    t = std::min(t, *std::max_element(maxima.begin() + ptrdiff_t(first), maxima.begin() + ptrdiff_t(end)));
+  }
+  size_t found = 0;
+  auto consider = [&](size_t i) {  // branch-free: written always, kept when it reaches t
+    candidates[found] = {scores[i], int32_t(i)};
+    found += scores[i] >= t ? 1 : 0;
+  };
+  for (size_t b = 0; b < n_blocks; ++b)
+    if (maxima[b] >= t)
+      for (size_t i = b * kBlock; i < (b + 1) * kBlock; ++i) consider(i);
+  for (size_t i = n_blocks * kBlock; i < n; ++i) consider(i);
+  std::partial_sort(candidates.begin(), candidates.begin() + ptrdiff_t(k), candidates.begin() + ptrdiff_t(found),
+                    better);
   return k;
 }
 

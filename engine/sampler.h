@@ -55,6 +55,7 @@ class Sampler {
     std::vector<float> penalized;       // [n_vocab] the logits with the penalties applied (when any are on)
     std::vector<double> probs;          // [n_vocab]
     std::vector<int32_t> counts;        // [n_vocab] occurrences in the window, zero between calls
+    std::vector<float> block_max;       // [n_vocab / 16] top-k's block maxima
   };
 
  private:

@@ -318,27 +318,38 @@ TEST(Sampler, MaskedTokensAreNeverDrawn) {
 // draws: the same sampler with top-k off, given only the k best (by logit, then lower id; found here with a
 // full stable sort) and -inf for the rest. min-p > 0 drops the -inf tokens there, so both walk the same
 // candidates with the same generator.
+// Top-k passes most scores over on their blocks' maxima: it must draw what a full sort of the k best draws,
+// with many ties, with distinct scores, with a vocabulary that is not whole blocks, and with most tokens
+// masked (so that -inf scores reach its threshold).
 TEST(Sampler, TopKDrawsWhatAFullSortDraws) {
-  const int64_t n_vocab = 5000;
-  Rng values(77);
-  std::vector<float> logits(static_cast<size_t>(n_vocab));
-  for (float& x : logits) x = float(std::floor(values.uniform() * 40) * 0.25 - 5);  // 40 levels: many ties
-  for (size_t i = 3; i < logits.size(); i += 7) logits[i] = -INFINITY;
-  for (const int k : {1, 40, 333}) {
-    SamplerParams p;
-    p.top_k = k;
-    p.seed = 123;
-    std::vector<size_t> order(logits.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
-    std::vector<float> only_best(logits.size(), -INFINITY);
-    for (int i = 0; i < k; ++i) only_best[order[size_t(i)]] = logits[order[size_t(i)]];
-    SamplerParams all = p;
-    all.top_k = 0;
-    Sampler with_k(p, n_vocab), sorted(all, n_vocab);
-    for (int draw = 0; draw < 300; ++draw)
-      ASSERT_EQ(with_k.sample(logits.data()), sorted.sample(only_best.data())) << "top-k " << k << ", draw " << draw;
-  }
+  for (const int64_t n_vocab : {int64_t(5000), int64_t(32003)})
+    for (const int pattern : {0, 1, 2}) {
+      Rng values(77 + uint64_t(pattern));
+      std::vector<float> logits(static_cast<size_t>(n_vocab));
+      for (float& x : logits)
+        x = pattern == 0 ? float(std::floor(values.uniform() * 40) * 0.25 - 5)  // 40 levels: many ties
+                         : float(values.uniform() * 20 - 10);
+      for (size_t i = 3; i < logits.size(); i += 7) logits[i] = -INFINITY;
+      if (pattern == 2)  // all but every 997th masked: fewer finite scores than some k
+        for (size_t i = 0; i < logits.size(); ++i)
+          if (i % 997 != 0) logits[i] = -INFINITY;
+      for (const int k : {1, 40, 333}) {
+        SCOPED_TRACE(testing::Message() << "vocabulary " << n_vocab << ", pattern " << pattern << ", top-k " << k);
+        SamplerParams p;
+        p.top_k = k;
+        p.seed = 123;
+        std::vector<size_t> order(logits.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+        std::vector<float> only_best(logits.size(), -INFINITY);
+        for (int i = 0; i < k; ++i) only_best[order[size_t(i)]] = logits[order[size_t(i)]];
+        SamplerParams all = p;
+        all.top_k = 0;
+        Sampler with_k(p, n_vocab), sorted(all, n_vocab);
+        for (int draw = 0; draw < 100; ++draw)
+          ASSERT_EQ(with_k.sample(logits.data()), sorted.sample(only_best.data())) << "draw " << draw;
+      }
+    }
 }
 
 TEST(Sampler, RejectsNanAndInfiniteLogitsNamingTheFirst) {
