@@ -59,7 +59,6 @@ __global__ void __launch_bounds__(kThreads) rotary_kv_append_kernel(Layout l, co
 template <RotaryMode kMode>
 void launch(const Layout& l, int64_t n_tokens, const int32_t* first_position, cudaStream_t stream) {
   const size_t shared = sizeof(float) * size_t(rotary_shared_floats(kMode, l.shape.rotary_dim));
-  // Decode: a head a block. More tokens: 8 heads a block, so the angles are not computed once per head.
   const int n_slots = l.shape.n_heads + 2 * l.shape.n_kv_heads;
   const int slots_per_block = rotary_slots_per_block(n_tokens, n_slots);
   const dim3 grid(unsigned(n_tokens), unsigned((n_slots + slots_per_block - 1) / slots_per_block));
