@@ -21,6 +21,7 @@
 #endif
 #include "engine/error.h"
 #include "engine/json_input.h"
+#include "kernels/cpu/thread_pool.h"
 #include "main/batch_input.h"
 #include "main/batch_journal.h"
 #include "main/batch_output.h"
@@ -153,20 +154,30 @@ class BatchRun {
                scheduler.max_parallel(), backend->free_blocks() * backend->block_positions());
     BatchJournal journal(out_path_);
     meter_.emplace(::isatty(2) == 1);
-    for (size_t i = 0; i < input_.items.size(); ++i) {
-      const BatchItem& item = input_.items[i];
+    // The requests are tokenized on every core, then submitted in input order: the same run either way.
+    const size_t n_items = input_.items.size();
+    std::vector<std::optional<BatchRequest>> requests(n_items);
+    std::vector<std::string> refused(n_items);
+    ThreadPool(0).parallel_for(int64_t(n_items), [&](int64_t begin, int64_t end) {
+      for (auto i = size_t(begin); i < size_t(end); ++i) {
+        const BatchItem& item = input_.items[i];
+        if (!records_[i].empty() || !item.runnable()) continue;
+        try {
+          requests[i] = make_request(item, int64_t(i), defaults, *model.tokenizer, tmpl ? &*tmpl : nullptr);
+        } catch (const Error& e) {
+          refused[i] = e.what();
+        }
+      }
+    });
+    for (size_t i = 0; i < n_items; ++i) {
       if (!records_[i].empty()) continue;
-      if (!item.runnable()) {
-        write(journal, i, {});
+      if (requests[i]) {
+        scheduler.submit(std::move(*requests[i]));
         continue;
       }
-      try {
-        scheduler.submit(make_request(item, int64_t(i), defaults, *model.tokenizer, tmpl ? &*tmpl : nullptr));
-      } catch (const Error& e) {
-        BatchOutcome failed;
-        failed.error = e.what();
-        write(journal, i, failed);
-      }
+      BatchOutcome failed;  // not runnable (the record says why), or refused
+      failed.error = std::move(refused[i]);
+      write(journal, i, failed);
     }
     while (!scheduler.idle()) {
       std::vector<BatchResult> finished = scheduler.step();
