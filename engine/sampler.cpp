@@ -8,6 +8,8 @@
 namespace kiln {
 namespace {
 
+constexpr size_t kTopKBlock = 16;  // scores a block of top_k's
+
 // This thread's scratch, grown to n_vocab entries (new counts are zero, as the old ones are between calls).
 Sampler::Scratch& scratch_for(int64_t n_vocab) {
   thread_local Sampler::Scratch w;
@@ -17,7 +19,7 @@ Sampler::Scratch& scratch_for(int64_t n_vocab) {
     w.penalized.resize(n);
     w.probs.resize(n);
     w.counts.resize(n, 0);
-    w.block_max.resize(n);
+    w.block_max.resize(n / kTopKBlock);
   }
   return w;
 }
@@ -121,8 +123,7 @@ size_t Sampler::top_k(const float* scores, Scratch& w) const {
   };
   const size_t k = params_.top_k > 0 ? std::min(n, size_t(params_.top_k)) : n;
   std::vector<Candidate>& candidates = w.candidates;
-  constexpr size_t kBlock = 16;
-  const size_t n_blocks = n / kBlock;  // whole blocks; the tail's scores are always candidates
+  const size_t n_blocks = n / kTopKBlock;  // whole blocks; the tail's scores are always candidates
   if (n_blocks < k) {  // top-k off, or a small vocabulary: every score is a candidate
     for (size_t i = 0; i < n; ++i) candidates[i] = {scores[i], int32_t(i)};
     const auto all = candidates.begin() + ptrdiff_t(n);
@@ -132,9 +133,9 @@ size_t Sampler::top_k(const float* scores, Scratch& w) const {
   }
   std::vector<float>& maxima = w.block_max;
   for (size_t b = 0; b < n_blocks; ++b) {
-    const float* x = scores + b * kBlock;
+    const float* x = scores + b * kTopKBlock;
     float lane[4] = {x[0], x[1], x[2], x[3]};  // four independent lanes: the compiler vectorizes them
-    for (size_t i = 4; i < kBlock; i += 4)
+    for (size_t i = 4; i < kTopKBlock; i += 4)
       for (size_t j = 0; j < 4; ++j) lane[j] = std::max(lane[j], x[i + j]);
     maxima[b] = std::max(std::max(lane[0], lane[1]), std::max(lane[2], lane[3]));
   }
@@ -150,8 +151,8 @@ size_t Sampler::top_k(const float* scores, Scratch& w) const {
   };
   for (size_t b = 0; b < n_blocks; ++b)
     if (maxima[b] >= t)
-      for (size_t i = b * kBlock; i < (b + 1) * kBlock; ++i) consider(i);
-  for (size_t i = n_blocks * kBlock; i < n; ++i) consider(i);
+      for (size_t i = b * kTopKBlock; i < (b + 1) * kTopKBlock; ++i) consider(i);
+  for (size_t i = n_blocks * kTopKBlock; i < n; ++i) consider(i);
   std::partial_sort(candidates.begin(), candidates.begin() + ptrdiff_t(k), candidates.begin() + ptrdiff_t(found),
                     better);
   return k;
@@ -160,10 +161,11 @@ size_t Sampler::top_k(const float* scores, Scratch& w) const {
 // Nucleus: the shortest prefix whose probability (at temperature 1) reaches top_p; then min-p: tokens at
 // least min_p times as likely as the best. Both keep at least one token.
 size_t Sampler::top_p_and_min_p(size_t n, Scratch& w) const {
-  const std::vector<double>& probs = w.probs;
-  const double max_logit = w.candidates[0].logit;
+  std::vector<double>& probs = w.probs;
+  const std::vector<Candidate>& candidates = w.candidates;
+  const double max_logit = candidates[0].logit;
   double total = 0;
-  for (size_t i = 0; i < n; ++i) total += w.probs[i] = std::exp(double(w.candidates[i].logit) - max_logit);
+  for (size_t i = 0; i < n; ++i) total += probs[i] = std::exp(double(candidates[i].logit) - max_logit);
   if (params_.top_p < 1) {
     double cumulative = 0;
     for (size_t i = 0; i < n; ++i) {
