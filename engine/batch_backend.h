@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/error.h"
 #include "engine/model_config.h"
 
 namespace kiln {
@@ -24,6 +25,14 @@ struct BatchToken {
   int32_t seq = 0;
   int32_t position = 0;
   bool prompt = false;
+};
+
+// The k best logits of each asked row of a step (ties to the lower id), in any order within the row.
+struct TopLogits {
+  int64_t k = 0;
+  const float* logits = nullptr;          // [n_logit_rows, k]
+  const int32_t* ids = nullptr;           // [n_logit_rows, k] the token each of logits is
+  const int32_t* first_invalid = nullptr;  // [n_logit_rows] the row's first NaN or +inf logit, -1 when none
 };
 
 struct BatchBackendOptions {
@@ -59,6 +68,16 @@ class BatchBackend {
   // apart, or a position past the reservation.
   virtual void forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows,
                        int64_t n_logit_rows, float* logits) = 0;
+  // The largest k forward_top takes; 0: it is not offered.
+  virtual int64_t max_top_k() const { return 0; }
+  // forward, each asked row cut down to its k best logits (1 <= k <= max_top_k()), as samplers that look at
+  // no others need (Sampler::top_needed): a GPU step copies kilobytes instead of megabytes, and the host
+  // sorts k logits rather than the vocabulary. The view is valid until the next call. Throws kiln::Error as
+  // forward does, and for a k outside [1, max_top_k()].
+  virtual TopLogits forward_top(const BatchToken* /*tokens*/, int64_t /*n_tokens*/, const int32_t* /*logit_rows*/,
+                                int64_t /*n_logit_rows*/, int64_t k) {
+    throw Error(fmt::format("the {} batch backend returns whole rows of logits, not the {} best", name(), k));
+  }
   // Returns the sequence's blocks and reservation to the pool; its slot may be used again.
   virtual void release(int32_t seq) = 0;
   // Host memory for forward's logits: at least n_rows x n_vocab floats, valid until the next call or the

@@ -168,9 +168,23 @@ struct BatchScheduler::State {
     return s.request.max_tokens >= 0 && s.n_generated >= s.request.max_tokens;
   }
 
+  // The k best logits a row this step must return for every owner to draw from them alone (what the
+  // backend's forward_top takes), or 0: whole rows.
+  int64_t step_top_k() const {
+    int64_t k = 0;
+    for (const Sequence* s : logit_owners) {
+      const int64_t needed = s->sampler.top_needed();
+      if (needed == 0) return 0;
+      k = std::max(k, needed);
+    }
+    return k <= backend.max_top_k() ? k : 0;
+  }
+
   // Every owner's next token, each from its own sampler, on the pool: 256 rows of a 32K vocabulary take
   // milliseconds on one core. A sampler's draws depend on its sequence alone, so the order does not matter.
-  void sample_owners(const float* logits) {
+  // draw(i, sampler) is owner i's token.
+  template <typename Draw>
+  void sample_owners(const Draw& draw) {
     const size_t n = logit_owners.size();
     sampled.assign(n, -1);
     sample_errors.assign(n, {});
@@ -179,12 +193,40 @@ struct BatchScheduler::State {
         Sequence& s = *logit_owners[i];
         if (at_max_tokens(s)) continue;
         try {
-          sampled[i] = s.sampler.sample(logits + i * size_t(n_vocab));
+          sampled[i] = draw(i, s.sampler);
         } catch (const Error& e) {  // a NaN logit: this request fails, the others go on
           sample_errors[i] = e.what();
         }
       }
     });
+  }
+
+  // One forward step over rows and the owners' draws from its logits (whole rows or the k best of each).
+  void forward_and_sample() {
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    const auto n_rows = int64_t(rows.size()), n_owners = int64_t(logit_rows.size());
+    const int64_t k = step_top_k();
+    TopLogits top;
+    float* logits = nullptr;
+    if (k > 0) {
+      top = backend.forward_top(rows.data(), n_rows, logit_rows.data(), n_owners, k);
+    } else {
+      logits = backend.logits_buffer(n_owners);
+      backend.forward(rows.data(), n_rows, logit_rows.data(), n_owners, logits);
+    }
+    const auto forwarded = Clock::now();
+    progress.forward_seconds += std::chrono::duration<double>(forwarded - start).count();
+    ++progress.n_steps;
+    account_rows();
+    if (k > 0)
+      sample_owners([&](size_t i, Sampler& sampler) {
+        return sampler.sample_top(top.logits + i * size_t(k), top.ids + i * size_t(k), size_t(k),
+                                  top.first_invalid[i]);
+      });
+    else
+      sample_owners([&](size_t i, Sampler& sampler) { return sampler.sample(logits + i * size_t(n_vocab)); });
+    progress.sampling_seconds += std::chrono::duration<double>(Clock::now() - forwarded).count();
   }
 
   // Generator's loop body after a forward and the sampling: decide whether to go on. Returns why the
@@ -277,17 +319,7 @@ std::vector<BatchResult> BatchScheduler::step() {
   st.build_rows();
   if (st.rows.empty()) return results;
 
-  float* logits = st.backend.logits_buffer(int64_t(st.logit_rows.size()));
-  using Clock = std::chrono::steady_clock;
-  const auto start = Clock::now();
-  st.backend.forward(st.rows.data(), int64_t(st.rows.size()), st.logit_rows.data(), int64_t(st.logit_rows.size()),
-                     logits);
-  const auto forwarded = Clock::now();
-  st.progress.forward_seconds += std::chrono::duration<double>(forwarded - start).count();
-  ++st.progress.n_steps;
-  st.account_rows();
-  st.sample_owners(logits);
-  st.progress.sampling_seconds += std::chrono::duration<double>(Clock::now() - forwarded).count();
+  st.forward_and_sample();
   for (size_t i = 0; i < st.logit_owners.size(); ++i) {
     Sequence& s = *st.logit_owners[i];
     std::string& error = st.sample_errors[i];

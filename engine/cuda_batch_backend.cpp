@@ -14,12 +14,14 @@
 #include "engine/weights.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/top_logits.h"
 
 namespace kiln {
 namespace {
 
 constexpr int64_t kBlockPositions = 16;
 constexpr size_t kMaxGraphs = 64;  // step shapes kept as graphs; later shapes run their launches
+constexpr int64_t kMaxTopK = 256;  // forward_top's k at most
 
 // The pool on the device: k: [n_layers, n_blocks, n_kv_heads, block_positions, head_dim], then v likewise.
 class PagedKv final : public CudaKvStore {
@@ -194,13 +196,22 @@ class CudaBatchBackend final : public BatchBackend {
   bool reserve(int32_t seq, int64_t n_positions) override { return table_->reserve(seq, n_positions); }
   void forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
                float* logits) override;
+  int64_t max_top_k() const override { return std::min(kMaxTopK, config_.n_vocab); }
+  TopLogits forward_top(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
+                        int64_t k) override;
   void release(int32_t seq) override { table_->release(seq); }
   float* logits_buffer(int64_t n_rows) override;
 
  private:
   int64_t plan_blocks(const BatchBackendOptions& options, uint64_t fixed_bytes) const;
-  // The step's launches (graph-capturable): the layers, then the asked rows gathered and the head.
-  void run(int64_t n_tokens, int64_t n_logit_rows, bool in_order);
+  // Stages the step step_ has checked and launches it on the forward's stream (top_k > 0: the rows' k best after
+  // the head, in the top area); the caller copies what it needs back and synchronizes.
+  void launch(int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows, int64_t top_k);
+  // The step's launches (graph-capturable): the layers, then the asked rows gathered, the head and the best.
+  void run(int64_t n_tokens, int64_t n_logit_rows, bool in_order, int64_t top_k);
+  // The top area of k-best rows: [logits n x k][ids n x k][first invalid n] in 4-byte words, on the device
+  // in the attention scratch (free after the layers) and on the host in top_.
+  static size_t top_words(int64_t n_rows, int64_t k) { return size_t(n_rows) * size_t(2 * k + 1); }
   // Cuts the step's prompt rows into tiles (into the staged inputs) and tells kv_; returns the tile count.
   int64_t stage_prompt_tiles(int64_t n_tokens, int32_t* staged);
 
@@ -214,8 +225,10 @@ class CudaBatchBackend final : public BatchBackend {
   BatchStep step_;
   cuda::PinnedBuffer staging_;  // [in_.ints()] what the forward's inputs receive
   cuda::PinnedBuffer logits_;   // logits_buffer()
+  cuda::PinnedBuffer top_;      // forward_top's rows
   bool use_graph_;
-  using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool>;  // rows, logit rows, in order, tiles, all tiled
+  // rows, logit rows, in order, tiles, all tiled, top k
+  using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool, int64_t>;
   std::map<StepShape, int> seen_;                         // steps run per shape, until captured
   std::map<StepShape, std::unique_ptr<cuda::CudaGraph>> graphs_;
 };
@@ -245,7 +258,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   fo.invariant_rows = cuda.matmul_rows;
   fo.stage_timer = cuda.stage_timer;
   fo.input_ints = in_.ints();
-  fo.attention_floats = kv_.partial_floats(in_.T);
+  fo.attention_floats = std::max(kv_.partial_floats(in_.T), top_words(in_.T, max_top_k()));
   forward_ = std::make_unique<CudaForward>(config_, weights, fo);
   const int64_t n_blocks = plan_blocks(options, forward_->weight_bytes() + forward_->workspace_bytes());
   check_gpu_memory(device_, forward_->weight_bytes(), uint64_t(n_blocks) * kv_.block_bytes(),
@@ -258,6 +271,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   kv_.bind(inputs + in_.block_table(), inputs + in_.row_seq(), inputs + in_.positions(), forward_->attention_scratch(),
            forward_->alibi_slopes(), inputs + in_.row_in_tile(), inputs + in_.tiles());
   staging_ = cuda::PinnedBuffer(size_t(in_.ints()) * sizeof(int32_t));
+  top_ = cuda::PinnedBuffer(top_words(in_.T, max_top_k()) * sizeof(float));
 }
 
 // Blocks of the pool: what kv_bytes holds (0: 90% of the free memory beside fixed_bytes), never more than
@@ -280,6 +294,32 @@ int64_t CudaBatchBackend::plan_blocks(const BatchBackendOptions& options, uint64
 void CudaBatchBackend::forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows,
                                int64_t n_logit_rows, float* logits) {
   step_.check(*table_, config_.n_vocab, tokens, n_tokens, logit_rows, n_logit_rows, logits);
+  launch(n_tokens, logit_rows, n_logit_rows, 0);
+  cudaStream_t s = forward_->stream();
+  if (n_logit_rows > 0)
+    KILN_CUDA_CHECK(cudaMemcpyAsync(logits, forward_->logits(), size_t(n_logit_rows * config_.n_vocab) * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s));
+  KILN_CUDA_CHECK(cudaStreamSynchronize(s));  // the staging buffer is reused by the next step
+  forward_->report_stage_times();
+}
+
+TopLogits CudaBatchBackend::forward_top(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows,
+                                        int64_t n_logit_rows, int64_t k) {
+  KILN_CHECK(k >= 1 && k <= max_top_k(), "the CUDA batch backend returns the 1 to {} best logits of a row, not {}",
+             max_top_k(), k);
+  float* host = top_.as<float>();
+  step_.check(*table_, config_.n_vocab, tokens, n_tokens, logit_rows, n_logit_rows, host);
+  launch(n_tokens, logit_rows, n_logit_rows, k);
+  cudaStream_t s = forward_->stream();
+  KILN_CUDA_CHECK(cudaMemcpyAsync(host, forward_->attention_scratch(), top_words(n_logit_rows, k) * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s));
+  KILN_CUDA_CHECK(cudaStreamSynchronize(s));
+  forward_->report_stage_times();
+  const auto n_words = size_t(n_logit_rows * k);
+  return {k, host, reinterpret_cast<const int32_t*>(host + n_words), reinterpret_cast<const int32_t*>(host + 2 * n_words)};
+}
+
+void CudaBatchBackend::launch(int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows, int64_t top_k) {
   KILN_CUDA_CHECK(cudaSetDevice(device_));
   step_.grow(*table_, n_tokens);
 
@@ -299,23 +339,18 @@ void CudaBatchBackend::forward(const BatchToken* tokens, int64_t n_tokens, const
   int32_t* inputs = forward_->inputs();
   KILN_CUDA_CHECK(cudaMemcpyAsync(inputs, staged, size_t(in_.ints()) * sizeof(int32_t), cudaMemcpyHostToDevice, s));
 
-  const StepShape shape{n_tokens, n_logit_rows, in_order, n_tiles, kv_.all_rows_tiled()};
+  const StepShape shape{n_tokens, n_logit_rows, in_order, n_tiles, kv_.all_rows_tiled(), top_k};
   const bool timing = forward_->begin_stage_timing();
   auto graph = timing ? graphs_.end() : graphs_.find(shape);
   if (!timing && graph == graphs_.end() && use_graph_ && graphs_.size() < kMaxGraphs && seen_[shape]++ > 0) {
     auto captured = std::make_unique<cuda::CudaGraph>();
-    captured->capture(s, [&] { run(n_tokens, n_logit_rows, in_order); });
+    captured->capture(s, [&] { run(n_tokens, n_logit_rows, in_order, top_k); });
     graph = graphs_.emplace(shape, std::move(captured)).first;
     seen_.erase(shape);
   }
   if (seen_.size() > 4096) seen_.clear();  // shapes met once each, as prompt chunks can be
   if (graph != graphs_.end()) graph->second->launch(s);
-  else run(n_tokens, n_logit_rows, in_order);
-  if (n_logit_rows > 0)
-    KILN_CUDA_CHECK(cudaMemcpyAsync(logits, forward_->logits(), size_t(n_logit_rows * config_.n_vocab) * sizeof(float),
-                                    cudaMemcpyDeviceToHost, s));
-  KILN_CUDA_CHECK(cudaStreamSynchronize(s));  // the staging buffer is reused by the next step
-  forward_->report_stage_times();
+  else run(n_tokens, n_logit_rows, in_order, top_k);
 }
 
 int64_t CudaBatchBackend::stage_prompt_tiles(int64_t n_tokens, int32_t* staged) {
@@ -350,7 +385,7 @@ float* CudaBatchBackend::logits_buffer(int64_t n_rows) {
   return logits_.as<float>();
 }
 
-void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order) {
+void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order, int64_t top_k) {
   const int32_t* inputs = forward_->inputs();
   forward_->run_layers(inputs + in_.tokens(), inputs + in_.positions(), n_tokens, kv_);
   if (n_logit_rows == 0) return;
@@ -367,6 +402,19 @@ void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order
     hidden = forward_->spare_rows();
   }
   forward_->head(hidden, n_logit_rows);
+  if (top_k == 0) return;
+  cuda::TopLogitsArgs t;
+  t.logits = forward_->logits();
+  t.n_rows = n_logit_rows;
+  t.n_vocab = config_.n_vocab;
+  t.k = top_k;
+  float* top = forward_->attention_scratch();
+  const auto n_words = size_t(n_logit_rows * top_k);
+  t.top_logits = top;
+  t.top_ids = reinterpret_cast<int32_t*>(top + n_words);
+  t.first_invalid = reinterpret_cast<int32_t*>(top + 2 * n_words);
+  t.stream = forward_->stream();
+  cuda::top_logits(t);
 }
 
 }  // namespace

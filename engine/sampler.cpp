@@ -24,6 +24,11 @@ Sampler::Scratch& scratch_for(int64_t n_vocab) {
   return w;
 }
 
+// The order of candidates: by logit, ties to the lower id, so that no draw depends on a sort's implementation.
+bool better(const Sampler::Candidate& a, const Sampler::Candidate& b) {
+  return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -91,11 +96,15 @@ void Sampler::check_finite(const float* logits) const {
     KILN_CHECK(logits[i] < INFINITY, "logit {} is {}: the model produced invalid output", i, logits[i]);
 }
 
+bool Sampler::penalizes() const {
+  const SamplerParams& p = params_;
+  return !recent_.empty() && (p.repeat_penalty != 1 || p.frequency_penalty != 0 || p.presence_penalty != 0);
+}
+
 // The logits the filters see: `logits` itself, or a copy with the recent tokens penalized.
 const float* Sampler::apply_penalties(const float* logits, Scratch& w) const {
   const SamplerParams& p = params_;
-  if (recent_size_ == 0 || (p.repeat_penalty == 1 && p.frequency_penalty == 0 && p.presence_penalty == 0))
-    return logits;
+  if (recent_size_ == 0 || !penalizes()) return logits;
   std::copy_n(logits, n_vocab_, w.penalized.begin());
   for (size_t i = 0; i < recent_size_; ++i) ++w.counts[size_t(recent_[i])];
   for (size_t i = 0; i < recent_size_; ++i) {
@@ -110,17 +119,13 @@ const float* Sampler::apply_penalties(const float* logits, Scratch& w) const {
   return w.penalized.data();
 }
 
-// The k best scores into w.candidates, best first (all of them, sorted, when top-k is off). Ties go to the
-// lower id, so the order (and the draw) never depends on the sort's implementation. With top-k on, the
+// The k best scores into w.candidates, best first (all of them, sorted, when top-k is off). With top-k on, the
 // scores go in blocks of 16 and the blocks in k groups: each group holds a score as large as its maximum,
 // so k scores reach the least group maximum t, and so does every one of the k best. Only the blocks whose
 // maximum reaches t are looked into (a few hundred scores of 32K random logits), the rest passed over on
 // their maxima. A heap of the k best kept over all scores took twice as long: early on most scores entered.
 size_t Sampler::top_k(const float* scores, Scratch& w) const {
   const auto n = size_t(n_vocab_);
-  auto better = [](const Candidate& a, const Candidate& b) {
-    return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
-  };
   const size_t k = params_.top_k > 0 ? std::min(n, size_t(params_.top_k)) : n;
   std::vector<Candidate>& candidates = w.candidates;
   const size_t n_blocks = n / kTopKBlock;  // whole blocks; the tail's scores are always candidates
@@ -196,7 +201,32 @@ int32_t Sampler::sample(const float* logits) {
     return int32_t(best);
   }
 
-  size_t n = top_k(scores, w);
+  return draw(top_k(scores, w), w);
+}
+
+int64_t Sampler::top_needed() const {
+  if (penalizes()) return 0;
+  if (params_.temperature == 0) return 1;
+  return params_.top_k > 0 ? std::min<int64_t>(params_.top_k, n_vocab_) : 0;
+}
+
+int32_t Sampler::sample_top(const float* logits, const int32_t* ids, size_t n, int32_t first_invalid) {
+  KILN_CHECK(first_invalid < 0, "logit {} is NaN or inf: the model produced invalid output", first_invalid);
+  const int64_t needed = top_needed();
+  KILN_CHECK(needed > 0 && n >= size_t(needed) && n <= size_t(n_vocab_),
+             "a sampler that needs {} of the best logits (0: all) cannot draw from {}", needed, n);
+  Scratch& w = scratch_for(n_vocab_);
+  std::vector<Candidate>& candidates = w.candidates;
+  for (size_t i = 0; i < n; ++i) {
+    KILN_CHECK(ids[i] >= 0 && ids[i] < n_vocab_, "token {} is outside the vocabulary of {}", ids[i], n_vocab_);
+    candidates[i] = {logits[i], ids[i]};
+  }
+  std::partial_sort(candidates.begin(), candidates.begin() + needed, candidates.begin() + ptrdiff_t(n), better);
+  if (params_.temperature == 0) return candidates[0].id;
+  return draw(size_t(needed), w);
+}
+
+int32_t Sampler::draw(size_t n, Scratch& w) {
   const std::vector<Candidate>& candidates = w.candidates;
   if (candidates[0].logit == -INFINITY) return candidates[0].id;  // every token masked: nothing to weigh
   n = top_p_and_min_p(n, w);

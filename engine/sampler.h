@@ -37,6 +37,12 @@ class Sampler {
 
   // logits: [n_vocab], read only (-inf masks a token). Throws kiln::Error for a NaN or +inf logit.
   int32_t sample(const float* logits);
+  // The k best logits sample_top needs to draw what sample draws from all of them, or 0 when it needs them
+  // all (a penalty on, or top-k off at a temperature above 0).
+  int64_t top_needed() const;
+  // sample, given only a row's n >= top_needed() best logits (ties to the lower id) in any order: logits[i]
+  // is token ids[i]'s; first_invalid: the row's first NaN or +inf logit, or -1. Draws what sample draws.
+  int32_t sample_top(const float* logits, const int32_t* ids, size_t n, int32_t first_invalid);
   // Records a token (prompt or generated) for the penalty window.
   void accept(int32_t token);
   // Forgets the recent tokens and re-seeds the RNG.
@@ -60,9 +66,11 @@ class Sampler {
 
  private:
   void check_finite(const float* logits) const;
+  bool penalizes() const;
   const float* apply_penalties(const float* logits, Scratch& w) const;
   size_t top_k(const float* scores, Scratch& w) const;
   size_t top_p_and_min_p(size_t n, Scratch& w) const;
+  int32_t draw(size_t n, Scratch& w);  // from w.candidates' k best, sorted
 
   SamplerParams params_;
   int64_t n_vocab_;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -105,6 +106,35 @@ class ReferenceBatchBackend : public BatchBackend {
     if (poisoned) poison_slot_once = -1;
   }
 
+  int64_t max_top_k() const override { return top_k_offered; }
+
+  // forward's rows, each cut to its k best by a full stable sort of the ids, given worst first.
+  TopLogits forward_top(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
+                        int64_t k) override {
+    KILN_CHECK(k >= 1 && k <= top_k_offered, "k {} is outside [1, {}]", k, top_k_offered);
+    ++n_top_steps;
+    const auto n_vocab = size_t(config_.n_vocab);
+    std::vector<float> logits(size_t(n_logit_rows) * n_vocab);
+    forward(tokens, n_tokens, logit_rows, n_logit_rows, logits.data());
+    top_logits_.assign(size_t(n_logit_rows * k), 0.0f);
+    top_ids_.assign(size_t(n_logit_rows * k), 0);
+    first_invalid_.assign(size_t(n_logit_rows), -1);
+    for (size_t r = 0; r < size_t(n_logit_rows); ++r) {
+      const float* row = logits.data() + r * n_vocab;
+      for (size_t i = 0; i < n_vocab && first_invalid_[r] < 0; ++i)
+        if (!(row[i] < INFINITY)) first_invalid_[r] = int32_t(i);
+      if (first_invalid_[r] >= 0) continue;
+      std::vector<int32_t> order(n_vocab);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      for (size_t i = 0; i < size_t(k); ++i) {
+        top_ids_[r * size_t(k) + i] = order[size_t(k) - 1 - i];
+        top_logits_[r * size_t(k) + i] = row[order[size_t(k) - 1 - i]];
+      }
+    }
+    return {k, top_logits_.data(), top_ids_.data(), first_invalid_.data()};
+  }
+
   void release(int32_t seq) override {
     Seq& s = at(seq);
     free_blocks_ += s.blocks;
@@ -116,6 +146,8 @@ class ReferenceBatchBackend : public BatchBackend {
   int64_t n_prompt_rows = 0;  // rows flagged as prompt tokens
   int64_t max_reserved_sequences = 0;
   int32_t poison_slot_once = -1;  // the next logits of this slot are nan (a model gone bad), once
+  int64_t top_k_offered = 0;      // max_top_k()
+  int64_t n_top_steps = 0;        // steps run by forward_top
 
  private:
   static constexpr int64_t kBlock = 16;
@@ -132,6 +164,8 @@ class ReferenceBatchBackend : public BatchBackend {
   const Weights& weights_;
   int64_t n_ctx_, max_step_tokens_, free_blocks_;
   std::vector<Seq> seqs_;
+  std::vector<float> top_logits_;
+  std::vector<int32_t> top_ids_, first_invalid_;
 };
 
 class BatchScheduler_ : public ::testing::Test {
@@ -182,23 +216,44 @@ TEST_F(BatchScheduler_, GreedyAndSampledOutputEqualsGeneratorAlone) {
 }
 
 // nan logits fail their request alone, with the sampler's message; the requests sampled beside it in the
-// same steps (on the sampling threads) give what they give alone.
+// same steps (on the sampling threads) give what they give alone. Whole rows, and the best of each.
 TEST_F(BatchScheduler_, NanLogitsFailOnlyTheirRequest) {
-  const auto requests = mixed_requests(6, model_->config.n_vocab, 11);
-  auto backend = reference(96, 40, 24, 3);
-  backend->poison_slot_once = 0;  // the first request admitted takes slot 0
-  BatchOptions options;
-  options.sampling_threads = 3;
-  BatchScheduler scheduler(*backend, *tokenizer_, options);
-  const auto results = run_all(scheduler, requests);
-  const BatchResult& failed = results.at(requests[0].index);
-  EXPECT_NE(failed.error.find("the model produced invalid output"), std::string::npos) << failed.error;
-  EXPECT_TRUE(failed.text.empty());
-  for (size_t i = 1; i < requests.size(); ++i) {
-    SCOPED_TRACE(requests[i].index);
-    EXPECT_TRUE(results.at(requests[i].index).error.empty());
-    expect_same(results.at(requests[i].index), alone(requests[i], 96, *tokenizer_));
+  for (const int64_t top_k_offered : {0, 64}) {
+    SCOPED_TRACE(::testing::Message() << "top-k offered: " << top_k_offered);
+    auto requests = mixed_requests(6, model_->config.n_vocab, 11);
+    for (BatchRequest& r : requests) r.sampling.repeat_penalty = 1;  // every step may return the best only
+    auto backend = reference(96, 40, 24, 3);
+    backend->poison_slot_once = 0;  // the first request admitted takes slot 0
+    backend->top_k_offered = top_k_offered;
+    BatchOptions options;
+    options.sampling_threads = 3;
+    BatchScheduler scheduler(*backend, *tokenizer_, options);
+    const auto results = run_all(scheduler, requests);
+    EXPECT_EQ(backend->n_top_steps > 0, top_k_offered > 0);
+    const BatchResult& failed = results.at(requests[0].index);
+    EXPECT_NE(failed.error.find("the model produced invalid output"), std::string::npos) << failed.error;
+    EXPECT_TRUE(failed.text.empty());
+    for (size_t i = 1; i < requests.size(); ++i) {
+      SCOPED_TRACE(requests[i].index);
+      EXPECT_TRUE(results.at(requests[i].index).error.empty());
+      expect_same(results.at(requests[i].index), alone(requests[i], 96, *tokenizer_));
+    }
   }
+}
+
+// A backend that returns each row's best logits gives the text of whole rows: steps whose samplers all
+// draw from the best (greedy, top-k within what it offers) take them; a step with a repeat penalty or a
+// larger top-k takes whole rows.
+TEST_F(BatchScheduler_, TheBestLogitsOfEachRowGiveTheTextOfWholeRows) {
+  auto requests = mixed_requests(12, model_->config.n_vocab, 5);
+  requests[3].sampling.top_k = 100;  // more than offered
+  auto backend = reference(96, 40, 24, 5);
+  backend->top_k_offered = 64;
+  BatchScheduler scheduler(*backend, *tokenizer_, {});
+  const auto results = run_all(scheduler, requests);
+  expect_all_alone(results, requests, 96, *tokenizer_);
+  EXPECT_GT(backend->n_top_steps, 0) << "no step took the best logits";
+  EXPECT_LT(backend->n_top_steps, backend->n_steps) << "every step took the best logits";
 }
 
 TEST_F(BatchScheduler_, PromptChunksOfOneTokenAndATightPoolGiveTheSameText) {

@@ -3,25 +3,31 @@
 // f32 weights: 1e-4; f16: 1e-2; an f16 pool with prompt tiles: 2e-2; an fp8 pool, whose keys and values
 // keep 3 mantissa bits: kFp8PoolTolerance) and bit for bit those of its sequence alone in the CUDA batch
 // backend (every weight dtype, f32, f16 and fp8 pools, with and without prompt tiles); greedy tokens equal
-// the single-sequence CUDA backend's; sixteen sequences decode alike alone and batched; the block pool's
-// accounting never leaks over 1,000 sequences; bad steps throw kiln::Error without changing anything; a
-// pool larger than the GPU is refused naming the bytes needed and free. Skips itself without a GPU.
+// the single-sequence CUDA backend's; sixteen sequences decode alike alone and batched; forward_top returns
+// each row's best logits of those forward returns, and the scheduler's text from them equals its text from
+// whole rows; the block pool's accounting never leaks over 1,000 sequences; bad steps throw kiln::Error
+// without changing anything; a pool larger than the GPU is refused naming the bytes needed and free. Skips
+// itself without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "engine/backend.h"
 #include "engine/batch_backend.h"
+#include "engine/batch_scheduler.h"
 #include "engine/cuda_backend.h"
 #include "engine/cuda_batch_backend.h"
 #include "engine/error.h"
 #include "engine/weights.h"
 #include "tests/engine/batch_backend_test_util.h"
+#include "tests/engine/batch_test_util.h"
 #include "tests/engine/tiny_model.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
@@ -221,6 +227,126 @@ TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
     EXPECT_EQ(greedy_batched(*with_graphs, prompts, 30, 12, &a), greedy_batched(*without, prompts, 30, 12, &b));
     for (size_t s = 0; s < prompts.size(); ++s)
       EXPECT_EQ(std::memcmp(a[s].data(), b[s].data(), a[s].size() * sizeof(float)), 0) << "prompt " << s;
+  }
+}
+
+// A row's k best (ties to the lower id) from forward_top are those of the row forward returns, bit for bit.
+void expect_best_of(const TopLogits& top, size_t row, const float* whole, int64_t n_vocab) {
+  const auto k = size_t(top.k);
+  ASSERT_EQ(top.first_invalid[row], -1);
+  std::vector<int32_t> want(static_cast<size_t>(n_vocab));
+  std::iota(want.begin(), want.end(), 0);
+  std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return whole[a] > whole[b]; });
+  want.resize(k);
+  std::sort(want.begin(), want.end());
+  std::vector<int32_t> got(top.ids + row * k, top.ids + (row + 1) * k);
+  for (size_t i = 0; i < k; ++i) {
+    ASSERT_TRUE(got[i] >= 0 && got[i] < n_vocab) << got[i];
+    ASSERT_EQ(std::memcmp(&top.logits[row * k + i], &whole[got[i]], sizeof(float)), 0) << "token " << got[i];
+  }
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, want);
+}
+
+// forward_top's rows against forward's, over a prompt step and greedy decode steps (the same shape again
+// and again, so captured as a graph; the asked rows in order and out of it), k from 1 to the vocabulary.
+TEST(CudaBatchBackend, TheBestLogitsOfARowAreThoseOfTheWholeRow) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("qwen2", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  const auto n_vocab = size_t(c.n_vocab);
+  const int64_t max_k = std::min<int64_t>(256, c.n_vocab);
+  for (const int64_t k : {int64_t(1), int64_t(40), max_k}) {
+    SCOPED_TRACE(testing::Message() << "k " << k);
+    auto whole = make_cuda_batch_backend(c, tiny.weights, small_batch(3));
+    auto best = make_cuda_batch_backend(c, tiny.weights, small_batch(3));
+    ASSERT_EQ(best->max_top_k(), max_k);
+    std::vector<BatchToken> rows;
+    for (int32_t s = 0; s < 3; ++s) {
+      ASSERT_TRUE(whole->reserve(s, 64) && best->reserve(s, 64));
+      const auto prompt = random_tokens(4 + 5 * s, c.n_vocab, uint32_t(300 + s));
+      for (size_t p = 0; p < prompt.size(); ++p) rows.push_back({prompt[p], s, int32_t(p), true});
+    }
+    std::vector<int32_t> logit_rows = {3, 26, 12};  // each sequence's last row: 0, 2, 1
+    std::vector<int32_t> seq_of_row = {0, 2, 1};
+    std::vector<int32_t> position = {4, 9, 14};
+    for (int step = 0; step < 8; ++step) {
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      std::vector<float> logits(logit_rows.size() * n_vocab);
+      whole->forward(rows.data(), int64_t(rows.size()), logit_rows.data(), int64_t(logit_rows.size()), logits.data());
+      const TopLogits top = best->forward_top(rows.data(), int64_t(rows.size()), logit_rows.data(),
+                                              int64_t(logit_rows.size()), k);
+      ASSERT_EQ(top.k, k);
+      std::vector<BatchToken> next(3);
+      for (size_t i = 0; i < logit_rows.size(); ++i) {
+        const float* row = logits.data() + i * n_vocab;
+        expect_best_of(top, i, row, c.n_vocab);
+        const int32_t s = seq_of_row[i];
+        next[size_t(s)] = {int32_t(std::max_element(row, row + n_vocab) - row), s, position[size_t(s)]++};
+      }
+      rows = next;
+      logit_rows = step % 4 < 2 ? std::vector<int32_t>{0, 1, 2} : std::vector<int32_t>{2, 0, 1};
+      seq_of_row = logit_rows;
+    }
+  }
+}
+
+// Passes every call to its backend, and offers forward_top or hides it (the scheduler then takes whole rows).
+class Relay final : public BatchBackend {
+ public:
+  Relay(BatchBackend& b, bool offer_top) : b_(b), offer_top_(offer_top) {}
+  std::string_view name() const override { return b_.name(); }
+  const ModelConfig& config() const override { return b_.config(); }
+  int64_t n_ctx() const override { return b_.n_ctx(); }
+  int64_t max_sequences() const override { return b_.max_sequences(); }
+  int64_t max_step_tokens() const override { return b_.max_step_tokens(); }
+  int64_t block_positions() const override { return b_.block_positions(); }
+  int64_t free_blocks() const override { return b_.free_blocks(); }
+  bool reserve(int32_t seq, int64_t n_positions) override { return b_.reserve(seq, n_positions); }
+  void forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
+               float* logits) override {
+    b_.forward(tokens, n_tokens, logit_rows, n_logit_rows, logits);
+  }
+  int64_t max_top_k() const override { return offer_top_ ? b_.max_top_k() : 0; }
+  TopLogits forward_top(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
+                        int64_t k) override {
+    ++n_top_steps;
+    return b_.forward_top(tokens, n_tokens, logit_rows, n_logit_rows, k);
+  }
+  void release(int32_t seq) override { b_.release(seq); }
+  float* logits_buffer(int64_t n_rows) override { return b_.logits_buffer(n_rows); }
+
+  int64_t n_top_steps = 0;
+
+ private:
+  BatchBackend& b_;
+  bool offer_top_;
+};
+
+// The scheduler over the CUDA backend draws from each row's best logits where every sampler of a step
+// can (greedy, top-k 40), and gives the text it gives over whole rows; requests with a repeat penalty
+// among them.
+TEST(CudaBatchBackend, SchedulerTextFromTheBestLogitsEqualsWholeRows) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("llama_gqa_tied", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  const auto tokenizer = byte_tokenizer(-1);
+  const auto requests = mixed_requests(24, c.n_vocab, 9);
+  std::map<int64_t, BatchResult> by[2];
+  for (const bool top : {false, true}) {
+    auto cuda = make_cuda_batch_backend(c, tiny.weights, small_batch(6));
+    Relay relay(*cuda, top);
+    BatchScheduler scheduler(relay, *tokenizer, {});
+    by[top] = run_all(scheduler, requests);
+    EXPECT_EQ(relay.n_top_steps > 0, top);
+  }
+  for (const BatchRequest& r : requests) {
+    SCOPED_TRACE(r.index);
+    const BatchResult &a = by[0].at(r.index), &b = by[1].at(r.index);
+    EXPECT_TRUE(a.error.empty() && b.error.empty()) << a.error << b.error;
+    EXPECT_EQ(a.text, b.text);
+    EXPECT_EQ(a.n_generated, b.n_generated);
+    EXPECT_EQ(int(a.finish), int(b.finish));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "engine/error.h"
@@ -314,33 +315,42 @@ TEST(Sampler, MaskedTokensAreNeverDrawn) {
   }
 }
 
-// Top-k over a large vocabulary with many ties and masked tokens draws exactly what sorting every token
-// draws: the same sampler with top-k off, given only the k best (by logit, then lower id; found here with a
-// full stable sort) and -inf for the rest. min-p > 0 drops the -inf tokens there, so both walk the same
-// candidates with the same generator.
+// Logits of a large vocabulary: pattern 0 has 40 levels (many ties), 1 distinct scores, 2 all but every
+// 997th masked (fewer finite scores than some k); every 7th from the 3rd is masked in all three.
+std::vector<float> test_logits(int64_t n_vocab, int pattern) {
+  Rng values(77 + uint64_t(pattern));
+  std::vector<float> logits(static_cast<size_t>(n_vocab));
+  for (float& x : logits)
+    x = pattern == 0 ? float(std::floor(values.uniform() * 40) * 0.25 - 5) : float(values.uniform() * 20 - 10);
+  for (size_t i = 3; i < logits.size(); i += 7) logits[i] = -INFINITY;
+  if (pattern == 2)
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (i % 997 != 0) logits[i] = -INFINITY;
+  return logits;
+}
+
+// The tokens by logit, ties to the lower id (a stable sort of the ids).
+std::vector<size_t> best_first(const std::vector<float>& logits) {
+  std::vector<size_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+  return order;
+}
+
 // Top-k passes most scores over on their blocks' maxima: it must draw what a full sort of the k best draws,
 // with many ties, with distinct scores, with a vocabulary that is not whole blocks, and with most tokens
 // masked (so that -inf scores reach its threshold).
 TEST(Sampler, TopKDrawsWhatAFullSortDraws) {
   for (const int64_t n_vocab : {int64_t(5000), int64_t(32003)})
     for (const int pattern : {0, 1, 2}) {
-      Rng values(77 + uint64_t(pattern));
-      std::vector<float> logits(static_cast<size_t>(n_vocab));
-      for (float& x : logits)
-        x = pattern == 0 ? float(std::floor(values.uniform() * 40) * 0.25 - 5)  // 40 levels: many ties
-                         : float(values.uniform() * 20 - 10);
-      for (size_t i = 3; i < logits.size(); i += 7) logits[i] = -INFINITY;
-      if (pattern == 2)  // all but every 997th masked: fewer finite scores than some k
-        for (size_t i = 0; i < logits.size(); ++i)
-          if (i % 997 != 0) logits[i] = -INFINITY;
+      const std::vector<float> logits = test_logits(n_vocab, pattern);
+      const std::vector<size_t> order = best_first(logits);
       for (const int k : {1, 40, 333}) {
         SCOPED_TRACE(testing::Message() << "vocabulary " << n_vocab << ", pattern " << pattern << ", top-k " << k);
         SamplerParams p;
         p.top_k = k;
         p.seed = 123;
-        std::vector<size_t> order(logits.size());
-        std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+        // the same sampler with top-k off, given the k best and -inf for the rest (which min-p drops)
         std::vector<float> only_best(logits.size(), -INFINITY);
         for (int i = 0; i < k; ++i) only_best[order[size_t(i)]] = logits[order[size_t(i)]];
         SamplerParams all = p;
@@ -350,6 +360,68 @@ TEST(Sampler, TopKDrawsWhatAFullSortDraws) {
           ASSERT_EQ(with_k.sample(logits.data()), sorted.sample(only_best.data())) << "draw " << draw;
       }
     }
+}
+
+// Given only a row's best logits, in any order and more of them than it needs, a sampler draws what it
+// draws from the whole row: greedy, top-k with top-p and min-p, top-k larger than the vocabulary.
+TEST(Sampler, SampleTopDrawsWhatSampleDraws) {
+  for (const int64_t n_vocab : {int64_t(300), int64_t(32003)})
+    for (const int pattern : {0, 1, 2}) {
+      const std::vector<float> logits = test_logits(n_vocab, pattern);
+      const std::vector<size_t> order = best_first(logits);
+      for (const auto& [temperature, k, top_p] : {std::tuple{0.0f, 40, 0.95f}, std::tuple{0.8f, 1, 0.95f},
+                                                   std::tuple{0.8f, 40, 0.95f}, std::tuple{1.3f, 333, 1.0f}}) {
+        SamplerParams p;
+        p.temperature = temperature;
+        p.top_k = k;
+        p.top_p = top_p;
+        p.seed = 99;
+        Sampler whole(p, n_vocab), top(p, n_vocab);
+        const int64_t needed = top.top_needed();
+        ASSERT_EQ(needed, temperature == 0 ? 1 : std::min<int64_t>(k, n_vocab));
+        for (const int64_t extra : {int64_t(0), int64_t(17)}) {
+          SCOPED_TRACE(testing::Message() << "vocabulary " << n_vocab << ", pattern " << pattern << ", temperature "
+                                          << temperature << ", top-k " << k << ", " << extra << " extra");
+          const auto n = size_t(std::min(n_vocab, needed + extra));
+          std::vector<float> best_logits;
+          std::vector<int32_t> best_ids;
+          for (size_t i = n; i-- > 0;) {  // worst first: the order given must not matter
+            best_ids.push_back(int32_t(order[i]));
+            best_logits.push_back(logits[order[i]]);
+          }
+          for (int draw = 0; draw < 100; ++draw)
+            ASSERT_EQ(top.sample_top(best_logits.data(), best_ids.data(), n, -1), whole.sample(logits.data()))
+                << "draw " << draw;
+        }
+      }
+    }
+}
+
+TEST(Sampler, SampleTopNeedsEnoughLogitsAndNoPenalty) {
+  SamplerParams p;  // top-k 40
+  Sampler s(p, 100);
+  const std::vector<float> logits(40, 1.0f);
+  std::vector<int32_t> ids(40);
+  std::iota(ids.begin(), ids.end(), 0);
+  EXPECT_THROW((void)s.sample_top(logits.data(), ids.data(), 39, -1), Error);
+  ids[5] = 100;
+  EXPECT_THROW((void)s.sample_top(logits.data(), ids.data(), 40, -1), Error);
+  ids[5] = 5;
+  try {
+    (void)s.sample_top(logits.data(), ids.data(), 40, 7);
+    FAIL() << "a row with an invalid logit was sampled";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("logit 7 is NaN or inf"), std::string::npos) << e.what();
+  }
+  p.top_k = 0;
+  EXPECT_EQ(Sampler(p, 100).top_needed(), 0);  // the whole row
+  p.top_k = 40;
+  p.repeat_penalty = 1.1f;
+  EXPECT_EQ(Sampler(p, 100).top_needed(), 0);
+  p.penalty_last_n = 0;  // no window: no penalty
+  EXPECT_EQ(Sampler(p, 100).top_needed(), 40);
+  p.temperature = 0;
+  EXPECT_EQ(Sampler(p, 100).top_needed(), 1);
 }
 
 TEST(Sampler, RejectsNanAndInfiniteLogitsNamingTheFirst) {
