@@ -84,10 +84,16 @@ class BatchBackend {
   // backend's end. The CUDA backend's is pinned, so that the logits come off the GPU at full speed (a step
   // of 64 SmolLM2 rows has 12.6 MB of them); any other memory works too.
   virtual float* logits_buffer(int64_t n_rows) {
-    // a row a sequence slot at least: made once rather than grown step by step
-    const size_t n = size_t(std::max(n_rows, max_sequences())) * size_t(config().n_vocab);
+    const size_t n = logits_buffer_floats(n_rows);
     if (logits_.size() < n) logits_.resize(n);
     return logits_.data();
+  }
+
+ protected:
+  // What logits_buffer holds for n_rows: a row a sequence slot at least (what a scheduler asks at most), so
+  // that the buffer is made once rather than grown as a run's steps return more rows.
+  size_t logits_buffer_floats(int64_t n_rows) const {
+    return size_t(std::max(n_rows, max_sequences())) * size_t(config().n_vocab);
   }
 
  private:

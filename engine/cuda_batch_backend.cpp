@@ -155,7 +155,7 @@ int64_t attention_chunk(const CudaBatchOptions& cuda, const BatchBackendOptions&
   KILN_CHECK(cuda.attention_chunk_keys >= 0 && cuda.attention_chunk_keys <= (int64_t(1) << 20),
              "attention splits of {} keys: give 0 (by the sequences) or 1 to 2^20", cuda.attention_chunk_keys);
   if (cuda.attention_chunk_keys > 0) return cuda.attention_chunk_keys;
-  return options.max_sequences >= 64 ? 1024 : cuda::kPagedAttentionChunkKeys;
+  return options.max_sequences >= 64 ? 2048 : cuda::kPagedAttentionChunkKeys;
 }
 
 const ModelConfig& checked_for_batch(const ModelConfig& config) {
@@ -377,10 +377,9 @@ int64_t CudaBatchBackend::stage_prompt_tiles(int64_t n_tokens, int32_t* staged) 
   return n_tiles;
 }
 
-// Room for a row a sequence slot at least (what a scheduler asks at most), so that the pinned buffer, slow
-// to allocate, is not made again as a run's steps return more rows.
+// Pinned memory is slow to allocate: logits_buffer_floats makes it once a run.
 float* CudaBatchBackend::logits_buffer(int64_t n_rows) {
-  const size_t bytes = size_t(std::max(n_rows, max_sequences_)) * size_t(config_.n_vocab) * sizeof(float);
+  const size_t bytes = logits_buffer_floats(n_rows) * sizeof(float);
   if (logits_.bytes() < bytes) logits_ = cuda::PinnedBuffer(bytes);
   return logits_.as<float>();
 }

@@ -28,10 +28,12 @@ struct CudaBatchOptions {
   // Rows of every matmul call (more than 8): fewer read the weights more often in long steps, more waste
   // work on short ones. Rows are alike whatever the step only between backends of the same value.
   int64_t matmul_rows = 64;
-  // Keys of each split of a decode row's attention (split at fixed positions, then merged). 0: 1,024 when
-  // the backend has 64 sequence slots or more (a 7B step of 256 sequences at ~650 positions: 24.3 -> 22.4
-  // ms of attention on an H200, against 256), else 256 (more blocks for a few long sequences). Like
-  // matmul_rows, rows are alike whatever the step only between backends of the same value.
+  // Keys of each split of a decode row's attention (split at fixed positions, then merged). 0: 2,048 when
+  // the backend has 64 sequence slots or more (many rows give blocks enough: a 7B step of 256 sequences at
+  // ~650 positions on an H200 took 24.3 ms of attention with 256, 22.4 with 1,024; kiln batch's 1,000
+  // mixed prompts at -c 1280 ran 5,984 / 6,141 / 6,295 t/s with 512 / 1,024 / 2,048), else 256 (more
+  // blocks for a few long sequences). Like matmul_rows, rows are alike whatever the step only between
+  // backends of the same value.
   int64_t attention_chunk_keys = 0;
   // Per-stage timing (as BackendOptions::stage_timer): a step run while it is enabled runs without its
   // graph and reports each stage's time.

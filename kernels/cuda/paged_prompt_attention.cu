@@ -21,6 +21,7 @@
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch_pdl.cuh"
 #include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/kv_store.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 
 namespace kiln::cuda {
@@ -85,12 +86,12 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// 16 fp8 values (one 16-byte chunk) to 16 halves.
+// 16 fp8 values (one 16-byte chunk, read from shared memory) to 16 halves.
 __device__ __forceinline__ void widen_fp8(const uint4& raw, __half* to) {
-  const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+  KvChunk<__nv_fp8_e4m3, 16> chunk;
+  chunk.raw = raw;
   __half2 h[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) h[i] = __half2(__nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3));
+  chunk.widen_half2(h);
   reinterpret_cast<uint4*>(to)[0] = reinterpret_cast<const uint4*>(h)[0];
   reinterpret_cast<uint4*>(to)[1] = reinterpret_cast<const uint4*>(h)[1];
 }
