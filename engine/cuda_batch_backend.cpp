@@ -316,7 +316,8 @@ TopLogits CudaBatchBackend::forward_top(const BatchToken* tokens, int64_t n_toke
   KILN_CUDA_CHECK(cudaStreamSynchronize(s));
   forward_->report_stage_times();
   const auto n_words = size_t(n_logit_rows * k);
-  return {k, host, reinterpret_cast<const int32_t*>(host + n_words), reinterpret_cast<const int32_t*>(host + 2 * n_words)};
+  const auto* ints = reinterpret_cast<const int32_t*>(host);
+  return {k, host, ints + n_words, ints + 2 * n_words};
 }
 
 void CudaBatchBackend::launch(int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows, int64_t top_k) {
