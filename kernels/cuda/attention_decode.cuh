@@ -98,12 +98,15 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
   // (HFMA2, two products an instruction, on the values as widened: no f32 conversions), then added into the
   // f32 scores a key at a time and into the f32 outputs kU keys at a time. Widening every value to f32 made
   // the loop bound by its instruction issue at 67-82% of the memory's rate. f16 rounds at 2^-11, the e4m3
-  // values themselves at 2^-4. f16's range (65504) holds a lane's 8 pairs while |q_i| x scale x log2(e)
-  // stays below ~18 (|q_i| ~140 at head_dim 128); past that a score overflows to inf.
+  // values themselves at 2^-4. f16's range (65504) holds a lane's up to 8 products with e4m3 values (448 at
+  // most) and their sums while the chunk's scaled query values stay within 16: a chunk with larger ones is
+  // scaled down by a power of two 2^-e, and its sum into the score takes 2^e back in the FMA that adds it
+  // (exact; e is 0 for the queries of real models, whose scaled values are a few units).
   constexpr bool kHalf = sizeof(T) == 1 && kQInRegisters && kW >= 8;  // whole 8- or 16-byte chunks
   float* q_s = decode_smem;  // [kR][D] (8 rows)
   float q_reg[kQInRegisters && !kHalf ? kR : 1][kCpt][kW];
   __half2 q_half[kHalf ? kR : 1][kHalf ? kCpt : 1][kHalf ? kW / 2 : 1];
+  float q_unscale[kHalf ? kR : 1][kHalf ? kCpt : 1];  // 2^e of each chunk's query
   if constexpr (kQInRegisters) {
 #pragma unroll
     for (int r = 0; r < kR; ++r)
@@ -113,9 +116,16 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
         const bool in = c < n_chunks && r < n_rows;
         const float* qr = src.q_row(in ? r : 0) + (in ? c * kW : 0);
         if constexpr (kHalf) {
+          float largest = 0.0f;
+#pragma unroll
+          for (int e = 0; e < kW; ++e) largest = fmaxf(largest, in ? fabsf(qr[e] * qk_scale) : 0.0f);
+          const int up = largest > 16.0f ? int(fminf(ceilf(log2f(largest * (1.0f / 16.0f))), 126.0f)) : 0;
+          const float down = ldexpf(1.0f, -up);
+          q_unscale[r][i] = ldexpf(1.0f, up);
 #pragma unroll
           for (int e = 0; e < kW / 2; ++e)
-            q_half[r][i][e] = in ? __floats2half2_rn(qr[2 * e] * qk_scale, qr[2 * e + 1] * qk_scale) : __half2{};
+            q_half[r][i][e] =
+                in ? __floats2half2_rn(qr[2 * e] * qk_scale * down, qr[2 * e + 1] * qk_scale * down) : __half2{};
         } else {
 #pragma unroll
           for (int e = 0; e < kW; ++e) q_reg[r][i][e] = in ? qr[e] * qk_scale : 0.0f;
@@ -175,7 +185,7 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
 #pragma unroll
             for (int e = 1; e < kW / 2; ++e) dot = __hfma2(q_half[r][i][e], kh[e], dot);
             const float2 f = __half22float2(dot);
-            s[u][r] += f.x + f.y;
+            s[u][r] = fmaf(f.x + f.y, q_unscale[r][i], s[u][r]);
           }
         } else {
           float kf[kW];

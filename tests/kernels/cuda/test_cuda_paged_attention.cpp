@@ -154,6 +154,36 @@ TEST(CudaPagedAttention, OtherSplitSizes) {
   }
 }
 
+// Query values far past what f16 holds beside e4m3 keys (4,000 in dimension 0 at head_dim 128: 510 after
+// the scale, times keys of 448): the fp8 decode scales such a query chunk down and its score back, so each
+// row attends to its own key, +448 in dimension 0 where every other key is -448, and returns that key's
+// values as the reference does; unscaled, the f16 sums overflow to inf and the outputs to nan. One query
+// head a kv head (a block a row) and four (four rows a block).
+TEST(CudaPagedAttention, Fp8DecodeHoldsLargeQueries) {
+  KILN_REQUIRE_GPU();
+  for (const int n_kv_heads : {32, 8}) {
+    SCOPED_TRACE(testing::Message() << "32 query heads, " << n_kv_heads << " kv heads");
+    const test::PagedCase c{32, n_kv_heads, 128, 16, {700, 300, 17, 1}, {1, 1, 1, 1}, 0, false};
+    test::PagedData d = test::make_paged(c, 77);
+    const int64_t max_blocks = d.p.max_blocks_per_seq, bs = c.block_positions;
+    for (size_t s = 0; s < c.seq_lengths.size(); ++s) {
+      const int64_t len = c.seq_lengths[s];
+      for (int g = 0; g < n_kv_heads; ++g)
+        for (int64_t j = 0; j < len; ++j) {
+          const int64_t block = d.table[size_t(int64_t(s) * max_blocks + j / bs)];
+          d.k_pool[size_t(((block * n_kv_heads + g) * bs + j % bs) * c.head_dim)] = j == len - 1 ? 448.0f : -448.0f;
+        }
+    }
+    for (size_t i = 0; i < d.q.size(); i += size_t(c.head_dim)) d.q[i] = 4000.0f;
+    DeviceCase dev = upload(d, KvDType::F8, false);
+    std::vector<float> want(d.q.size());
+    paged_attention_reference(d.q.data(), d.k_pool.data(), d.v_pool.data(), want.data(), d.p);
+    cuda::paged_attention(dev.args);
+    const std::vector<float> got = test::to_host<float>(dev.out, d.q.size());
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 2 * test::paged_tolerance(c.head_dim)) << i;
+  }
+}
+
 // Prompt tiles (paged_prompt_attention) beside decode rows: the cases with a head_dim of whole 16-byte
 // chunks, and long prompts of model shapes, with windows, ALiBi, GQA up to 64 query heads a kv head.
 std::vector<test::PagedCase> prompt_cases() {
