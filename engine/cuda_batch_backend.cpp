@@ -258,6 +258,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   fo.invariant_rows = cuda.matmul_rows;
   fo.stage_timer = cuda.stage_timer;
   fo.input_ints = in_.ints();
+  // the caller's scratch: the attention's split partials during the layers, the top area after the head
   fo.attention_floats = std::max(kv_.partial_floats(in_.T), top_words(in_.T, max_top_k()));
   forward_ = std::make_unique<CudaForward>(config_, weights, fo);
   const int64_t n_blocks = plan_blocks(options, forward_->weight_bytes() + forward_->workspace_bytes());
