@@ -256,6 +256,15 @@ TEST(CpuBatchBackend, RejectsBadStepsChangingNothing) {
   expect_error(long_step);                            // position 20 is past the 20 reserved
   EXPECT_THROW(batch->forward(prompt, 0, nullptr, 0, nullptr), Error);
   EXPECT_THROW(batch->forward(nullptr, 1, nullptr, 0, nullptr), Error);
+  // It returns whole rows only: forward_top is refused, naming the backend.
+  EXPECT_EQ(batch->max_top_k(), 0);
+  try {
+    const BatchToken row[] = {{8, 0, 2}};
+    (void)batch->forward_top(row, 1, &kRow0, 1, 1);
+    ADD_FAILURE() << "the CPU batch backend ran forward_top";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the CPU batch backend returns whole rows"), std::string::npos) << e.what();
+  }
 
   // None of them changed the cache: the sequences go on from where they were.
   const std::vector<int32_t> a = {5, 6, 8}, b = {7, 9};
