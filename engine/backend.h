@@ -7,8 +7,10 @@
 #include <memory>
 #include <string_view>
 
+#include "engine/error.h"
 #include "engine/model_config.h"
 #include "engine/tensor_shard.h"
+#include "engine/top_logits.h"
 
 namespace kiln {
 
@@ -59,6 +61,17 @@ class Backend {
   // KV cache (prefill). Throws kiln::Error for a token outside the vocabulary or a full context.
   virtual void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                        bool all_logits) = 0;
+
+  // The largest k forward_top takes; 0: it is not offered.
+  virtual int64_t max_top_k() const { return 0; }
+  // forward for the last token's logits, cut down to its k best (1 <= k <= max_top_k()), as a sampler that
+  // looks at no others needs (Sampler::top_needed): a GPU backend then copies k values, not the vocabulary.
+  // The view (one row) is valid until the next call. Throws kiln::Error as forward does, and for a k
+  // outside [1, max_top_k()].
+  virtual TopLogits forward_top(const int32_t* /*tokens*/, int64_t /*n_tokens*/, int64_t /*first_position*/,
+                                int64_t k) {
+    throw Error(fmt::format("the {} backend returns whole rows of logits, not the {} best", name(), k));
+  }
 
   // Forgets every cached position.
   virtual void reset() = 0;

@@ -13,6 +13,7 @@
 #include "engine/backend.h"
 #include "engine/error.h"
 #include "engine/model_config.h"
+#include "engine/top_logits.h"
 
 namespace kiln {
 
@@ -25,14 +26,6 @@ struct BatchToken {
   int32_t seq = 0;
   int32_t position = 0;
   bool prompt = false;
-};
-
-// The k best logits of each asked row of a step (ties to the lower id), in any order within the row.
-struct TopLogits {
-  int64_t k = 0;
-  const float* logits = nullptr;          // [n_logit_rows, k]
-  const int32_t* ids = nullptr;           // [n_logit_rows, k] the token each of logits is
-  const int32_t* first_invalid = nullptr;  // [n_logit_rows] the row's first NaN or +inf logit, -1 when none
 };
 
 struct BatchBackendOptions {

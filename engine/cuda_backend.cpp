@@ -178,26 +178,36 @@ class CudaBackend final : public Backend {
   int64_t n_past() const override { return n_past_; }
   void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                bool all_logits) override;
+  // A rank of a split model holds part of the vocabulary: its rows' best are not the model's.
+  int64_t max_top_k() const override {
+    return whole_vocab_ && config_.lm_head ? std::min(kMaxTopLogits, n_vocab_) : 0;
+  }
+  TopLogits forward_top(const int32_t* tokens, int64_t n_tokens, int64_t first_position, int64_t k) override;
   void reset() override { n_past_ = 0; }
   CudaMemoryUse memory_use() const {
     return {forward_->allocated_weight_bytes(), kv_->bytes(), forward_->allocated_workspace_bytes()};
   }
 
  private:
+  // forward's checks and chunks; the last chunk's logits go to `logits`, or its k best to top_ (top_k > 0).
+  void forward_chunks(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
+                      bool all_logits, int64_t top_k);
   void forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
-                     bool all_logits);
+                     bool all_logits, int64_t top_k);
   void run(int64_t n_tokens, bool want_logits, bool all_logits);  // launches only: graph-capturable
   bool streams_weights(int64_t position) const;
 
   ModelConfig config_;
   CudaOptions cuda_;
   int64_t n_vocab_;  // the whole model's: a split model's rank takes every token
+  bool whole_vocab_;  // not a rank of a split model
   int device_;
   int64_t max_tokens_, n_ctx_;
   bool on_tensor_;
   std::unique_ptr<ContiguousKv> kv_;
   std::unique_ptr<CudaForward> forward_;
   cuda::PinnedBuffer staging_;  // [2, max_tokens] int32: what the forward's inputs receive
+  cuda::PinnedBuffer top_;      // forward_top's row (top_logits_words(1, max_top_k()) words)
   cuda::CudaGraph decode_graphs_[2];  // [whether its GEMVs stream their weights]
   int64_t n_past_ = 0;
 };
@@ -207,6 +217,7 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
     : config_(config),
       cuda_(cuda),
       n_vocab_(options.shard.whole() ? config.n_vocab : options.shard.n_vocab),
+      whole_vocab_(options.shard.whole()),
       device_(select_cuda_device(cuda.device)),
       max_tokens_(options.max_batch),
       n_ctx_(context_size(config, weights, options.n_ctx)),
@@ -220,7 +231,7 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
              "a KV cache for {} positions needs {:.1f} GiB, more than the {:.1f} GiB allowed: use a smaller context size",
              n_ctx_, double(kv_->bytes()) / (1u << 30), double(options.max_kv_bytes) / (1u << 30));
   // Plan the weights, KV cache and workspace, and check they fit before allocating any of them.
-  const size_t attention_floats = kv_->plan_scratch(max_tokens_);
+  const size_t attention_floats = std::max(kv_->plan_scratch(max_tokens_), top_logits_words(1, max_top_k()));
   forward_ = std::make_unique<CudaForward>(config_, weights, forward_options(options, cuda, attention_floats));
   check_gpu_memory(device_, forward_->weight_bytes(), kv_->bytes(), fmt::format("KV cache for {} positions", n_ctx_),
                    forward_->workspace_bytes(), max_tokens_, "use a smaller context (-c) or --device cpu");
@@ -229,10 +240,23 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
   kv_->bind(forward_->inputs() + max_tokens_, forward_->attention_scratch(), forward_->alibi_slopes(),
             forward_->gemm_context());
   staging_ = cuda::PinnedBuffer(2 * size_t(max_tokens_) * sizeof(int32_t));
+  top_ = cuda::PinnedBuffer(top_logits_words(1, max_top_k()) * sizeof(float));
 }
 
 void CudaBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                           bool all_logits) {
+  forward_chunks(tokens, n_tokens, first_position, logits, all_logits, 0);
+}
+
+TopLogits CudaBackend::forward_top(const int32_t* tokens, int64_t n_tokens, int64_t first_position, int64_t k) {
+  KILN_CHECK(k >= 1 && k <= max_top_k(), "the CUDA backend returns the 1 to {} best logits of a row, not {}",
+             max_top_k(), k);
+  forward_chunks(tokens, n_tokens, first_position, nullptr, false, k);
+  return top_logits_view(top_.as<float>(), 1, k);
+}
+
+void CudaBackend::forward_chunks(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
+                                 bool all_logits, int64_t top_k) {
   KILN_CHECK(tokens != nullptr && n_tokens >= 1, "forward needs at least one token");
   KILN_CHECK(first_position >= 0 && first_position <= n_past_,
              "forward at position {} would leave a gap: the cache holds {} positions", first_position, n_past_);
@@ -256,13 +280,13 @@ void CudaBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first
                  : all_logits      ? logits + start * config_.output_width()
                  : last            ? logits
                                    : nullptr;
-    forward_chunk(tokens + start, n, first_position + start, out, all_logits);
+    forward_chunk(tokens + start, n, first_position + start, out, all_logits, last ? top_k : 0);
     n_past_ = first_position + start + n;
   }
 }
 
 void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
-                                bool all_logits) {
+                                bool all_logits, int64_t top_k) {
   cudaStream_t s = forward_->stream();
   int32_t* staged = staging_.as<int32_t>();
   std::copy(tokens, tokens + n_tokens, staged);
@@ -272,7 +296,7 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   KILN_CUDA_CHECK(cudaMemcpyAsync(inputs + max_tokens_, staged + max_tokens_, size_t(n_tokens) * sizeof(int32_t),
                                   cudaMemcpyHostToDevice, s));
   kv_->set_first_position(first_position);
-  const bool want_logits = logits != nullptr;
+  const bool want_logits = logits != nullptr || top_k > 0;
   const bool timing = forward_->begin_stage_timing();
   const bool stream_weights = streams_weights(first_position);
   forward_->set_stream_weights(stream_weights);
@@ -283,7 +307,11 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   } else {
     run(n_tokens, want_logits, all_logits);
   }
-  if (want_logits) {
+  if (top_k > 0) {
+    forward_->top_logits(1, top_k);
+    KILN_CUDA_CHECK(cudaMemcpyAsync(top_.as<float>(), forward_->attention_scratch(),
+                                    top_logits_words(1, top_k) * sizeof(float), cudaMemcpyDeviceToHost, s));
+  } else if (want_logits) {
     const int64_t rows = all_logits ? n_tokens : 1;
     KILN_CUDA_CHECK(cudaMemcpyAsync(logits, forward_->logits(), size_t(rows * config_.output_width()) * sizeof(float),
                                     cudaMemcpyDeviceToHost, s));

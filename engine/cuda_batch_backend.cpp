@@ -14,14 +14,12 @@
 #include "engine/weights.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/paged_attention.h"
-#include "kernels/cuda/top_logits.h"
 
 namespace kiln {
 namespace {
 
 constexpr int64_t kBlockPositions = 16;
 constexpr size_t kMaxGraphs = 64;  // step shapes kept as graphs; later shapes run their launches
-constexpr int64_t kMaxTopK = 256;  // forward_top's k at most
 
 // The pool on the device: k: [n_layers, n_blocks, n_kv_heads, block_positions, head_dim], then v likewise.
 class PagedKv final : public CudaKvStore {
@@ -196,7 +194,7 @@ class CudaBatchBackend final : public BatchBackend {
   bool reserve(int32_t seq, int64_t n_positions) override { return table_->reserve(seq, n_positions); }
   void forward(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
                float* logits) override;
-  int64_t max_top_k() const override { return std::min(kMaxTopK, config_.n_vocab); }
+  int64_t max_top_k() const override { return std::min(kMaxTopLogits, config_.n_vocab); }
   TopLogits forward_top(const BatchToken* tokens, int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows,
                         int64_t k) override;
   void release(int32_t seq) override { table_->release(seq); }
@@ -209,9 +207,6 @@ class CudaBatchBackend final : public BatchBackend {
   void launch(int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows, int64_t top_k);
   // The step's launches (graph-capturable): the layers, then the asked rows gathered, the head and the best.
   void run(int64_t n_tokens, int64_t n_logit_rows, bool in_order, int64_t top_k);
-  // The top area of k-best rows: [logits n x k][ids n x k][first invalid n] in 4-byte words, on the device
-  // in the attention scratch (free after the layers) and on the host in top_.
-  static size_t top_words(int64_t n_rows, int64_t k) { return size_t(n_rows) * size_t(2 * k + 1); }
   // Cuts the step's prompt rows into tiles (into the staged inputs) and tells kv_; returns the tile count.
   int64_t stage_prompt_tiles(int64_t n_tokens, int32_t* staged);
 
@@ -225,7 +220,7 @@ class CudaBatchBackend final : public BatchBackend {
   BatchStep step_;
   cuda::PinnedBuffer staging_;  // [in_.ints()] what the forward's inputs receive
   cuda::PinnedBuffer logits_;   // logits_buffer()
-  cuda::PinnedBuffer top_;      // forward_top's rows
+  cuda::PinnedBuffer top_;      // forward_top's rows (top_logits_words), copied from the attention scratch
   bool use_graph_;
   // rows, logit rows, in order, tiles, all tiled, top k
   using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool, int64_t>;
@@ -259,7 +254,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   fo.stage_timer = cuda.stage_timer;
   fo.input_ints = in_.ints();
   // the caller's scratch: the attention's split partials during the layers, the top area after the head
-  fo.attention_floats = std::max(kv_.partial_floats(in_.T), top_words(in_.T, max_top_k()));
+  fo.attention_floats = std::max(kv_.partial_floats(in_.T), top_logits_words(in_.T, max_top_k()));
   forward_ = std::make_unique<CudaForward>(config_, weights, fo);
   const int64_t n_blocks = plan_blocks(options, forward_->weight_bytes() + forward_->workspace_bytes());
   check_gpu_memory(device_, forward_->weight_bytes(), uint64_t(n_blocks) * kv_.block_bytes(),
@@ -272,7 +267,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   kv_.bind(inputs + in_.block_table(), inputs + in_.row_seq(), inputs + in_.positions(), forward_->attention_scratch(),
            forward_->alibi_slopes(), inputs + in_.row_in_tile(), inputs + in_.tiles());
   staging_ = cuda::PinnedBuffer(size_t(in_.ints()) * sizeof(int32_t));
-  top_ = cuda::PinnedBuffer(top_words(in_.T, max_top_k()) * sizeof(float));
+  top_ = cuda::PinnedBuffer(top_logits_words(in_.T, max_top_k()) * sizeof(float));
 }
 
 // Blocks of the pool: what kv_bytes holds (0: 90% of the free memory beside fixed_bytes), never more than
@@ -312,13 +307,11 @@ TopLogits CudaBatchBackend::forward_top(const BatchToken* tokens, int64_t n_toke
   step_.check(*table_, config_.n_vocab, tokens, n_tokens, logit_rows, n_logit_rows, host);
   launch(n_tokens, logit_rows, n_logit_rows, k);
   cudaStream_t s = forward_->stream();
-  KILN_CUDA_CHECK(cudaMemcpyAsync(host, forward_->attention_scratch(), top_words(n_logit_rows, k) * sizeof(float),
-                                  cudaMemcpyDeviceToHost, s));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(host, forward_->attention_scratch(),
+                                  top_logits_words(n_logit_rows, k) * sizeof(float), cudaMemcpyDeviceToHost, s));
   KILN_CUDA_CHECK(cudaStreamSynchronize(s));
   forward_->report_stage_times();
-  const auto n_words = size_t(n_logit_rows * k);
-  const auto* ints = reinterpret_cast<const int32_t*>(host);
-  return {k, host, ints + n_words, ints + 2 * n_words};
+  return top_logits_view(host, n_logit_rows, k);
 }
 
 void CudaBatchBackend::launch(int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows, int64_t top_k) {
@@ -403,19 +396,7 @@ void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order
     hidden = forward_->spare_rows();
   }
   forward_->head(hidden, n_logit_rows);
-  if (top_k == 0) return;
-  cuda::TopLogitsArgs t;
-  t.logits = forward_->logits();
-  t.n_rows = n_logit_rows;
-  t.n_vocab = config_.n_vocab;
-  t.k = top_k;
-  float* top = forward_->attention_scratch();
-  const auto n_words = size_t(n_logit_rows * top_k);
-  t.top_logits = top;
-  t.top_ids = reinterpret_cast<int32_t*>(top + n_words);
-  t.first_invalid = reinterpret_cast<int32_t*>(top + 2 * n_words);
-  t.stream = forward_->stream();
-  cuda::top_logits(t);
+  if (top_k > 0) forward_->top_logits(n_logit_rows, top_k);
 }
 
 }  // namespace

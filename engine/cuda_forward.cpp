@@ -7,6 +7,7 @@
 
 #include "engine/alibi.h"
 #include "engine/error.h"
+#include "engine/top_logits.h"
 #include "engine/weights.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/embedding.h"
@@ -15,6 +16,7 @@
 #endif
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/residual.h"
+#include "kernels/cuda/top_logits.h"
 
 namespace kiln {
 
@@ -147,6 +149,7 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
       nccl_(options.nccl),
       max_tokens_(options.max_tokens),
       invariant_rows_(options.invariant_rows),
+      attention_floats_(options.attention_floats),
       rows_(options.batched ? (options.max_tokens + invariant_rows_ - 1) / invariant_rows_ * invariant_rows_
                             : options.max_tokens),
       batched_(options.batched),
@@ -311,6 +314,23 @@ void CudaForward::head(const float* hidden, int64_t rows) {
     matmul(w_.output, h, ws_.logits, w_.output_bias, rows);
   }
   emit("logits", -1, ws_.logits, rows * config_.n_vocab);
+}
+
+void CudaForward::top_logits(int64_t n_rows, int64_t k) {
+  KILN_CHECK(top_logits_words(n_rows, k) <= attention_floats_,
+             "the {} best logits of {} rows exceed the attention scratch of {} words", k, n_rows, attention_floats_);
+  float* top = ws_.attention;
+  const auto n_words = size_t(n_rows * k);
+  cuda::TopLogitsArgs t;
+  t.logits = ws_.logits;
+  t.n_rows = n_rows;
+  t.n_vocab = config_.output_width();
+  t.k = k;
+  t.top_logits = top;
+  t.top_ids = reinterpret_cast<int32_t*>(top + n_words);
+  t.first_invalid = reinterpret_cast<int32_t*>(top + 2 * n_words);
+  t.stream = stream();
+  cuda::top_logits(t);
 }
 
 void CudaForward::embed(const int32_t* tokens, const int32_t* positions, int64_t n) {

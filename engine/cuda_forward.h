@@ -136,6 +136,9 @@ class CudaForward {
   // Output norm and LM head (an encoder returns the normed hidden states) into logits(): hidden: [rows, dim]
   // (rows of hidden() or spare_rows()).
   void head(const float* hidden, int64_t rows);
+  // After head: the k best logits of each of the first n_rows rows of logits() (a vocabulary of at most 2^24),
+  // laid out in the attention scratch as top_logits_view reads them (top_logits_words(n_rows, k) words).
+  void top_logits(int64_t n_rows, int64_t k);
 
   // Whether the one-token GEMVs of the steps launched from now on may stream their weights through shared
   // memory (cuda::MatmulArgs::stream_weights).
@@ -179,6 +182,7 @@ class CudaForward {
   const cuda::NcclGroup* nccl_;
   int64_t max_tokens_;
   int64_t invariant_rows_;
+  size_t attention_floats_;  // the caller's scratch, also top_logits' output
   int64_t rows_;  // workspace rows: max_tokens, rounded up to invariant_rows when batched
   bool batched_;
   TensorCallback on_tensor_;

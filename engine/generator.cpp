@@ -46,9 +46,26 @@ int64_t Generator::evaluate_prompt(const std::vector<int32_t>& prompt) {
   while (reused < context_.size() && reused < prompt.size() && context_[reused] == prompt[reused]) ++reused;
   reused = std::min(reused, prompt.size() - 1);
   context_.assign(prompt.begin(), prompt.end());
-  backend_.forward(prompt.data() + reused, int64_t(prompt.size() - reused), int64_t(reused), logits_.data(), false);
-  check_logits_finite(logits_, context_);
+  step(prompt.data() + reused, int64_t(prompt.size() - reused), int64_t(reused));
+  check_step();
   return int64_t(reused);
+}
+
+void Generator::step(const int32_t* tokens, int64_t n_tokens, int64_t first_position) {
+  const int64_t k = sampler_.top_needed();
+  top_ = {};
+  if (k > 0 && k <= backend_.max_top_k()) top_ = backend_.forward_top(tokens, n_tokens, first_position, k);
+  else backend_.forward(tokens, n_tokens, first_position, logits_.data(), false);
+}
+
+void Generator::check_step() const {
+  if (top_.k > 0) check_top_logits_valid(top_.first_invalid[0], context_);
+  else check_logits_finite(logits_, context_);
+}
+
+int32_t Generator::sample() {
+  if (top_.k == 0) return sampler_.sample(logits_.data());
+  return sampler_.sample_top(top_.logits, top_.ids, size_t(top_.k), top_.first_invalid[0]);
 }
 
 FinishReason Generator::generate(const GenerationRequest& request, const TextSink& sink, GenerationStats* stats) {
@@ -79,7 +96,7 @@ FinishReason Generator::generate(const GenerationRequest& request, const TextSin
       reason = FinishReason::Interrupted;
       break;
     }
-    const int32_t token = sampler_.sample(logits_.data());
+    const int32_t token = sample();
     if (s.n_generated == 0) {
       first_token_time = Clock::now();
       s.first_token_ms = ms_since(start);
@@ -98,9 +115,9 @@ FinishReason Generator::generate(const GenerationRequest& request, const TextSin
       reason = FinishReason::ContextFull;
       break;
     }
-    backend_.forward(&token, 1, int64_t(context_.size()), logits_.data(), false);
+    step(&token, 1, int64_t(context_.size()));
     context_.push_back(token);
-    check_logits_finite(logits_, context_);
+    check_step();
   }
   if (reason != FinishReason::StopString) {
     stop_filter.push(decoder.flush());

@@ -58,11 +58,18 @@ class Generator {
 
  private:
   int64_t evaluate_prompt(const std::vector<int32_t>& prompt);  // returns how many tokens were reused
+  // Runs tokens for the logits of the last: the k best when the sampler draws from no more and the backend
+  // offers them (a GPU then copies k values, not the vocabulary), else the whole row.
+  void step(const int32_t* tokens, int64_t n_tokens, int64_t first_position);
+  // Throws NonFiniteLogits for a NaN or infinite logit of the last step; context_ holds its tokens.
+  void check_step() const;
+  int32_t sample();  // from the last step's logits
 
   Backend& backend_;
   const Tokenizer& tokenizer_;
   Sampler sampler_;
-  std::vector<float> logits_;      // [n_vocab]
+  std::vector<float> logits_;      // [n_vocab]: the last step's, when whole
+  TopLogits top_;                  // the last step's best (k 0: the step returned the whole row)
   std::vector<int32_t> context_;
   std::atomic<bool> interrupt_{false};
 };

@@ -13,12 +13,23 @@ int64_t first_nonfinite(const float* data, int64_t n) {
   return -1;
 }
 
+namespace {
+
+[[noreturn]] void throw_nonfinite(int64_t at, std::string_view value, std::span<const int32_t> tokens) {
+  throw NonFiniteLogits(
+      fmt::format("the logits after {} tokens are not finite (token {} has {})", tokens.size(), at, value),
+      std::vector<int32_t>(tokens.begin(), tokens.end()));
+}
+
+}  // namespace
+
 void check_logits_finite(std::span<const float> logits, std::span<const int32_t> tokens) {
   const int64_t at = first_nonfinite(logits.data(), int64_t(logits.size()));
-  if (at < 0) return;
-  throw NonFiniteLogits(fmt::format("the logits after {} tokens are not finite (token {} has {})", tokens.size(), at,
-                                    logits[size_t(at)]),
-                        std::vector<int32_t>(tokens.begin(), tokens.end()));
+  if (at >= 0) throw_nonfinite(at, fmt::format("{}", logits[size_t(at)]), tokens);
+}
+
+void check_top_logits_valid(int32_t first_invalid, std::span<const int32_t> tokens) {
+  if (first_invalid >= 0) throw_nonfinite(first_invalid, "nan or +inf", tokens);
 }
 
 std::optional<NonFiniteSite> locate_nonfinite(const KilnFile& file, std::span<const int32_t> tokens, int n_threads) {

@@ -32,6 +32,9 @@ class NonFiniteLogits : public Error {
 
 // Throws NonFiniteLogits when logits holds a NaN or infinity. tokens: [n_past] after the step.
 void check_logits_finite(std::span<const float> logits, std::span<const int32_t> tokens);
+// The same for a step that returned only its best logits (Backend::forward_top): first_invalid is the
+// row's first NaN or +inf logit, or -1 (a -inf masks a token there, as the sampler takes it).
+void check_top_logits_valid(int32_t first_invalid, std::span<const int32_t> tokens);
 
 // Where a non-finite value first appeared: a named intermediate (see TensorCallback) and its layer (-1:
 // outside the layers).

@@ -16,7 +16,10 @@
 #include "engine/error.h"
 #include "engine/weights.h"
 #include "tests/engine/tiny_model.h"
+#include "tests/engine/batch_backend_test_util.h"
+#include "tests/engine/batch_test_util.h"
 #include "tests/engine/greedy_test_util.h"
+#include "tests/engine/top_logits_test_util.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace kiln::test {
@@ -302,6 +305,76 @@ TEST(CudaBackend, EncoderMatchesCpuAndHuggingFace) {
                 worst_cpu);
     EXPECT_LE(worst_ref, bound);
     EXPECT_LE(worst_cpu, bound);
+  }
+}
+
+// forward_top's row against forward's, bit for bit: a prompt in chunks (max_batch 8), then greedy decode
+// steps (the captured graph), k from 1 to the vocabulary; and a k outside [1, max_top_k()] refused.
+TEST(CudaBackend, TheBestLogitsOfTheLastTokenAreThoseOfTheWholeRow) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("qwen2", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  const Weights& weights = tiny.weights;
+  const int64_t max_k = std::min(kMaxTopLogits, c.n_vocab);
+  for (const int64_t k : {int64_t(1), int64_t(40), max_k}) {
+    SCOPED_TRACE(testing::Message() << "k " << k);
+    auto whole = make_cuda_backend(c, weights, tiny_backend_options(8));
+    auto best = make_cuda_backend(c, weights, tiny_backend_options(8));
+    ASSERT_EQ(best->max_top_k(), max_k);
+    std::vector<int32_t> tokens = random_tokens(21, c.n_vocab, 77);
+    std::vector<float> logits(size_t(c.n_vocab));
+    int64_t position = 0;
+    for (int step = 0; step < 6; ++step) {
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      const auto n = int64_t(tokens.size());
+      whole->forward(tokens.data(), n, position, logits.data(), false);
+      const TopLogits top = best->forward_top(tokens.data(), n, position, k);
+      ASSERT_EQ(top.k, k);
+      expect_best_of(top, 0, logits.data(), c.n_vocab);
+      EXPECT_EQ(best->n_past(), position + n);
+      position += n;
+      tokens = {int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    }
+    EXPECT_THROW((void)best->forward_top(tokens.data(), 1, position, 0), Error);
+    EXPECT_THROW((void)best->forward_top(tokens.data(), 1, position, max_k + 1), Error);
+  }
+}
+
+// Passes every call to a backend and hides its forward_top: Generator then takes whole rows.
+class WholeRows final : public Backend {
+ public:
+  explicit WholeRows(Backend& b) : b_(b) {}
+  std::string_view name() const override { return b_.name(); }
+  const ModelConfig& config() const override { return b_.config(); }
+  int64_t n_ctx() const override { return b_.n_ctx(); }
+  int64_t n_past() const override { return b_.n_past(); }
+  void reset() override { b_.reset(); }
+  void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
+               bool all_logits) override {
+    b_.forward(tokens, n_tokens, first_position, logits, all_logits);
+  }
+
+ private:
+  Backend& b_;
+};
+
+// Generator on the GPU draws the same tokens from the best logits as from whole rows: greedy, sampled
+// (top-k 40 at 0.9) and with a repeat penalty (whole rows either way).
+TEST(CudaBackend, GeneratorTextFromTheBestLogitsEqualsWholeRows) {
+  KILN_REQUIRE_GPU();
+  const Tiny tiny("qwen2", DType::F16);
+  const ModelConfig& c = tiny.model.config;
+  const auto tokenizer = byte_tokenizer(-1);
+  for (const BatchRequest& request : mixed_requests(6, c.n_vocab, 21)) {
+    SCOPED_TRACE(request.index);
+    auto gpu = make_cuda_backend(c, tiny.weights, tiny_backend_options(16));
+    auto reference = make_cuda_backend(c, tiny.weights, tiny_backend_options(16));
+    WholeRows whole(*reference);
+    const AloneResult got = run_alone(*gpu, *tokenizer, request), want = run_alone(whole, *tokenizer, request);
+    ASSERT_TRUE(got.error.empty() && want.error.empty()) << got.error << want.error;
+    EXPECT_EQ(got.tokens, want.tokens);
+    EXPECT_EQ(got.text, want.text);
+    EXPECT_EQ(got.n_generated, want.n_generated);
   }
 }
 

@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,6 +28,7 @@
 #include "tests/engine/batch_backend_test_util.h"
 #include "tests/engine/batch_test_util.h"
 #include "tests/engine/tiny_model.h"
+#include "tests/engine/top_logits_test_util.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace kiln::test {
@@ -228,24 +228,6 @@ TEST(CudaBatchBackend, GraphStepsEqualLaunches) {
     for (size_t s = 0; s < prompts.size(); ++s)
       EXPECT_EQ(std::memcmp(a[s].data(), b[s].data(), a[s].size() * sizeof(float)), 0) << "prompt " << s;
   }
-}
-
-// A row's k best (ties to the lower id) from forward_top are those of the row forward returns, bit for bit.
-void expect_best_of(const TopLogits& top, size_t row, const float* whole, int64_t n_vocab) {
-  const auto k = size_t(top.k);
-  ASSERT_EQ(top.first_invalid[row], -1);
-  std::vector<int32_t> want(static_cast<size_t>(n_vocab));
-  std::iota(want.begin(), want.end(), 0);
-  std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return whole[a] > whole[b]; });
-  want.resize(k);
-  std::sort(want.begin(), want.end());
-  std::vector<int32_t> got(top.ids + row * k, top.ids + (row + 1) * k);
-  for (size_t i = 0; i < k; ++i) {
-    ASSERT_TRUE(got[i] >= 0 && got[i] < n_vocab) << got[i];
-    ASSERT_EQ(std::memcmp(&top.logits[row * k + i], &whole[got[i]], sizeof(float)), 0) << "token " << got[i];
-  }
-  std::sort(got.begin(), got.end());
-  EXPECT_EQ(got, want);
 }
 
 // forward_top's rows against forward's, over a prompt step and greedy decode steps (the same shape again
