@@ -1,6 +1,7 @@
 #include "kernels/cuda/activation.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "engine/error.h"
 #include "kernels/cuda/activate.cuh"
@@ -43,29 +44,33 @@ dim3 grid_for(int64_t n_tokens, int64_t cols) {
               unsigned(std::min<int64_t>(n_tokens, 65535)));
 }
 
-void gated_activation_launch(const GatedActivationArgs& a) {
-  const int64_t n = a.n_tokens;
-  const int ffn = int(a.ffn);
-  const dim3 grid = grid_for(n, ffn);
-  switch (a.act) {
-    case Activation::Gelu: gated_activation_kernel<Activation::Gelu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, ffn); break;
-    case Activation::GeluTanh: gated_activation_kernel<Activation::GeluTanh><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, ffn); break;
-    case Activation::Relu: gated_activation_kernel<Activation::Relu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, ffn); break;
-    case Activation::Silu: gated_activation_kernel<Activation::Silu><<<grid, kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, n, ffn); break;
+// Calls launch with the activation as a compile-time constant (std::integral_constant), for the kernels'
+// template argument.
+template <typename Launch>
+void with_activation(Activation act, Launch launch) {
+  switch (act) {
+    case Activation::Gelu: return launch(std::integral_constant<Activation, Activation::Gelu>{});
+    case Activation::GeluTanh: return launch(std::integral_constant<Activation, Activation::GeluTanh>{});
+    case Activation::Relu: return launch(std::integral_constant<Activation, Activation::Relu>{});
+    case Activation::Silu: return launch(std::integral_constant<Activation, Activation::Silu>{});
   }
+}
+
+void gated_activation_launch(const GatedActivationArgs& a) {
+  const int ffn = int(a.ffn);
+  with_activation(a.act, [&](auto act) {
+    gated_activation_kernel<decltype(act)::value>
+        <<<grid_for(a.n_tokens, ffn), kThreads, 0, a.stream>>>(a.gate_up, a.out, a.out16, a.n_tokens, ffn);
+  });
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 void bias_activation_launch(const BiasActivationArgs& a) {
-  const int64_t n = a.n_tokens;
   const int dim = int(a.dim);
-  const dim3 grid = grid_for(n, dim);
-  switch (a.act) {
-    case Activation::Gelu: bias_activation_kernel<Activation::Gelu><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, dim); break;
-    case Activation::GeluTanh: bias_activation_kernel<Activation::GeluTanh><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, dim); break;
-    case Activation::Relu: bias_activation_kernel<Activation::Relu><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, dim); break;
-    case Activation::Silu: bias_activation_kernel<Activation::Silu><<<grid, kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, n, dim); break;
-  }
+  with_activation(a.act, [&](auto act) {
+    bias_activation_kernel<decltype(act)::value>
+        <<<grid_for(a.n_tokens, dim), kThreads, 0, a.stream>>>(a.x, a.x16, a.bias, a.n_tokens, dim);
+  });
   KILN_CUDA_CHECK_LAUNCH();
 }
 
