@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <map>
 #include <memory>
-#include <numeric>
 #include <random>
 #include <vector>
 
@@ -22,6 +21,7 @@
 #include "tests/engine/batch_test_util.h"
 #include "tests/convert/kiln_file_fixture.h"
 #include "tests/engine/tiny_model.h"
+#include "tests/engine/top_logits_test_util.h"
 #include "tests/model_paths.h"
 
 namespace kiln::test {
@@ -119,19 +119,9 @@ class ReferenceBatchBackend : public BatchBackend {
     top_logits_.assign(size_t(n_logit_rows * k), 0.0f);
     top_ids_.assign(size_t(n_logit_rows * k), 0);
     first_invalid_.assign(size_t(n_logit_rows), -1);
-    for (size_t r = 0; r < size_t(n_logit_rows); ++r) {
-      const float* row = logits.data() + r * n_vocab;
-      for (size_t i = 0; i < n_vocab && first_invalid_[r] < 0; ++i)
-        if (!(row[i] < INFINITY)) first_invalid_[r] = int32_t(i);
-      if (first_invalid_[r] >= 0) continue;
-      std::vector<int32_t> order(n_vocab);
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
-      for (size_t i = 0; i < size_t(k); ++i) {
-        top_ids_[r * size_t(k) + i] = order[size_t(k) - 1 - i];
-        top_logits_[r * size_t(k) + i] = row[order[size_t(k) - 1 - i]];
-      }
-    }
+    for (size_t r = 0; r < size_t(n_logit_rows); ++r)
+      first_invalid_[r] = reference_best(logits.data() + r * n_vocab, config_.n_vocab, k,
+                                         top_ids_.data() + r * size_t(k), top_logits_.data() + r * size_t(k));
     return {k, top_logits_.data(), top_ids_.data(), first_invalid_.data()};
   }
 

@@ -5,10 +5,8 @@
 // test_cuda_backend), so this runs in CI.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -18,6 +16,7 @@
 #include "engine/nonfinite_check.h"
 #include "tests/engine/batch_backend_test_util.h"
 #include "tests/engine/batch_test_util.h"
+#include "tests/engine/top_logits_test_util.h"
 
 namespace kiln::test {
 namespace {
@@ -41,7 +40,7 @@ class TopRelay final : public Backend {
 
   int64_t max_top_k() const override { return offered_; }
 
-  // The k best by a full stable sort (ties to the lower id), handed over worst first.
+  // The k best by a full stable sort (ties to the lower id), handed over worst first (reference_best).
   TopLogits forward_top(const int32_t* tokens, int64_t n_tokens, int64_t first_position, int64_t k) override {
     KILN_CHECK(k >= 1 && k <= offered_, "k {} is outside [1, {}]", k, offered_);
     ++n_top;
@@ -49,16 +48,9 @@ class TopRelay final : public Backend {
     std::vector<float> row(n_vocab);
     inner_->forward(tokens, n_tokens, first_position, row.data(), false);
     poison(row.data());
-    first_invalid_ = -1;
-    for (size_t i = 0; i < n_vocab && first_invalid_ < 0; ++i)
-      if (!(row[i] < INFINITY)) first_invalid_ = int32_t(i);
-    std::vector<int32_t> order(n_vocab);
-    std::iota(order.begin(), order.end(), 0);
-    if (first_invalid_ < 0)  // a NaN has no place in the order: the caller must not sample such a row
-      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
-    top_ids_.assign(order.rend() - k, order.rend());
-    top_logits_.clear();
-    for (int32_t id : top_ids_) top_logits_.push_back(row[size_t(id)]);
+    top_ids_.assign(size_t(k), 0);
+    top_logits_.assign(size_t(k), 0.0f);
+    first_invalid_ = reference_best(row.data(), int64_t(n_vocab), k, top_ids_.data(), top_logits_.data());
     return {k, top_logits_.data(), top_ids_.data(), &first_invalid_};
   }
 
