@@ -147,5 +147,21 @@ TEST_F(GeneratorTop, ANanLogitStopsBothAlike) {
   EXPECT_NE(messages[1].find("not finite (token 7 has nan or +inf)"), std::string::npos) << messages[1];
 }
 
+// The CPU backend returns whole rows only: it offers no best logits, and forward_top is refused, naming it.
+TEST_F(GeneratorTop, TheCpuBackendRefusesForwardTopNamingItself) {
+  BackendOptions options;
+  options.n_ctx = 16;
+  options.n_threads = 1;
+  const auto cpu = make_cpu_backend(tiny_.model.config, tiny_.weights, options);
+  EXPECT_EQ(cpu->max_top_k(), 0);
+  const int32_t token = 5;
+  try {
+    (void)cpu->forward_top(&token, 1, 0, 1);
+    ADD_FAILURE() << "the CPU backend ran forward_top";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the CPU backend returns whole rows"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace kiln::test
