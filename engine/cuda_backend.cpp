@@ -52,6 +52,7 @@ class ContiguousKv final : public CudaKvStore {
       gemm_.scratch = partial_ + partial_floats_;
     }
   }
+  ContiguousCacheView view() const { return {layer_at(0), layer_at(config_.n_layers), n_ctx_, dtype_}; }
   // The position of the next step's first token, which the prompt path's GEMM shapes need.
   void set_first_position(int64_t position) { first_position_host_ = position; }
 
@@ -163,6 +164,8 @@ CudaForwardOptions forward_options(const BackendOptions& options, const CudaOpti
   o.attention_floats = attention_floats;
   o.on_tensor = options.on_tensor;
   o.stage_timer = options.stage_timer;
+  o.persistent_decode = cuda.persistent_decode;
+  o.kv_dtype = cuda.kv_dtype;
   return o;
 }
 
@@ -184,6 +187,7 @@ class CudaBackend final : public Backend {
   }
   TopLogits forward_top(const int32_t* tokens, int64_t n_tokens, int64_t first_position, int64_t k) override;
   void reset() override { n_past_ = 0; }
+  bool persistent_decode_ready() const { return forward_->persistent_ready(); }
   CudaMemoryUse memory_use() const {
     return {forward_->allocated_weight_bytes(), kv_->bytes(), forward_->allocated_workspace_bytes()};
   }
@@ -194,7 +198,8 @@ class CudaBackend final : public Backend {
                       bool all_logits, int64_t top_k);
   void forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                      bool all_logits, int64_t top_k);
-  void run(int64_t n_tokens, bool want_logits, bool all_logits);  // launches only: graph-capturable
+  // launches only: graph-capturable; persistent: a decode step as one kernel (CudaForward::run_layers_persistent)
+  void run(int64_t n_tokens, bool want_logits, bool all_logits, bool persistent = false);
   bool streams_weights(int64_t position) const;
 
   ModelConfig config_;
@@ -209,6 +214,7 @@ class CudaBackend final : public Backend {
   cuda::PinnedBuffer staging_;  // [2, max_tokens] int32: what the forward's inputs receive
   cuda::PinnedBuffer top_;      // forward_top's row (top_logits_words(1, max_top_k()) words)
   cuda::CudaGraph decode_graphs_[2];  // [whether its GEMVs stream their weights]
+  cuda::CudaGraph persistent_graph_;
   int64_t n_past_ = 0;
 };
 
@@ -301,8 +307,9 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
   const bool stream_weights = streams_weights(first_position);
   forward_->set_stream_weights(stream_weights);
   if (n_tokens == 1 && want_logits && cuda_.use_graph && !on_tensor_ && !timing) {
-    cuda::CudaGraph& graph = decode_graphs_[stream_weights ? 1 : 0];
-    if (!graph.captured()) graph.capture(s, [&] { run(1, true, false); });
+    const bool persistent = forward_->persistent_ready() && first_position < cuda_.persistent_max_position;
+    cuda::CudaGraph& graph = persistent ? persistent_graph_ : decode_graphs_[stream_weights ? 1 : 0];
+    if (!graph.captured()) graph.capture(s, [&] { run(1, true, false, persistent); });
     graph.launch(s);
   } else {
     run(n_tokens, want_logits, all_logits);
@@ -337,9 +344,10 @@ bool CudaBackend::streams_weights(int64_t position) const {
   return kv_bytes_read <= kStreamedMaxKvShare * double(forward_->weight_bytes());
 }
 
-void CudaBackend::run(int64_t n_tokens, bool want_logits, bool all_logits) {
+void CudaBackend::run(int64_t n_tokens, bool want_logits, bool all_logits, bool persistent) {
   const int32_t* inputs = forward_->inputs();
-  forward_->run_layers(inputs, inputs + max_tokens_, n_tokens, *kv_);
+  if (persistent) forward_->run_layers_persistent(inputs, inputs + max_tokens_, kv_->view());
+  else forward_->run_layers(inputs, inputs + max_tokens_, n_tokens, *kv_);
   if (!want_logits) return;  // prefill: the cache is filled
   const int64_t rows = all_logits ? n_tokens : 1;
   forward_->head(forward_->hidden() + (n_tokens - rows) * config_.dim, rows);
@@ -355,6 +363,11 @@ CudaMemoryUse cuda_memory_use(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
   KILN_CHECK(cuda != nullptr, "the {} backend holds no GPU memory", backend.name());
   return cuda->memory_use();
+}
+
+bool cuda_persistent_decode_ready(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda != nullptr && cuda->persistent_decode_ready();
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const Weights& weights,

@@ -2,7 +2,8 @@
 // on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32, f16 or fp8;
 // one workspace allocation and the KV cache are sized at start-up and nothing is allocated per token. A
 // decode step (one token, logits wanted) is captured into a CUDA graph on first use and replayed: tokens
-// and positions reach the kernels through device memory.
+// and positions reach the kernels through device memory. With f16 weights of the Llama family, short-context
+// decode steps run all layers in one persistent kernel (kernels/cuda/persistent_decode.h).
 #pragma once
 
 #include <memory>
@@ -21,6 +22,10 @@ struct CudaOptions {
   bool use_graph = true;   // false: launch every decode kernel one by one (for comparison)
   // The KV cache's type: f16 reads half the bytes of f32 (kiln's commands default to it), fp8 a quarter.
   cuda::KvDType kv_dtype = cuda::KvDType::F32;
+  // Decode steps at short contexts run every layer in one persistent kernel when the model allows it
+  // (cuda::persistent_decode); false: the kernels of each stage one by one (for comparison).
+  bool persistent_decode = true;
+  int64_t persistent_max_position = 1024;  // from this position on, the kernels one by one
   // Tensor parallelism: the communicators of the ranks (BackendOptions::shard says which this one is).
   const cuda::NcclGroup* nccl = nullptr;
 };
@@ -36,6 +41,9 @@ struct CudaMemoryUse {
 };
 // Throws kiln::Error when `backend` is not a CUDA backend.
 [[nodiscard]] CudaMemoryUse cuda_memory_use(const Backend& backend);
+// Whether the backend's decode steps run as one persistent kernel (CudaOptions::persistent_decode, and a
+// model that allows it); false for any other backend.
+[[nodiscard]] bool cuda_persistent_decode_ready(const Backend& backend);
 
 // Throw kiln::Error when no GPU is present or the model does not fit in its free memory (the message
 // gives the bytes needed and free).

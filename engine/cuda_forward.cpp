@@ -15,6 +15,7 @@
 #include "kernels/cuda/nccl_group.h"
 #endif
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/persistent_decode.h"
 #include "kernels/cuda/residual.h"
 #include "kernels/cuda/top_logits.h"
 
@@ -82,6 +83,16 @@ cuda::Activation activation_of(MlpKind mlp) {
     case MlpKind::Relu: return cuda::Activation::Relu;
   }
   return cuda::Activation::Silu;
+}
+
+// Floats of the persistent step's scratch, rounded to 16 bytes so that its table of layers follows aligned.
+size_t persistent_scratch_floats(const ModelConfig& c) {
+  return (cuda::persistent_decode_scratch_floats(int(c.dim), int(c.q_dim()), int(c.ffn_dim)) + 3) / 4 * 4;
+}
+
+// The persistent step's scratch, then its table of layers.
+size_t persistent_floats(const ModelConfig& c) {
+  return persistent_scratch_floats(c) + size_t(c.n_layers) * sizeof(cuda::PersistentLayer) / sizeof(float);
 }
 
 std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1 << 20)); }
@@ -153,6 +164,8 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
       rows_(options.batched ? (options.max_tokens + invariant_rows_ - 1) / invariant_rows_ * invariant_rows_
                             : options.max_tokens),
       batched_(options.batched),
+      persistent_(false),
+      kv_dtype_(options.kv_dtype),
       on_tensor_(options.on_tensor),
       stage_timer_(options.stage_timer),
       plan_(std::make_unique<WeightPlan>()) {
@@ -207,6 +220,7 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
     alibi_ = kiln::alibi_slopes(int(shard_.n_heads));
     up.vector(alibi_.data() + shard_.head_begin, c.n_heads, &w_.alibi_slopes);
   }
+  persistent_ = persistent_possible(options, weights);
   plan_workspace(options);
 }
 
@@ -226,7 +240,8 @@ void CudaForward::plan_workspace(const CudaForwardOptions& options) {
                            R * size_t(c.kv_dim()), R * size_t(c.q_dim()), R * size_t(c.dim),       R * size_t(up_rows),
                            R * size_t(c.ffn_dim),  R * size_t(c.dim),    R * size_t(c.projects_embedding() ? c.embd_dim() : 0),
                            R * size_t(c.output_width()), options.attention_floats,
-                           (R * size_t(c.ffn_dim) + 1) / 2};  // act16: halves
+                           (R * size_t(c.ffn_dim) + 1) / 2,  // act16: halves
+                           persistent_ ? persistent_floats(c) : 0};
   ws_offsets_.clear();
   size_t bytes = 0;
   for (size_t n : floats) {
@@ -255,10 +270,80 @@ void CudaForward::allocate() {
                      &ws_.up, &ws_.act, &ws_.ffn_out, &ws_.embd, &ws_.logits, &ws_.attention};
   for (size_t i = 0; i < std::size(slots); ++i) *slots[i] = reinterpret_cast<float*>(base + ws_offsets_[i]);
   ws_.act16 = reinterpret_cast<__half*>(base + ws_offsets_[std::size(slots)]);
-  ws_.inputs = reinterpret_cast<int32_t*>(base + ws_offsets_[std::size(slots) + 1]);
-  ws_.gemm = base + ws_offsets_[std::size(slots) + 2];
+  ws_.persistent = reinterpret_cast<float*>(base + ws_offsets_[std::size(slots) + 1]);
+  ws_.inputs = reinterpret_cast<int32_t*>(base + ws_offsets_[std::size(slots) + 2]);
+  ws_.gemm = base + ws_offsets_[std::size(slots) + 3];
+  if (persistent_) upload_persistent_layers();
   if (gemm_bytes_ > 0)
     gemm_ = std::make_unique<cuda::GemmContext>(ws_.gemm, gemm_bytes_, gemm_tokens_, gemm_n_in_, gemm_int8_);
+}
+
+bool CudaForward::persistent_possible(const CudaForwardOptions& options, const Weights& weights) const {
+  const ModelConfig& c = config_;
+  if (!options.persistent_decode || batched_ || !shard_.whole() || nccl_ != nullptr || on_tensor_) return false;
+  if (!c.causal || c.post_norm || c.parallel_residual || c.shared_layer_norm || !is_gated(c.mlp) ||
+      c.norm != NormKind::Rms || c.position == PositionKind::Alibi)
+    return false;
+  for (const LayerWeights& w : weights.layers) {
+    if (w.attn_norm == nullptr || w.ffn_norm == nullptr || w.attn_out_bias != nullptr || w.ffn_up_bias != nullptr ||
+        w.ffn_down_bias != nullptr)
+      return false;
+    for (const TensorView* m : {&w.attn_qkv, &w.attn_out, &w.ffn_up, &w.ffn_down})
+      if (m->dtype != DType::F16) return false;
+  }
+  return cuda::persistent_decode_supported(int(c.n_layers), int(c.dim), int(c.n_heads), int(c.n_kv_heads),
+                                           int(c.head_dim), int(c.ffn_dim), kv_dtype_);
+}
+
+void CudaForward::upload_persistent_layers() {
+  std::vector<cuda::PersistentLayer> table;
+  for (const CudaLayerWeights& w : w_.layers) {
+    cuda::PersistentLayer l;
+    l.attn_norm = w.attn_norm;
+    l.qkv = static_cast<const __half*>(w.attn_qkv.data);
+    l.qkv_bias = w.attn_qkv_bias;
+    l.out = static_cast<const __half*>(w.attn_out.data);
+    l.ffn_norm = w.ffn_norm;
+    l.up = static_cast<const __half*>(w.ffn_up.data);
+    l.down = static_cast<const __half*>(w.ffn_down.data);
+    table.push_back(l);
+  }
+  KILN_CUDA_CHECK(cudaMemcpy(ws_.persistent + persistent_scratch_floats(config_), table.data(),
+                             table.size() * sizeof(cuda::PersistentLayer), cudaMemcpyHostToDevice));
+}
+
+void CudaForward::run_layers_persistent(const int32_t* tokens, const int32_t* positions,
+                                        const ContiguousCacheView& cache) {
+  KILN_CHECK(persistent_ && plan_ == nullptr, "this model's decode step cannot run as one persistent kernel");
+  KILN_CHECK(cache.dtype == kv_dtype_, "the persistent step was planned for a {} cache, not {}",
+             cuda::kv_dtype_name(kv_dtype_), cuda::kv_dtype_name(cache.dtype));
+  const ModelConfig& c = config_;
+  embed(tokens, positions, 1);
+  cuda::PersistentDecodeArgs a;
+  a.layers = reinterpret_cast<const cuda::PersistentLayer*>(ws_.persistent + persistent_scratch_floats(c));
+  a.n_layers = int(c.n_layers);
+  a.dim = int(c.dim);
+  a.n_heads = int(c.n_heads);
+  a.n_kv_heads = int(c.n_kv_heads);
+  a.head_dim = int(c.head_dim);
+  a.ffn = int(c.ffn_dim);
+  a.eps = c.norm_eps;
+  a.act = activation_of(c.mlp);
+  a.mode = cuda_rotary_mode(c);
+  a.rotary_dim = int(c.rotary_dim);
+  a.theta = c.rope_theta;
+  a.position_scale = c.rope_scale;
+  a.scale = attention_scale_of(c);
+  a.window = c.sliding_window;
+  a.k_cache = cache.k;
+  a.v_cache = cache.v;
+  a.kv_dtype = cache.dtype;
+  a.n_ctx = cache.n_ctx;
+  a.position = positions;
+  a.x = ws_.x;
+  a.scratch = ws_.persistent;
+  a.stream = stream();
+  cuda::persistent_decode(a);
 }
 
 bool CudaForward::begin_stage_timing() {

@@ -18,6 +18,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/device_matrix.h"
 #include "kernels/cuda/event_timer.h"
+#include "kernels/cuda/kv_dtype.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/rotary.h"
 
@@ -84,6 +85,15 @@ inline constexpr int64_t kInvariantRows = 64;
 // rounded up to a multiple of `rows`; args.gemm serves `rows` tokens (more than kGemvMaxTokens).
 void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows = kInvariantRows);
 
+// One sequence's contiguous cache, as the persistent decode step reads and writes it: k and v
+// [n_layers, n_kv_heads, n_ctx, head_dim] of dtype.
+struct ContiguousCacheView {
+  void* k = nullptr;
+  void* v = nullptr;
+  int64_t n_ctx = 0;
+  cuda::KvDType dtype = cuda::KvDType::F16;
+};
+
 struct CudaForwardOptions {
   int64_t max_tokens = 512;   // rows per call
   // Rows of many sequences, each at its own position; every row's result is bit for bit the same whatever
@@ -95,6 +105,10 @@ struct CudaForwardOptions {
   size_t attention_floats = 0;    // scratch for the caller's attention (attention_scratch())
   TensorCallback on_tensor;       // optional debugging hook: copies each named intermediate to the host
   std::shared_ptr<StageTimer> stage_timer;
+  // One sequence's decode steps may run every layer in one persistent kernel (run_layers_persistent) when the
+  // model allows it: its table of layers and scratch join the workspace.
+  bool persistent_decode = false;
+  cuda::KvDType kv_dtype = cuda::KvDType::F16;  // the cache the persistent step writes
   // Tensor parallelism: the part of the whole model that the config and weights are, and the communicators
   // that sum the ranks' partial rows (this rank's is shard.rank's). nccl may be set for the whole model
   // too: one rank, the split path run on one GPU.
@@ -133,6 +147,11 @@ class CudaForward {
   // The residual stream hidden(): [n, dim] after every layer. tokens, positions: device [n], each checked by
   // the caller; positions are consecutive unless batched.
   void run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv);
+  // Whether run_layers_persistent can run: asked for, and a pre-norm (RMS) gated model with f16 matrices,
+  // no biases but the QKV's, shapes cuda::persistent_decode takes, whole on one GPU, without a tensor hook.
+  bool persistent_ready() const { return persistent_; }
+  // run_layers for one token at positions[0], every layer in one kernel (cuda::persistent_decode).
+  void run_layers_persistent(const int32_t* tokens, const int32_t* positions, const ContiguousCacheView& cache);
   // Output norm and LM head (an encoder returns the normed hidden states) into logits(): hidden: [rows, dim]
   // (rows of hidden() or spare_rows()).
   void head(const float* hidden, int64_t rows);
@@ -156,11 +175,14 @@ class CudaForward {
           *attn_proj = nullptr, *up = nullptr, *act = nullptr, *ffn_out = nullptr, *embd = nullptr,
           *logits = nullptr, *attention = nullptr;
     __half* act16 = nullptr;  // [rows, ffn_dim]: the activation in f16, when a GEMM reads it so
+    float* persistent = nullptr;  // the persistent step's scratch, then its table of layers
     int32_t* inputs = nullptr;
     void* gemm = nullptr;
   };
 
   void plan_workspace(const CudaForwardOptions& options);
+  bool persistent_possible(const CudaForwardOptions& options, const Weights& weights) const;
+  void upload_persistent_layers();
   void embed(const int32_t* tokens, const int32_t* positions, int64_t n);
   void layer_forward(int64_t layer, int64_t n, CudaKvStore& kv);
   void norm(const float* x, const float* weight, const float* bias, float* y, int64_t n);
@@ -185,6 +207,8 @@ class CudaForward {
   size_t attention_floats_;  // the caller's scratch, also top_logits' output
   int64_t rows_;  // workspace rows: max_tokens, rounded up to invariant_rows when batched
   bool batched_;
+  bool persistent_;
+  cuda::KvDType kv_dtype_;
   TensorCallback on_tensor_;
   std::shared_ptr<StageTimer> stage_timer_;
   bool stream_weights_ = true;

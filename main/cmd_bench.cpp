@@ -189,7 +189,7 @@ int cmd_bench(int argc, char** argv) {
   }
   const int tensor_parallel = tensor_parallel_from(args);
   const std::unique_ptr<Backend> backend_owner =
-      make_backend_on(device, file, backend_options, kv_dtype, tensor_parallel);
+      make_backend_on(device, file, backend_options, kv_dtype, tensor_parallel, args.count("no-persistent") == 0);
   Backend& backend = *backend_owner;
   for (const Test& t : tests)
     KILN_CHECK(t.positions() <= backend.n_ctx(), "test {} needs {} positions but the context holds {}: raise -c",

@@ -26,7 +26,10 @@ void add_model_options(cxxopts::Options& options) {
       "tensor-parallel,tp",
       "-tp N: split the model by heads over N ranks (at most its key/value heads): GPUs 0 .. N-1, or on the "
       "CPU N groups of threads",
-      cxxopts::value<int>()->default_value("1"));
+      cxxopts::value<int>()->default_value("1"))(
+      "no-persistent",
+      "run a GPU decode step's kernels one by one rather than as one persistent kernel (for comparison: small "
+      "models decode faster in one)");
 }
 
 int tensor_parallel_from(const cxxopts::ParseResult& args) {
@@ -97,15 +100,17 @@ std::string choose_device(const std::string& requested) {
 }
 
 std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
-                                         const BackendOptions& options, cuda::KvDType kv_dtype, int tensor_parallel) {
+                                         const BackendOptions& options, cuda::KvDType kv_dtype, int tensor_parallel,
+                                         bool persistent_decode) {
 #ifdef KILN_HAVE_CUDA
   CudaOptions cuda;
   cuda.kv_dtype = kv_dtype;
+  cuda.persistent_decode = persistent_decode;
   if (device == "cuda")
     return tensor_parallel > 1 ? make_cuda_tensor_parallel_backend(file, options, cuda, tensor_parallel)
                                : make_cuda_backend(file, options, cuda);
 #else
-  (void)kv_dtype;
+  (void)kv_dtype, (void)persistent_decode;
 #endif
   KILN_CHECK(device == "cpu", "--device '{}' is not available in this kiln", device);
   return make_cpu_tensor_parallel_backend(file, options, tensor_parallel);
@@ -127,7 +132,7 @@ LoadedModel load_model(const cxxopts::ParseResult& args) {
   options.n_ctx = n_ctx;
   options.n_threads = threads;
   model.backend = make_backend_on(device, model.file, options, kv_dtype_from(args, device),
-                                  tensor_parallel_from(args));
+                                  tensor_parallel_from(args), args.count("no-persistent") == 0);
   return model;
 }
 

@@ -34,10 +34,10 @@ struct LoadedModel {
 [[nodiscard]] std::string choose_device(const std::string& requested);
 
 // kv_dtype: the GPU's KV cache type (--cache-type); the CPU's is f32. tensor_parallel: ranks the model is
-// split over (-tp).
+// split over (-tp). persistent_decode: a GPU decode step may run as one kernel (not --no-persistent).
 [[nodiscard]] std::unique_ptr<Backend> make_backend_on(const std::string& device, const KilnFile& file,
                                                        const BackendOptions& options, cuda::KvDType kv_dtype,
-                                                       int tensor_parallel);
+                                                       int tensor_parallel, bool persistent_decode);
 
 // -tp: the tensor-parallel size. Throws kiln::Error outside [1, 64].
 [[nodiscard]] int tensor_parallel_from(const cxxopts::ParseResult& args);

@@ -1,7 +1,11 @@
 // Greedy decoding on a single-sequence backend, the yardstick the backend tests compare against.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <vector>
 
@@ -26,6 +30,22 @@ inline std::vector<int32_t> greedy_single(Backend& backend, const std::vector<in
     backend.forward(&out.back(), 1, int64_t(prompt.size()) + i, logits.data(), false);
   }
   return out;
+}
+
+// Two backends that compute the same model another way give the same greedy tokens, and every step's
+// logits within max_share of the logits' scale (their largest magnitude, at least 1).
+inline void expect_same_greedy(Backend& a, Backend& b, const std::vector<int32_t>& prompt, int64_t n_new,
+                               float max_share) {
+  std::vector<float> la, lb;
+  EXPECT_EQ(greedy_single(a, prompt, n_new, &la), greedy_single(b, prompt, n_new, &lb));
+  ASSERT_EQ(la.size(), lb.size());
+  float scale = 1.0f, worst = 0.0f;
+  for (size_t i = 0; i < la.size(); ++i) {
+    scale = std::max(scale, std::fabs(lb[i]));
+    worst = std::max(worst, std::fabs(la[i] - lb[i]));
+  }
+  std::printf("greedy logits apart by %.2e of their scale %.1f\n", double(worst / scale), double(scale));
+  EXPECT_LE(worst, max_share * scale);
 }
 
 }  // namespace kiln::test

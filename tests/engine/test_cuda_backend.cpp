@@ -131,9 +131,10 @@ TEST_P(CudaParity, GraphDecodeEqualsLaunches) {
     const Weights weights = bind_weights(model.config, store.lookup());
     const auto refs = load_reference(GetParam());
     const std::vector<int32_t> prompt = prompt_prefix(refs, 5);
-    CudaOptions launches;
+    CudaOptions launches, graph;
     launches.use_graph = false;
-    auto with_graph = make_cuda_backend(model.config, weights, tiny_backend_options(512));
+    graph.persistent_decode = false;  // the graph of the same kernels (the persistent step has its own test)
+    auto with_graph = make_cuda_backend(model.config, weights, tiny_backend_options(512), graph);
     auto without = make_cuda_backend(model.config, weights, tiny_backend_options(512), launches);
     std::vector<float> a, b;
     EXPECT_EQ(test::greedy_single(*with_graph, prompt, 30, &a), test::greedy_single(*without, prompt, 30, &b));
@@ -274,7 +275,66 @@ TEST_P(CudaParity, NamedIntermediatesMatchTheCpu) {
   }
 }
 
+// The families whose decode steps run as one persistent kernel (cuda::persistent_decode): pre-norm, a gated
+// MLP, head_dim a power of two (llama_rope_linear's is 24).
+bool runs_persistent(const std::string& name) {
+  return name == "llama_gqa_tied" || name == "llama_mha" || name == "mistral_swa" || name == "qwen2";
+}
+
+// The persistent decode step (f16 weights) gives the greedy tokens of the kernels run one by one, its logits
+// within 1e-4 of their scale (f32 sums in another order, keys and values then rounded to f16), over f32 and
+// f16 caches and up to 3 splits of the keys; the other families keep the kernels.
+TEST_P(CudaParity, PersistentDecodeFollowsTheKernelsOneByOne) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  const TensorStore store(model, DType::F16);
+  const Weights weights = bind_weights(model.config, store.lookup());
+  const std::vector<int32_t> prompt = prompt_prefix(load_reference(GetParam()), 5);
+  for (cuda::KvDType kv : {cuda::KvDType::F32, cuda::KvDType::F16}) {
+    SCOPED_TRACE(cuda::kv_dtype_name(kv));
+    CudaOptions persistent, kernels;
+    persistent.kv_dtype = kernels.kv_dtype = kv;
+    kernels.persistent_decode = false;
+    auto one = make_cuda_backend(model.config, weights, tiny_backend_options(512), persistent);
+    auto many = make_cuda_backend(model.config, weights, tiny_backend_options(512), kernels);
+    ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()));
+    EXPECT_FALSE(cuda_persistent_decode_ready(*many));
+    test::expect_same_greedy(*one, *many, prompt, 60, 1e-4f);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Tiny, CudaParity, ::testing::ValuesIn(kModels));
+
+// The persistent step's attention walks all of a head's keys in one block: 1,100 prompt tokens, then 40 steps
+// with the persistent step kept on that far, give the kernels' tokens and logits; so do steps that cross
+// the default switch to the kernels at position 1,024 (1,000 prompt tokens). mistral_swa's sliding window
+// (24) cuts what each step sees.
+TEST(CudaBackend, PersistentDecodeOverLongContextsFollowsTheKernels) {
+  KILN_REQUIRE_GPU();
+  for (const char* name : {"llama_gqa_tied", "mistral_swa"}) {
+    const TinyModel model = load_tiny_model(name);
+    const TensorStore store(model, DType::F16);
+    const Weights weights = bind_weights(model.config, store.lookup());
+    BackendOptions options = tiny_backend_options(512);
+    options.n_ctx = 1200;
+    CudaOptions kernels;
+    kernels.kv_dtype = cuda::KvDType::F16;
+    kernels.persistent_decode = false;
+    auto many = make_cuda_backend(model.config, weights, options, kernels);
+    for (const auto& [max_position, n_prompt] :
+         {std::pair{options.n_ctx, size_t(1100)}, std::pair{int64_t(1024), size_t(1000)}}) {
+      SCOPED_TRACE(testing::Message() << name << ", persistent below position " << max_position);
+      CudaOptions persistent = kernels;
+      persistent.persistent_decode = true;
+      persistent.persistent_max_position = max_position;
+      auto one = make_cuda_backend(model.config, weights, options, persistent);
+      ASSERT_TRUE(cuda_persistent_decode_ready(*one));
+      std::vector<int32_t> prompt(n_prompt);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % size_t(model.config.n_vocab));
+      test::expect_same_greedy(*one, *many, prompt, 40, 1e-4f);
+    }
+  }
+}
 
 // The bidirectional encoder (no LM head: forward returns hidden states) against the float64 reference
 // and the CPU backend, with the CPU test's bounds.

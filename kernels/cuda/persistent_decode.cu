@@ -1,0 +1,528 @@
+#include "kernels/cuda/persistent_decode.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/error.h"
+#include "kernels/cuda/activate.cuh"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/grid_barrier.cuh"
+#include "kernels/cuda/launch_pdl.cuh"
+#include "kernels/cuda/rotary_device.cuh"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kAttentionUnroll = 4;  // passes of keys a warp loads before it waits
+
+static_assert(sizeof(PersistentLayer) % sizeof(uint64_t) == 0, "the table of layers is copied in 8-byte words");
+
+struct Params {
+  PersistentDecodeArgs a;
+  int warp_bytes;  // shared bytes of each warp's weight buffer
+  int max_k;       // the widest matmul input
+};
+
+__device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// This warp's place when a stage's work is dealt out: consecutive items go to consecutive blocks, so that
+// a stage with less work than warps spreads it over the multiprocessors rather than filling the first ones.
+__device__ __forceinline__ int warp_slot() { return int(threadIdx.x) / 32 * int(gridDim.x) + int(blockIdx.x); }
+__device__ __forceinline__ int warp_slots() { return int(gridDim.x) * kWarps; }
+
+// Slot of input value i of a matmul of k inputs in shared memory: the first four of every eight in the
+// lower half, the others in the upper half, so that lanes reading eight values each at consecutive
+// offsets take two conflict-free float4 loads.
+__device__ __forceinline__ int x_slot(int i, int k) { return ((i & 4) != 0 ? k / 2 : 0) + (i >> 3) * 4 + (i & 3); }
+
+__device__ __forceinline__ void copy16_async(void* shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address(shared)), "l"(global) : "memory");
+}
+
+// A warp's share of a matmul stage: units first, first + stride, ... below n_units, each kRows weight rows
+// (whose indices row_of(unit, r) gives), copied into the warp's shared buffer a group of `per_group` units
+// at a time.
+template <int kRows, typename RowOf>
+struct MatmulStage {
+  const __half* w;
+  int k, n_units;
+  RowOf row_of;
+
+  __device__ int first() const { return warp_slot(); }
+  __device__ int stride() const { return warp_slots(); }
+  __device__ int count() const { return first() < n_units ? ceil_div(n_units - first(), stride()) : 0; }
+  __device__ int per_group(int warp_bytes) const { return warp_bytes / (kRows * k * int(sizeof(__half))); }
+
+  // Starts the copies of group `group` (asynchronous: the warp waits for them in run()).
+  __device__ void load(__half* buffer, int warp_bytes, int group) const {
+    const int lane = int(threadIdx.x) % 32, chunks = k / 8, per = per_group(warp_bytes), n = count();
+    for (int j = 0; j < per && group * per + j < n; ++j) {
+      const int unit = first() + (group * per + j) * stride();
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const __half* from = w + int64_t(row_of(unit, r)) * k;
+        __half* to = buffer + (j * kRows + r) * k;
+        for (int c = lane; c < chunks; c += 32) copy16_async(to + c * 8, from + c * 8);
+      }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+
+  // y = W · xs for every unit of the warp (xs: k inputs in x_slot order), then epilogue(unit, y) on lane 0.
+  // Group 0 was loaded before (load(..., 0)) when `loaded`.
+  template <typename Epilogue>
+  __device__ void run(const float* xs, __half* buffer, int warp_bytes, bool loaded, Epilogue epilogue) const {
+    const int lane = int(threadIdx.x) % 32, chunks = k / 8, per = per_group(warp_bytes), n = count();
+    for (int group = 0; group * per < n; ++group) {
+      if (group > 0 || !loaded) load(buffer, warp_bytes, group);
+      asm volatile("cp.async.wait_all;" ::: "memory");
+      __syncwarp();
+      for (int j = 0; j < per && group * per + j < n; ++j) {
+        // The rows of a unit share each x value read from shared memory (its bandwidth bounds this loop).
+        float y[kRows] = {};
+        const __half* rows = buffer + j * kRows * k;
+        for (int c = lane; c < chunks; c += 32) {
+          const float4 lo = *reinterpret_cast<const float4*>(xs + c * 4);
+          const float4 hi = *reinterpret_cast<const float4*>(xs + k / 2 + c * 4);
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(rows + r * k + c * 8);
+            const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+            const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+            const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&raw.z));
+            const float2 w3 = __half22float2(*reinterpret_cast<const __half2*>(&raw.w));
+            float sum = y[r];
+            sum = fmaf(w0.x, lo.x, sum);
+            sum = fmaf(w0.y, lo.y, sum);
+            sum = fmaf(w1.x, lo.z, sum);
+            sum = fmaf(w1.y, lo.w, sum);
+            sum = fmaf(w2.x, hi.x, sum);
+            sum = fmaf(w2.y, hi.y, sum);
+            sum = fmaf(w3.x, hi.z, sum);
+            y[r] = fmaf(w3.y, hi.w, sum);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) y[r] = warp_sum(y[r]);
+        if (lane == 0) epilogue(first() + (group * per + j) * stride(), y);
+      }
+      __syncwarp();  // every lane has read the group before the next one overwrites it
+    }
+  }
+};
+
+template <int kRows, typename RowOf>
+__device__ MatmulStage<kRows, RowOf> matmul_stage(const __half* w, int k, int n_units, RowOf row_of) {
+  return {w, k, n_units, row_of};
+}
+
+// The residual stream h = x + delta: the stream as the stage before last left it plus the last stage's
+// output, added here so that a stage's epilogue never waits for a read of the stream. Block 0 writes h to
+// h_out (never x: other blocks still read it); xs = h RMS-normalised and scaled by the norm's weight,
+// which is loaded together with h.
+struct ResidualIn {
+  const float* x;
+  const float* delta;  // or nullptr
+  float* h_out;
+};
+
+__device__ void stage_normed(const Params& p, const ResidualIn& in, const float* weight, float* xs, float* norm_w,
+                             float* reduce) {
+  const int dim = p.a.dim;
+  float sum_sq = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += kThreads) {
+    float v = __ldcg(in.x + i);
+    if (in.delta != nullptr) v += __ldcg(in.delta + i);
+    norm_w[i] = weight[i];
+    if (blockIdx.x == 0) in.h_out[i] = v;
+    xs[x_slot(i, dim)] = v;
+    sum_sq += v * v;
+  }
+  const float scale = rsqrtf(block_sum(sum_sq, reduce) / float(dim) + p.a.eps);
+  for (int i = threadIdx.x; i < dim; i += kThreads) {
+    const int s = x_slot(i, dim);
+    xs[s] = xs[s] * scale * norm_w[i];
+  }
+  __syncthreads();
+}
+
+// xs = v (n values from global memory, written by an earlier stage).
+__device__ void stage_plain(const float* v, int n, float* xs) {
+  for (int i = threadIdx.x; i < n; i += kThreads) xs[x_slot(i, n)] = __ldcg(v + i);
+  __syncthreads();
+}
+
+template <typename T>
+using KvRaw = std::conditional_t<sizeof(T) == 2, uint4, float4>;
+
+template <typename T, int kW>
+__device__ __forceinline__ void widen(const KvRaw<T>& raw, float (&out)[kW]) {
+  if constexpr (sizeof(T) == 2) {
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kW / 2; ++i) {
+      const float2 f = __half22float2(h[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  } else {
+    out[0] = raw.x;
+    out[1] = raw.y;
+    out[2] = raw.z;
+    out[3] = raw.w;
+  }
+}
+
+// Attention of query head h (q: its head_dim values) over the keys [lo, hi) of the cache, by the whole
+// block, into att [head_dim]:
+// kL lanes share a key (16 bytes each), a warp takes 32 / kL keys a pass and the block kWarps times that;
+// each lane group keeps a running max, sum and output (log2 domain), folded across the warp, then across
+// the warps through shared memory (fold: kWarps * (head_dim + 2) floats).
+template <typename T, int kHeadDim>
+__device__ void attend_head(const Params& p, int layer, const float* q, int h, int lo, int hi, float* fold,
+                            float* att) {
+  constexpr int kW = 16 / int(sizeof(T)), kL = kHeadDim / kW, kKeysPerPass = 32 / kL;
+  constexpr int kBlockKeys = kWarps * kKeysPerPass;  // keys of one pass of the block
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, sub = lane / kL, c = lane % kL;
+  const int g = h / (p.a.n_heads / p.a.n_kv_heads);
+  const int64_t head_base = ((int64_t(layer) * p.a.n_kv_heads + g) * p.a.n_ctx) * kHeadDim + c * kW;
+  const T* k = static_cast<const T*>(p.a.k_cache) + head_base;
+  const T* v = static_cast<const T*>(p.a.v_cache) + head_base;
+  float qf[kW];  // unscaled: the scale multiplies each dot product, so the first keys load while q does
+#pragma unroll
+  for (int e = 0; e < kW; ++e) qf[e] = __ldcg(q + c * kW + e);
+  const float qk_scale = p.a.scale * kLog2e;
+  float m = -INFINITY, l = 0.0f, acc[kW] = {};
+  // The loop bound is the same for the whole warp (its shuffles need every lane); a lane's own key is j0 + sub.
+  for (int j0 = lo + warp * kKeysPerPass; j0 < hi; j0 += kBlockKeys * kAttentionUnroll) {
+    KvRaw<T> kr[kAttentionUnroll], vr[kAttentionUnroll];
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      const int key = j0 + u * kBlockKeys + sub;
+      if (key < hi) {
+        kr[u] = __ldcg(reinterpret_cast<const KvRaw<T>*>(k + int64_t(key) * kHeadDim));
+        vr[u] = __ldcg(reinterpret_cast<const KvRaw<T>*>(v + int64_t(key) * kHeadDim));
+      } else {
+        kr[u] = {};
+        vr[u] = {};
+      }
+    }
+    float score[kAttentionUnroll];
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      float kf[kW];
+      widen<T, kW>(kr[u], kf);
+      float dot = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kW; ++e) dot = fmaf(qf[e], kf[e], dot);
+#pragma unroll
+      for (int off = kL / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      score[u] = j0 + u * kBlockKeys + sub < hi ? dot * qk_scale : -INFINITY;
+      m_new = fmaxf(m_new, score[u]);
+    }
+    if (m_new != m) {  // the running max moved (to a finite score)
+      const float corr = m == -INFINITY ? 0.0f : exp2f(m - m_new);
+      l *= corr;
+#pragma unroll
+      for (int e = 0; e < kW; ++e) acc[e] *= corr;
+      m = m_new;
+    }
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      const float weight = score[u] == -INFINITY ? 0.0f : exp2f(score[u] - m);
+      float vf[kW];
+      widen<T, kW>(vr[u], vf);
+      l += weight;
+#pragma unroll
+      for (int e = 0; e < kW; ++e) acc[e] = fmaf(weight, vf[e], acc[e]);
+    }
+  }
+  // Fold the warp's key groups: lanes with the same chunk c in other groups are kL, 2 kL, ... lanes away.
+#pragma unroll
+  for (int off = kL; off < 32; off <<= 1) {
+    const float m_other = __shfl_xor_sync(0xffffffffu, m, off), l_other = __shfl_xor_sync(0xffffffffu, l, off);
+    const float big = fmaxf(m, m_other);
+    const float mine = m == -INFINITY ? 0.0f : exp2f(m - big);
+    const float theirs = m_other == -INFINITY ? 0.0f : exp2f(m_other - big);
+    l = l * mine + l_other * theirs;
+#pragma unroll
+    for (int e = 0; e < kW; ++e) acc[e] = acc[e] * mine + __shfl_xor_sync(0xffffffffu, acc[e], off) * theirs;
+    m = big;
+  }
+  float* slot = fold + warp * (kHeadDim + 2);
+  if (sub == 0) {
+#pragma unroll
+    for (int e = 0; e < kW; ++e) slot[c * kW + e] = acc[e];
+    if (c == 0) {
+      slot[kHeadDim] = m;
+      slot[kHeadDim + 1] = l;
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {  // each warp's weight 2^(m - max) / sum, in place of its max
+    const float m_w = lane < kWarps ? fold[lane * (kHeadDim + 2) + kHeadDim] : -INFINITY;
+    const float big = warp_max(m_w), weight = m_w == -INFINITY ? 0.0f : exp2f(m_w - big);
+    const float sum = warp_sum(lane < kWarps ? weight * fold[lane * (kHeadDim + 2) + kHeadDim + 1] : 0.0f);
+    if (lane < kWarps) fold[lane * (kHeadDim + 2) + kHeadDim] = weight / sum;
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < kHeadDim; d += kThreads) {
+    float out = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float* theirs = fold + w * (kHeadDim + 2);
+      out = fmaf(theirs[kHeadDim], theirs[d], out);
+    }
+    att[d] = out;
+  }
+  __syncthreads();  // fold is free for the next head
+}
+
+// Every query head's attention into att [n_heads, head_dim], a head a block.
+template <typename T, int kHeadDim>
+__device__ void attention_stage(const Params& p, int layer, int position, const float* q, float* fold, float* att) {
+  const int lo = p.a.window > 0 ? int(max(int64_t(0), int64_t(position) - p.a.window + 1)) : 0;
+  for (int h = blockIdx.x; h < p.a.n_heads; h += gridDim.x)
+    attend_head<T, kHeadDim>(p, layer, q + h * kHeadDim, h, lo, position + 1, fold, att + h * kHeadDim);
+}
+
+// The QKV matmul's units: pairs of rows. A query or key head's rotated pairs (i, i + rotary_dim/2) or
+// (2i, 2i + 1) come first, then its other rows two by two; a value head's rows two by two.
+struct QkvRows {
+  int head_dim, rotated_heads, half, mode;  // half: rotary_dim / 2 (0: no rotary)
+  __device__ int operator()(int unit, int r) const {
+    const int slot = unit / (head_dim / 2), j = unit % (head_dim / 2), base = slot * head_dim;
+    if (slot < rotated_heads && j < half) {
+      if (mode == int(RotaryMode::RotateHalf)) return base + j + r * half;
+      return base + 2 * j + r;
+    }
+    const int first = slot < rotated_heads ? 2 * half : 0, jj = slot < rotated_heads ? j - half : j;
+    return base + first + 2 * jj + r;
+  }
+};
+
+// Shared floats a block needs besides the warps' weight buffers, 16-byte aligned: the matmul input, the
+// rotary angles, the norm's weight, a reduction's, the attention's fold, then the table of layers.
+__host__ __device__ int table_offset_floats(int max_k, int rotary_dim, int dim, int head_dim) {
+  return (max_k + rotary_dim + dim + 32 + kWarps * (head_dim + 2) + 3) / 4 * 4;
+}
+__host__ __device__ int fixed_floats(int max_k, int rotary_dim, int dim, int head_dim, int n_layers) {
+  const int table_floats = (n_layers * int(sizeof(PersistentLayer) / sizeof(float)) + 3) / 4 * 4;
+  return table_offset_floats(max_k, rotary_dim, dim, head_dim) + table_floats;
+}
+
+template <typename T>
+__device__ void store_kv(void* cache, int64_t i, float v) {
+  if constexpr (sizeof(T) == 2) static_cast<__half*>(cache)[i] = __float2half_rn(v);
+  else static_cast<float*>(cache)[i] = v;
+}
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p) {
+  extern __shared__ __align__(16) float smem[];
+  const PersistentDecodeArgs& a = p.a;
+  float* xs = smem;                              // [max_k]
+  float* cs = xs + p.max_k;                      // [rotary_dim]: cos, then sin, of every pair
+  float* norm_w = cs + a.rotary_dim;             // [dim]
+  float* reduce = norm_w + a.dim;                // [32]
+  float* fold = reduce + 32;                     // [kWarps, head_dim + 2]
+  // The table of layers, copied once: read from global memory, every field would cost a round trip in the
+  // stage that first needs it.
+  PersistentLayer* layers =
+      reinterpret_cast<PersistentLayer*>(smem + table_offset_floats(p.max_k, a.rotary_dim, a.dim, kHeadDim));
+  char* buffers = reinterpret_cast<char*>(smem + fixed_floats(p.max_k, a.rotary_dim, a.dim, kHeadDim, a.n_layers));
+  __half* buffer = reinterpret_cast<__half*>(buffers + size_t(threadIdx.x / 32) * p.warp_bytes);  // this warp's
+  GridBarrier barrier{reinterpret_cast<unsigned*>(a.scratch), reinterpret_cast<unsigned*>(a.scratch) + 1};
+  // The stages' outputs: the rotated queries, the attention's, the activation's; the residual stream after
+  // the attention (a.x holds it at the start and end of a layer); the output projection's and the down
+  // projection's, which the next norm adds to the stream.
+  float* q = a.scratch + 32;  // [n_heads, head_dim]
+  float* att = q + a.n_heads * kHeadDim;
+  float* act = att + a.n_heads * kHeadDim;  // [ffn]
+  float* h = act + a.ffn;
+  float* attn_proj = h + a.dim;
+  float* ffn_out = attn_proj + a.dim;
+
+  const int H = a.n_heads, KV = a.n_kv_heads, D = kHeadDim, dim = a.dim, q_dim = H * D, ffn = a.ffn;
+  const int qkv_units = (H + 2 * KV) * D / 2;
+  const QkvRows qkv_rows{D, a.mode == RotaryMode::None ? 0 : H + KV, a.mode == RotaryMode::None ? 0 : a.rotary_dim / 2,
+                         int(a.mode)};
+  const auto one_row = [](int unit, int) { return unit; };
+  const auto gate_up_rows = [ffn](int unit, int r) { return unit + r * ffn; };
+  const auto qkv = [&](int layer) { return matmul_stage<2>(layers[layer].qkv, dim, qkv_units, qkv_rows); };
+  const auto out = [&](int layer) { return matmul_stage<1>(layers[layer].out, q_dim, dim, one_row); };
+  const auto up = [&](int layer) { return matmul_stage<2>(layers[layer].up, dim, ffn, gate_up_rows); };
+  const auto down = [&](int layer) { return matmul_stage<1>(layers[layer].down, ffn, dim, one_row); };
+
+  constexpr int kLayerWords = int(sizeof(PersistentLayer) / sizeof(uint64_t));
+  for (int i = threadIdx.x; i < a.n_layers * kLayerWords; i += kThreads)
+    reinterpret_cast<uint64_t*>(layers)[i] = reinterpret_cast<const uint64_t*>(a.layers)[i];
+  __syncthreads();
+
+  qkv(0).load(buffer, p.warp_bytes, 0);  // weights are not written by the kernel before: load them early
+  pdl_wait();                            // x and the position are written
+  const int position = *a.position;
+  if (a.mode != RotaryMode::None) {
+    const RotaryShape shape{H, KV, D, a.rotary_dim, double(a.theta), double(a.position_scale)};
+    rotary_angles<RotaryMode::RotateHalf>(position, shape, cs);  // the angles are those of either mode
+  }
+
+  for (int layer = 0; layer < a.n_layers; ++layer) {
+    const PersistentLayer& w = layers[layer];
+    const int64_t cache_layer = int64_t(layer) * KV * a.n_ctx * D;
+    // norm + QKV, rotated, the keys and values into the cache
+    stage_normed(p, {a.x, layer > 0 ? ffn_out : nullptr, h}, w.attn_norm, xs, norm_w, reduce);
+    qkv(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[2]) {
+      const int r0 = qkv_rows(unit, 0), r1 = qkv_rows(unit, 1);
+      float y0 = y[0] + (w.qkv_bias != nullptr ? w.qkv_bias[r0] : 0.0f);
+      float y1 = y[1] + (w.qkv_bias != nullptr ? w.qkv_bias[r1] : 0.0f);
+      const int slot = r0 / D, d0 = r0 - slot * D, d1 = r1 - slot * D;
+      const int pair = unit % (D / 2);
+      if (slot < qkv_rows.rotated_heads && pair < qkv_rows.half) {
+        const float c = cs[pair], s = cs[qkv_rows.half + pair], y0r = y0 * c - y1 * s;
+        y1 = y1 * c + y0 * s;
+        y0 = y0r;
+      }
+      if (slot < H) {
+        q[r0] = y0;
+        q[r1] = y1;
+      } else {
+        const bool key = slot < H + KV;
+        const int g = key ? slot - H : slot - H - KV;
+        const int64_t at = cache_layer + (int64_t(g) * a.n_ctx + position) * D;
+        store_kv<T>(key ? a.k_cache : a.v_cache, at + d0, y0);
+        store_kv<T>(key ? a.k_cache : a.v_cache, at + d1, y1);
+      }
+    });
+    out(layer).load(buffer, p.warp_bytes, 0);
+    barrier.sync();
+
+    attention_stage<T, kHeadDim>(p, layer, position, q, fold, att);
+    barrier.sync();
+
+    // output projection (the next norm adds it to the stream)
+    stage_plain(att, q_dim, xs);
+    out(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[1]) { attn_proj[unit] = y[0]; });
+    up(layer).load(buffer, p.warp_bytes, 0);
+    barrier.sync();
+
+    // norm + gate/up + activation
+    stage_normed(p, {h, attn_proj, a.x}, w.ffn_norm, xs, norm_w, reduce);
+    up(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[2]) {
+      act[unit] = activate(a.act, y[0]) * y[1];
+    });
+    down(layer).load(buffer, p.warp_bytes, 0);
+    barrier.sync();
+
+    // down projection + residual
+    stage_plain(act, ffn, xs);
+    const bool last = layer + 1 == a.n_layers;  // the stream itself takes the last layer's output
+    down(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[1]) {
+      if (last) a.x[unit] = __ldcg(a.x + unit) + y[0];
+      else ffn_out[unit] = y[0];
+    });
+    if (!last) {
+      qkv(layer + 1).load(buffer, p.warp_bytes, 0);
+      barrier.sync();
+    }
+  }
+  barrier.leave();
+}
+
+int max_shared_bytes() {
+  int device = 0, bytes = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// A warp's buffer: what the block has left after the fixed part, in 16-byte steps.
+int warp_buffer_bytes(int max_k, int rotary_dim, int dim, int head_dim, int n_layers) {
+  const int left = max_shared_bytes() - fixed_floats(max_k, rotary_dim, dim, head_dim, n_layers) * int(sizeof(float));
+  return left / kWarps / 16 * 16;
+}
+
+// The largest unit a warp's buffer must hold: two rows of dim (QKV, gate/up), a row of q_dim or ffn.
+int largest_unit_bytes(int dim, int q_dim, int ffn) {
+  return int(sizeof(__half)) * std::max({2 * dim, q_dim, ffn});
+}
+
+template <typename T, int kHeadDim>
+void launch(const Params& p, size_t shared_bytes) {
+  const auto kernel = persistent_decode_kernel<T, kHeadDim>;
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  int per_multiprocessor = 0;
+  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kThreads, shared_bytes));
+  KILN_CHECK(per_multiprocessor >= 1, "cuda persistent_decode: a block of {} shared bytes does not fit", shared_bytes);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(multiprocessor_count()));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = p.a.stream;
+  cudaLaunchAttribute attributes[2];
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = programmatic_launch_enabled() ? 1 : 0;
+  attributes[1].id = cudaLaunchAttributeCooperative;  // every block resident at once, or the launch fails
+  attributes[1].val.cooperative = 1;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  KILN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+}
+
+template <typename T>
+void launch_head_dim(const Params& p, size_t shared_bytes) {
+  switch (p.a.head_dim) {
+    case 16: launch<T, 16>(p, shared_bytes); break;
+    case 32: launch<T, 32>(p, shared_bytes); break;
+    case 64: launch<T, 64>(p, shared_bytes); break;
+    case 128: launch<T, 128>(p, shared_bytes); break;
+    default:
+      if constexpr (sizeof(T) == 2) launch<T, 256>(p, shared_bytes);  // an f32 key of 256 is 64 lanes of 16 bytes
+      break;
+  }
+}
+
+}  // namespace
+
+bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_heads, int head_dim, int ffn,
+                                 KvDType kv_dtype) {
+  const bool head_dim_ok = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 ||
+                           (head_dim == 256 && kv_dtype == KvDType::F16);
+  if (!head_dim_ok || (kv_dtype != KvDType::F16 && kv_dtype != KvDType::F32)) return false;
+  if (n_layers <= 0 || dim <= 0 || ffn <= 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
+    return false;
+  const int q_dim = n_heads * head_dim;
+  if (dim % 8 != 0 || ffn % 8 != 0 || q_dim % 8 != 0) return false;
+  const int max_k = std::max({dim, q_dim, ffn});
+  return warp_buffer_bytes(max_k, head_dim, dim, head_dim, n_layers) >= largest_unit_bytes(dim, q_dim, ffn);
+}
+
+size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn) {
+  return 32 + 2 * size_t(q_dim) + size_t(ffn) + 3 * size_t(dim);
+}
+
+void persistent_decode(const PersistentDecodeArgs& a) {
+  KILN_CHECK(a.layers != nullptr && a.n_layers >= 1 && a.x != nullptr && a.scratch != nullptr &&
+                 a.position != nullptr && a.k_cache != nullptr && a.v_cache != nullptr,
+             "cuda persistent_decode: null input, output or scratch");
+  KILN_CHECK(persistent_decode_supported(a.n_layers, a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, a.kv_dtype),
+             "cuda persistent_decode: dim {}, {} heads ({} kv) of {}, ffn {} and a {} cache are not supported", a.dim,
+             a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, kv_dtype_name(a.kv_dtype));
+  KILN_CHECK(a.mode == RotaryMode::None || (a.rotary_dim > 0 && a.rotary_dim % 2 == 0 && a.rotary_dim <= a.head_dim),
+             "cuda persistent_decode: rotary_dim {} for head_dim {}", a.rotary_dim, a.head_dim);
+  KILN_CHECK(a.n_ctx >= 1 && a.window >= 0 && a.eps >= 0, "cuda persistent_decode: context {}, window {}", a.n_ctx,
+             a.window);
+  Params p{a, 0, std::max({a.dim, a.n_heads * a.head_dim, a.ffn})};
+  if (a.mode == RotaryMode::None) p.a.rotary_dim = 0;
+  p.warp_bytes = warp_buffer_bytes(p.max_k, p.a.rotary_dim, a.dim, a.head_dim, a.n_layers);
+  const size_t shared = size_t(fixed_floats(p.max_k, p.a.rotary_dim, a.dim, a.head_dim, a.n_layers)) * sizeof(float) +
+                        size_t(kWarps) * size_t(p.warp_bytes);
+  if (a.kv_dtype == KvDType::F16) launch_head_dim<__half>(p, shared);
+  else launch_head_dim<float>(p, shared);
+}
+
+}  // namespace kiln::cuda

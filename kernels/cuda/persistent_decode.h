@@ -1,0 +1,67 @@
+// One decode step of every layer of a pre-norm (RMS), gated-MLP model with f16 weights (the Llama family)
+// in one persistent kernel: a block per multiprocessor walks the stages of all layers, with a grid-wide
+// barrier between dependent stages instead of a kernel launch. A small model's step is a chain of ~150 tiny
+// stages, each bound by its latencies rather than its bytes. Each warp copies the weights of its next
+// stage into shared memory before it waits at the barrier, so those loads overlap it.
+//
+// Stages of a layer: norm + QKV matmul with the rotary embedding in its epilogue (queries to scratch, keys
+// and values straight into the cache) | attention, a block a query head over all its keys | output
+// projection | norm (adding the attention's output to the stream) + gate/up matmul + activation | down
+// projection (added by the next layer's norm). A block's share of a matmul stage is dealt out to blocks in
+// turn, so that small stages spread over the machine.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/activation.h"
+#include "kernels/cuda/kv_dtype.h"
+#include "kernels/cuda/rotary.h"
+
+namespace kiln::cuda {
+
+struct PersistentLayer {
+  const float* attn_norm = nullptr;  // [dim] (RMS norm)
+  const __half* qkv = nullptr;       // [q_dim + 2 kv_dim, dim]
+  const float* qkv_bias = nullptr;   // or nullptr
+  const __half* out = nullptr;       // [dim, q_dim]
+  const float* ffn_norm = nullptr;   // [dim]
+  const __half* up = nullptr;        // [2 ffn, dim]: gate rows, then up rows
+  const __half* down = nullptr;      // [dim, ffn]
+};
+
+struct PersistentDecodeArgs {
+  const PersistentLayer* layers = nullptr;  // device [n_layers]
+  int n_layers = 0;
+  int dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0;
+  float eps = 1e-5f;  // of the RMS norms
+  Activation act = Activation::Silu;  // of the gate
+  RotaryMode mode = RotaryMode::RotateHalf;
+  int rotary_dim = 0;
+  float theta = 10000.0f, position_scale = 1.0f;
+  float scale = 0.125f;  // attention
+  int64_t window = 0;    // > 0: keys (position - window, position]
+  // The cache: k and v [n_layers, n_kv_heads, n_ctx, head_dim] of kv_dtype (f32 or f16)
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  KvDType kv_dtype = KvDType::F16;
+  int64_t n_ctx = 0;
+  const int32_t* position = nullptr;  // device scalar: the token's position, < n_ctx (the caller checks)
+  float* x = nullptr;  // device [dim]: the residual stream, in and out
+  // device persistent_decode_scratch_floats(...) floats, zero before the first launch: the barrier (which
+  // leaves its count at zero after every launch) and the stages' outputs
+  float* scratch = nullptr;
+  cudaStream_t stream = nullptr;
+};
+
+// Whether the shapes fit the kernel: head_dim 16, 32, 64, 128 or 256 (f32 cache: up to 128), dim, q_dim and ffn
+// multiples of 8, the shared memory a block needs available, query heads a multiple of key heads.
+bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_heads, int head_dim, int ffn,
+                                 KvDType kv_dtype);
+size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn);
+void persistent_decode(const PersistentDecodeArgs& args);
+
+}  // namespace kiln::cuda
