@@ -2,8 +2,8 @@
 // on one GPU. Weights are copied to the device once; activations are f32, the KV cache f32, f16 or fp8;
 // one workspace allocation and the KV cache are sized at start-up and nothing is allocated per token. A
 // decode step (one token, logits wanted) is captured into a CUDA graph on first use and replayed: tokens
-// and positions reach the kernels through device memory. With f16 weights of the Llama family, short-context
-// decode steps run all layers in one persistent kernel (kernels/cuda/persistent_decode.h).
+// and positions reach the kernels through device memory. With f16 or int8 weights of the Llama family,
+// short-context decode steps run all layers in one persistent kernel (kernels/cuda/persistent_decode.h).
 #pragma once
 
 #include <memory>

@@ -284,15 +284,20 @@ bool CudaForward::persistent_possible(const CudaForwardOptions& options, const W
   if (!c.causal || c.post_norm || c.parallel_residual || c.shared_layer_norm || !is_gated(c.mlp) ||
       c.norm != NormKind::Rms || c.position == PositionKind::Alibi)
     return false;
+  // every matrix f16, or every one int8 with one group size
+  const TensorView& first = weights.layers.front().attn_qkv;
+  if (first.dtype != DType::F16 && first.dtype != DType::I8) return false;
   for (const LayerWeights& w : weights.layers) {
     if (w.attn_norm == nullptr || w.ffn_norm == nullptr || w.attn_out_bias != nullptr || w.ffn_up_bias != nullptr ||
         w.ffn_down_bias != nullptr)
       return false;
     for (const TensorView* m : {&w.attn_qkv, &w.attn_out, &w.ffn_up, &w.ffn_down})
-      if (m->dtype != DType::F16) return false;
+      if (m->dtype != first.dtype || (first.dtype == DType::I8 && m->group_size != first.group_size)) return false;
   }
+  const bool int8 = first.dtype == DType::I8;
   return cuda::persistent_decode_supported(int(c.n_layers), int(c.dim), int(c.n_heads), int(c.n_kv_heads),
-                                           int(c.head_dim), int(c.ffn_dim), kv_dtype_);
+                                           int(c.head_dim), int(c.ffn_dim), kv_dtype_, int8,
+                                           int8 ? int(first.group_size) : 0);
 }
 
 void CudaForward::upload_persistent_layers() {
@@ -300,12 +305,12 @@ void CudaForward::upload_persistent_layers() {
   for (const CudaLayerWeights& w : w_.layers) {
     cuda::PersistentLayer l;
     l.attn_norm = w.attn_norm;
-    l.qkv = static_cast<const __half*>(w.attn_qkv.data);
+    l.qkv = {w.attn_qkv.data, w.attn_qkv.scales};
     l.qkv_bias = w.attn_qkv_bias;
-    l.out = static_cast<const __half*>(w.attn_out.data);
+    l.out = {w.attn_out.data, w.attn_out.scales};
     l.ffn_norm = w.ffn_norm;
-    l.up = static_cast<const __half*>(w.ffn_up.data);
-    l.down = static_cast<const __half*>(w.ffn_down.data);
+    l.up = {w.ffn_up.data, w.ffn_up.scales};
+    l.down = {w.ffn_down.data, w.ffn_down.scales};
     table.push_back(l);
   }
   KILN_CUDA_CHECK(cudaMemcpy(ws_.persistent + persistent_scratch_floats(config_), table.data(),
@@ -327,6 +332,9 @@ void CudaForward::run_layers_persistent(const int32_t* tokens, const int32_t* po
   a.n_kv_heads = int(c.n_kv_heads);
   a.head_dim = int(c.head_dim);
   a.ffn = int(c.ffn_dim);
+  const DeviceMatrix& qkv = w_.layers.front().attn_qkv;
+  a.int8 = qkv.dtype == DType::I8;
+  a.group_size = a.int8 ? int(qkv.group_size) : 0;
   a.eps = c.norm_eps;
   a.act = activation_of(c.mlp);
   a.mode = cuda_rotary_mode(c);

@@ -147,8 +147,9 @@ class CudaForward {
   // The residual stream hidden(): [n, dim] after every layer. tokens, positions: device [n], each checked by
   // the caller; positions are consecutive unless batched.
   void run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv);
-  // Whether run_layers_persistent can run: asked for, and a pre-norm (RMS) gated model with f16 matrices,
-  // no biases but the QKV's, shapes cuda::persistent_decode takes, whole on one GPU, without a tensor hook.
+  // Whether run_layers_persistent can run: asked for, and a pre-norm (RMS) gated model with f16 matrices (or
+  // int8 ones of one group size), no biases but the QKV's, shapes cuda::persistent_decode takes, whole on
+  // one GPU, without a tensor hook.
   bool persistent_ready() const { return persistent_; }
   // run_layers for one token at positions[0], every layer in one kernel (cuda::persistent_decode).
   void run_layers_persistent(const int32_t* tokens, const int32_t* positions, const ContiguousCacheView& cache);

@@ -41,32 +41,118 @@ __device__ __forceinline__ int x_slot(int i, int k) { return ((i & 4) != 0 ? k /
 __device__ __forceinline__ void copy16_async(void* shared, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address(shared)), "l"(global) : "memory");
 }
+__device__ __forceinline__ void copy4_async(void* shared, const void* global) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address(shared)), "l"(global) : "memory");
+}
+
+// Signed int8 byte i of `biased` (the word with 0x80 added to each byte) as a float: the byte under the
+// exponent of 2^23 gives 2^23 + 128 + value exactly, one permute and one subtraction.
+__device__ __forceinline__ float int8_at(uint32_t biased, int i) {
+  return __int_as_float(int(__byte_perm(biased, 0x4B000000u, 0x7540u | unsigned(i)))) - 8388736.0f;
+}
+
+// The x values of one 16-byte chunk of weights (8 for f16, 16 for int8) from shared memory (x_slot order).
+template <bool kInt8>
+struct XChunk {
+  float4 v[kInt8 ? 4 : 2];
+  __device__ __forceinline__ XChunk(const float* xs, int k, int c) {
+#pragma unroll
+    for (int h = 0; h < (kInt8 ? 2 : 1); ++h) {
+      const int eight = kInt8 ? 2 * c + h : c;  // the chunk's h-th group of eight values
+      v[2 * h] = *reinterpret_cast<const float4*>(xs + eight * 4);
+      v[2 * h + 1] = *reinterpret_cast<const float4*>(xs + k / 2 + eight * 4);
+    }
+  }
+};
+
+// Shared bytes of a weight row of k values in a warp's buffer (WeightRows).
+__host__ __device__ int row_slot_bytes(int k, int group_size, bool int8) {
+  if (!int8) return 2 * k;
+  const int scale_words = (2 * (k / group_size) + 5) / 4;  // up to 2 bytes of skew, then the scales
+  return k + (4 * scale_words + 15) / 16 * 16;
+}
+
+// A matmul's weight rows: f16, or int8 with an f16 scale for each group of group_size values (a multiple of
+// 16, so a 16-byte chunk has one). In a warp's buffer a row takes its bytes, then (int8) the aligned
+// 4-byte words that hold its scales, padded to 16 bytes.
+template <bool kInt8>
+struct WeightRows {
+  const void* data;
+  const uint16_t* scales;  // int8: [rows, k / group_size]
+  int k, group_size;
+
+  __device__ int row_bytes() const { return kInt8 ? k : 2 * k; }
+  __device__ int groups() const { return k / group_size; }
+  __device__ int slot_bytes() const { return row_slot_bytes(k, group_size, kInt8); }
+  // Bytes before the row's first scale in its first word (the scales' array is 4-byte aligned).
+  __device__ int scale_skew(int row) const { return (row * groups() * 2) & 3; }
+
+  // Starts copying row `row` into `to`. The last word of a row's scales may reach 2 bytes past the array:
+  // the forward pads every allocation to 256 bytes.
+  __device__ void copy(int row, char* to, int lane) const {
+    const char* from = static_cast<const char*>(data) + int64_t(row) * row_bytes();
+    for (int c = lane; c < row_bytes() / 16; c += 32) copy16_async(to + c * 16, from + c * 16);
+    if constexpr (kInt8) {
+      const char* first = reinterpret_cast<const char*>(scales + int64_t(row) * groups()) - scale_skew(row);
+      const int words = (scale_skew(row) + 2 * groups() + 3) / 4;
+      for (int i = lane; i < words; i += 32) copy4_async(to + row_bytes() + 4 * i, first + 4 * i);
+    }
+  }
+
+  // sum + the products of chunk c of a row (its copy at `slot`) with its x values.
+  __device__ __forceinline__ float dot(const char* slot, int row, int c, const XChunk<kInt8>& x, float sum) const {
+    const uint4 raw = *reinterpret_cast<const uint4*>(slot + c * 16);
+    if constexpr (kInt8) {
+      const uint32_t words[4] = {raw.x ^ 0x80808080u, raw.y ^ 0x80808080u, raw.z ^ 0x80808080u,
+                                 raw.w ^ 0x80808080u};
+      float part = 0.0f;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {  // word q holds values 4q .. 4q + 3, whose x values are x.v[q]
+        part = fmaf(int8_at(words[q], 0), x.v[q].x, part);
+        part = fmaf(int8_at(words[q], 1), x.v[q].y, part);
+        part = fmaf(int8_at(words[q], 2), x.v[q].z, part);
+        part = fmaf(int8_at(words[q], 3), x.v[q].w, part);
+      }
+      const __half* row_scales = reinterpret_cast<const __half*>(slot + row_bytes() + scale_skew(row));
+      return fmaf(__half2float(row_scales[c * 16 / group_size]), part, sum);
+    } else {
+      const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+      const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+      const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&raw.z));
+      const float2 w3 = __half22float2(*reinterpret_cast<const __half2*>(&raw.w));
+      sum = fmaf(w0.x, x.v[0].x, sum);
+      sum = fmaf(w0.y, x.v[0].y, sum);
+      sum = fmaf(w1.x, x.v[0].z, sum);
+      sum = fmaf(w1.y, x.v[0].w, sum);
+      sum = fmaf(w2.x, x.v[1].x, sum);
+      sum = fmaf(w2.y, x.v[1].y, sum);
+      sum = fmaf(w3.x, x.v[1].z, sum);
+      return fmaf(w3.y, x.v[1].w, sum);
+    }
+  }
+};
 
 // A warp's share of a matmul stage: units first, first + stride, ... below n_units, each kRows weight rows
 // (whose indices row_of(unit, r) gives), copied into the warp's shared buffer a group of `per_group` units
 // at a time.
-template <int kRows, typename RowOf>
+template <int kRows, bool kInt8, typename RowOf>
 struct MatmulStage {
-  const __half* w;
-  int k, n_units;
+  WeightRows<kInt8> w;
+  int n_units;
   RowOf row_of;
 
   __device__ int first() const { return warp_slot(); }
   __device__ int stride() const { return warp_slots(); }
   __device__ int count() const { return first() < n_units ? ceil_div(n_units - first(), stride()) : 0; }
-  __device__ int per_group(int warp_bytes) const { return warp_bytes / (kRows * k * int(sizeof(__half))); }
+  __device__ int per_group(int warp_bytes) const { return warp_bytes / (kRows * w.slot_bytes()); }
 
   // Starts the copies of group `group` (asynchronous: the warp waits for them in run()).
-  __device__ void load(__half* buffer, int warp_bytes, int group) const {
-    const int lane = int(threadIdx.x) % 32, chunks = k / 8, per = per_group(warp_bytes), n = count();
+  __device__ void load(char* buffer, int warp_bytes, int group) const {
+    const int lane = int(threadIdx.x) % 32, per = per_group(warp_bytes), n = count();
     for (int j = 0; j < per && group * per + j < n; ++j) {
       const int unit = first() + (group * per + j) * stride();
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const __half* from = w + int64_t(row_of(unit, r)) * k;
-        __half* to = buffer + (j * kRows + r) * k;
-        for (int c = lane; c < chunks; c += 32) copy16_async(to + c * 8, from + c * 8);
-      }
+      for (int r = 0; r < kRows; ++r) w.copy(row_of(unit, r), buffer + (j * kRows + r) * w.slot_bytes(), lane);
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
@@ -74,49 +160,37 @@ struct MatmulStage {
   // y = W · xs for every unit of the warp (xs: k inputs in x_slot order), then epilogue(unit, y) on lane 0.
   // Group 0 was loaded before (load(..., 0)) when `loaded`.
   template <typename Epilogue>
-  __device__ void run(const float* xs, __half* buffer, int warp_bytes, bool loaded, Epilogue epilogue) const {
-    const int lane = int(threadIdx.x) % 32, chunks = k / 8, per = per_group(warp_bytes), n = count();
+  __device__ void run(const float* xs, char* buffer, int warp_bytes, bool loaded, Epilogue epilogue) const {
+    const int lane = int(threadIdx.x) % 32, chunks = w.row_bytes() / 16, per = per_group(warp_bytes), n = count();
     for (int group = 0; group * per < n; ++group) {
       if (group > 0 || !loaded) load(buffer, warp_bytes, group);
       asm volatile("cp.async.wait_all;" ::: "memory");
       __syncwarp();
       for (int j = 0; j < per && group * per + j < n; ++j) {
+        const int unit = first() + (group * per + j) * stride();
+        int rows[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) rows[r] = row_of(unit, r);
         // The rows of a unit share each x value read from shared memory (its bandwidth bounds this loop).
         float y[kRows] = {};
-        const __half* rows = buffer + j * kRows * k;
         for (int c = lane; c < chunks; c += 32) {
-          const float4 lo = *reinterpret_cast<const float4*>(xs + c * 4);
-          const float4 hi = *reinterpret_cast<const float4*>(xs + k / 2 + c * 4);
+          const XChunk<kInt8> x(xs, w.k, c);
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) {
-            const uint4 raw = *reinterpret_cast<const uint4*>(rows + r * k + c * 8);
-            const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-            const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-            const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&raw.z));
-            const float2 w3 = __half22float2(*reinterpret_cast<const __half2*>(&raw.w));
-            float sum = y[r];
-            sum = fmaf(w0.x, lo.x, sum);
-            sum = fmaf(w0.y, lo.y, sum);
-            sum = fmaf(w1.x, lo.z, sum);
-            sum = fmaf(w1.y, lo.w, sum);
-            sum = fmaf(w2.x, hi.x, sum);
-            sum = fmaf(w2.y, hi.y, sum);
-            sum = fmaf(w3.x, hi.z, sum);
-            y[r] = fmaf(w3.y, hi.w, sum);
-          }
+          for (int r = 0; r < kRows; ++r) y[r] = w.dot(buffer + (j * kRows + r) * w.slot_bytes(), rows[r], c, x, y[r]);
         }
 #pragma unroll
         for (int r = 0; r < kRows; ++r) y[r] = warp_sum(y[r]);
-        if (lane == 0) epilogue(first() + (group * per + j) * stride(), y);
+        if (lane == 0) epilogue(unit, y);
       }
       __syncwarp();  // every lane has read the group before the next one overwrites it
     }
   }
 };
 
-template <int kRows, typename RowOf>
-__device__ MatmulStage<kRows, RowOf> matmul_stage(const __half* w, int k, int n_units, RowOf row_of) {
-  return {w, k, n_units, row_of};
+template <int kRows, bool kInt8, typename RowOf>
+__device__ MatmulStage<kRows, kInt8, RowOf> matmul_stage(const PersistentMatrix& m, int k, int group_size,
+                                                         int n_units, RowOf row_of) {
+  return {{m.data, m.scales, k, group_size}, n_units, row_of};
 }
 
 // The residual stream h = x + delta: the stream as the stage before last left it plus the last stage's
@@ -321,7 +395,7 @@ __device__ void store_kv(void* cache, int64_t i, float v) {
   else static_cast<float*>(cache)[i] = v;
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kInt8>
 __global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];
   const PersistentDecodeArgs& a = p.a;
@@ -335,7 +409,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p
   PersistentLayer* layers =
       reinterpret_cast<PersistentLayer*>(smem + table_offset_floats(p.max_k, a.rotary_dim, a.dim, kHeadDim));
   char* buffers = reinterpret_cast<char*>(smem + fixed_floats(p.max_k, a.rotary_dim, a.dim, kHeadDim, a.n_layers));
-  __half* buffer = reinterpret_cast<__half*>(buffers + size_t(threadIdx.x / 32) * p.warp_bytes);  // this warp's
+  char* buffer = buffers + size_t(threadIdx.x / 32) * p.warp_bytes;  // this warp's
   GridBarrier barrier{reinterpret_cast<unsigned*>(a.scratch), reinterpret_cast<unsigned*>(a.scratch) + 1};
   // The stages' outputs: the rotated queries, the attention's, the activation's; the residual stream after
   // the attention (a.x holds it at the start and end of a layer); the output projection's and the down
@@ -353,10 +427,11 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p
                          int(a.mode)};
   const auto one_row = [](int unit, int) { return unit; };
   const auto gate_up_rows = [ffn](int unit, int r) { return unit + r * ffn; };
-  const auto qkv = [&](int layer) { return matmul_stage<2>(layers[layer].qkv, dim, qkv_units, qkv_rows); };
-  const auto out = [&](int layer) { return matmul_stage<1>(layers[layer].out, q_dim, dim, one_row); };
-  const auto up = [&](int layer) { return matmul_stage<2>(layers[layer].up, dim, ffn, gate_up_rows); };
-  const auto down = [&](int layer) { return matmul_stage<1>(layers[layer].down, ffn, dim, one_row); };
+  const int gs = a.group_size;
+  const auto qkv = [&](int l) { return matmul_stage<2, kInt8>(layers[l].qkv, dim, gs, qkv_units, qkv_rows); };
+  const auto out = [&](int l) { return matmul_stage<1, kInt8>(layers[l].out, q_dim, gs, dim, one_row); };
+  const auto up = [&](int l) { return matmul_stage<2, kInt8>(layers[l].up, dim, gs, ffn, gate_up_rows); };
+  const auto down = [&](int l) { return matmul_stage<1, kInt8>(layers[l].down, ffn, gs, dim, one_row); };
 
   constexpr int kLayerWords = int(sizeof(PersistentLayer) / sizeof(uint64_t));
   for (int i = threadIdx.x; i < a.n_layers * kLayerWords; i += kThreads)
@@ -447,13 +522,15 @@ int warp_buffer_bytes(int max_k, int rotary_dim, int dim, int head_dim, int n_la
 }
 
 // The largest unit a warp's buffer must hold: two rows of dim (QKV, gate/up), a row of q_dim or ffn.
-int largest_unit_bytes(int dim, int q_dim, int ffn) {
-  return int(sizeof(__half)) * std::max({2 * dim, q_dim, ffn});
+int largest_unit_bytes(int dim, int q_dim, int ffn, int group_size, bool int8) {
+  return std::max({2 * row_slot_bytes(dim, group_size, int8), row_slot_bytes(q_dim, group_size, int8),
+                   row_slot_bytes(ffn, group_size, int8)});
 }
 
 template <typename T, int kHeadDim>
 void launch(const Params& p, size_t shared_bytes) {
-  const auto kernel = persistent_decode_kernel<T, kHeadDim>;
+  const auto kernel =
+      p.a.int8 ? persistent_decode_kernel<T, kHeadDim, true> : persistent_decode_kernel<T, kHeadDim, false>;
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   int per_multiprocessor = 0;
   KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kThreads, shared_bytes));
@@ -489,7 +566,7 @@ void launch_head_dim(const Params& p, size_t shared_bytes) {
 }  // namespace
 
 bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_heads, int head_dim, int ffn,
-                                 KvDType kv_dtype) {
+                                 KvDType kv_dtype, bool int8, int group_size) {
   const bool head_dim_ok = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 ||
                            (head_dim == 256 && kv_dtype == KvDType::F16);
   if (!head_dim_ok || (kv_dtype != KvDType::F16 && kv_dtype != KvDType::F32)) return false;
@@ -497,8 +574,13 @@ bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_he
     return false;
   const int q_dim = n_heads * head_dim;
   if (dim % 8 != 0 || ffn % 8 != 0 || q_dim % 8 != 0) return false;
+  // int8: a 16-byte chunk of a row has one scale
+  if (int8 && (group_size < 16 || group_size % 16 != 0 || dim % group_size != 0 || q_dim % group_size != 0 ||
+               ffn % group_size != 0))
+    return false;
   const int max_k = std::max({dim, q_dim, ffn});
-  return warp_buffer_bytes(max_k, head_dim, dim, head_dim, n_layers) >= largest_unit_bytes(dim, q_dim, ffn);
+  return warp_buffer_bytes(max_k, head_dim, dim, head_dim, n_layers) >=
+         largest_unit_bytes(dim, q_dim, ffn, group_size, int8);
 }
 
 size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn) {
@@ -509,9 +591,12 @@ void persistent_decode(const PersistentDecodeArgs& a) {
   KILN_CHECK(a.layers != nullptr && a.n_layers >= 1 && a.x != nullptr && a.scratch != nullptr &&
                  a.position != nullptr && a.k_cache != nullptr && a.v_cache != nullptr,
              "cuda persistent_decode: null input, output or scratch");
-  KILN_CHECK(persistent_decode_supported(a.n_layers, a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, a.kv_dtype),
-             "cuda persistent_decode: dim {}, {} heads ({} kv) of {}, ffn {} and a {} cache are not supported", a.dim,
-             a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, kv_dtype_name(a.kv_dtype));
+  KILN_CHECK(persistent_decode_supported(a.n_layers, a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, a.kv_dtype,
+                                         a.int8, a.group_size),
+             "cuda persistent_decode: dim {}, {} heads ({} kv) of {}, ffn {}, {} weights (groups of {}) and a {} cache "
+             "are not supported",
+             a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, a.int8 ? "int8" : "f16", a.group_size,
+             kv_dtype_name(a.kv_dtype));
   KILN_CHECK(a.mode == RotaryMode::None || (a.rotary_dim > 0 && a.rotary_dim % 2 == 0 && a.rotary_dim <= a.head_dim),
              "cuda persistent_decode: rotary_dim {} for head_dim {}", a.rotary_dim, a.head_dim);
   KILN_CHECK(a.n_ctx >= 1 && a.window >= 0 && a.eps >= 0, "cuda persistent_decode: context {}, window {}", a.n_ctx,

@@ -1,4 +1,4 @@
-// One decode step of every layer of a pre-norm (RMS), gated-MLP model with f16 weights (the Llama family)
+// One decode step of every layer of a pre-norm (RMS), gated-MLP model with f16 or int8 weights (the Llama family)
 // in one persistent kernel: a block per multiprocessor walks the stages of all layers, with a grid-wide
 // barrier between dependent stages instead of a kernel launch. A small model's step is a chain of ~150 tiny
 // stages, each bound by its latencies rather than its bytes. Each warp copies the weights of its next
@@ -23,20 +23,29 @@
 
 namespace kiln::cuda {
 
+// A matrix [rows, k]: f16, or int8 with f16 scales [rows, k / group_size] (4-byte aligned, readable 2 bytes
+// past their end: the forward pads its allocations to 256 bytes).
+struct PersistentMatrix {
+  const void* data = nullptr;
+  const uint16_t* scales = nullptr;  // int8 only
+};
+
 struct PersistentLayer {
   const float* attn_norm = nullptr;  // [dim] (RMS norm)
-  const __half* qkv = nullptr;       // [q_dim + 2 kv_dim, dim]
+  PersistentMatrix qkv;              // [q_dim + 2 kv_dim, dim]
   const float* qkv_bias = nullptr;   // or nullptr
-  const __half* out = nullptr;       // [dim, q_dim]
+  PersistentMatrix out;              // [dim, q_dim]
   const float* ffn_norm = nullptr;   // [dim]
-  const __half* up = nullptr;        // [2 ffn, dim]: gate rows, then up rows
-  const __half* down = nullptr;      // [dim, ffn]
+  PersistentMatrix up;               // [2 ffn, dim]: gate rows, then up rows
+  PersistentMatrix down;             // [dim, ffn]
 };
 
 struct PersistentDecodeArgs {
   const PersistentLayer* layers = nullptr;  // device [n_layers]
   int n_layers = 0;
   int dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0;
+  bool int8 = false;    // the matrices: int8 with group scales, else f16
+  int group_size = 0;   // int8: values per scale, a multiple of 16
   float eps = 1e-5f;  // of the RMS norms
   Activation act = Activation::Silu;  // of the gate
   RotaryMode mode = RotaryMode::RotateHalf;
@@ -58,9 +67,10 @@ struct PersistentDecodeArgs {
 };
 
 // Whether the shapes fit the kernel: head_dim 16, 32, 64, 128 or 256 (f32 cache: up to 128), dim, q_dim and ffn
-// multiples of 8, the shared memory a block needs available, query heads a multiple of key heads.
+// multiples of 8, the shared memory a block needs available, query heads a multiple of key heads; int8:
+// groups of a multiple of 16 values that divide dim, q_dim and ffn.
 bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_heads, int head_dim, int ffn,
-                                 KvDType kv_dtype);
+                                 KvDType kv_dtype, bool int8, int group_size);
 size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn);
 void persistent_decode(const PersistentDecodeArgs& args);
 

@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "engine/cuda_backend.h"
 #include "engine/error.h"
+#include "convert/quantize.h"
 #include "engine/weights.h"
 #include "tests/engine/tiny_model.h"
 #include "tests/engine/batch_backend_test_util.h"
@@ -301,6 +302,46 @@ TEST_P(CudaParity, PersistentDecodeFollowsTheKernelsOneByOne) {
     EXPECT_FALSE(cuda_persistent_decode_ready(*many));
     test::expect_same_greedy(*one, *many, prompt, 60, 1e-4f);
   }
+}
+
+// The model with each matrix replaced by the values its int8 copy in `store` stands for (each stored value
+// times its group's scale), in f32.
+TinyModel dequantized(const TinyModel& model, const TensorStore& store) {
+  TinyModel out = model;
+  for (auto& [name, tensor] : out.tensors) {
+    const TensorView* v = store.find(name);
+    if (v == nullptr || v->dtype != DType::I8) continue;
+    const size_t n_scales = size_t(v->rows()) * size_t(v->cols() / v->group_size);
+    dequantize_rows({static_cast<const uint8_t*>(v->data), size_t(v->numel())},
+                    {reinterpret_cast<const uint8_t*>(v->scales), n_scales * sizeof(uint16_t)}, v->rows(), v->cols(),
+                    DType::I8, v->group_size, tensor.values.data());
+  }
+  return out;
+}
+
+// With int8 layers the persistent step multiplies each weight's value (times its group's scale) with the
+// f32 activations: the kernels' f32 path over those values, dequantized, gives the same greedy tokens and
+// logits within 1e-4 of their scale. (The int8 kernels round the activations to int8 as well, so they are
+// not the yardstick; the LM head and embeddings are f32 in both.)
+TEST_P(CudaParity, PersistentInt8DecodeFollowsTheF32KernelsOverTheSameValues) {
+  KILN_REQUIRE_GPU();
+  const TinyModel model = load_tiny_model(GetParam());
+  TensorStore int8_store(model, DType::I8, 32);
+  const TinyModel values = dequantized(model, int8_store);
+  const TensorStore f32_store(values, DType::F32);
+  for (const char* name : {"token_embd.weight", "output.weight"})
+    if (f32_store.find(name) != nullptr) int8_store.view(name) = *f32_store.find(name);
+  const Weights int8_weights = bind_weights(model.config, int8_store.lookup());
+  const Weights f32_weights = bind_weights(values.config, f32_store.lookup());
+  CudaOptions kernels;
+  kernels.persistent_decode = false;
+  auto one = make_cuda_backend(model.config, int8_weights, tiny_backend_options(512));
+  auto many = make_cuda_backend(values.config, f32_weights, tiny_backend_options(512), kernels);
+  ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()));
+  if (!runs_persistent(GetParam())) return;  // the int8 kernels: x rounded to int8, another computation
+  // One prompt token: every step is a decode step (a longer prompt would go through the int8 GEMM, which
+  // rounds the weights and activations to f16).
+  test::expect_same_greedy(*one, *many, prompt_prefix(load_reference(GetParam()), 1), 60, 1e-4f);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, CudaParity, ::testing::ValuesIn(kModels));

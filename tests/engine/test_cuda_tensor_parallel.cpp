@@ -54,7 +54,9 @@ TEST_P(CudaTensorParallel, OneRankThroughNcclEqualsThePlainBackend) {
   const TensorStore store(model, DType::F16);
   const Weights weights = bind_weights(model.config, store.lookup());
   const auto refs = load_reference(GetParam());
-  auto plain = make_cuda_backend(model.config, weights, tiny_backend_options());
+  CudaOptions kernels;
+  kernels.persistent_decode = false;  // the split path's kernels, one by one
+  auto plain = make_cuda_backend(model.config, weights, tiny_backend_options(), kernels);
   auto one_rank = make_cuda_tensor_parallel_backend(model.config, weights, tiny_backend_options(), {}, 1);
   for (const auto& ref : refs) EXPECT_EQ(forward_all(*one_rank, ref.tokens), forward_all(*plain, ref.tokens));
   const std::vector<int32_t> prompt = prompt_prefix(refs, 8);
