@@ -8,13 +8,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "convert/quantize.h"
 #include "engine/backend.h"
 #include "engine/cuda_backend.h"
 #include "engine/error.h"
-#include "convert/quantize.h"
 #include "engine/weights.h"
 #include "tests/engine/tiny_model.h"
 #include "tests/engine/batch_backend_test_util.h"
@@ -501,6 +502,76 @@ TEST(CudaBackend, RejectsBadInputAndTooLargeContexts) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("free"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("KV cache"), std::string::npos) << e.what();
+  }
+}
+
+// TinyLlama's widths (dim 2048, 32 query heads and 4 key/value heads of 64, MLP 5632) with two layers of
+// normal(0, 0.02) f16 and int8 weights: rows too wide for one unit a warp to hold them all in shared memory
+// at once (the warps' buffers take several groups a stage); the persistent step gives the kernels' greedy
+// tokens and logits.
+TEST(CudaBackend, PersistentDecodeOfAWideModelFollowsTheKernels) {
+  KILN_REQUIRE_GPU();
+  TinyModel model;
+  ModelConfig& c = model.config;
+  c.architecture = "llama";
+  c.n_vocab = 512;
+  c.dim = 2048;
+  c.n_layers = 2;
+  c.n_heads = 32;
+  c.n_kv_heads = 4;
+  c.head_dim = c.rotary_dim = 64;
+  c.ffn_dim = 5632;
+  c.n_ctx_train = 512;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool ones) {
+    FloatTensor& t = model.tensors[name];
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    t.shape = std::move(shape);
+    t.values.resize(size_t(n), 1.0f);
+    if (!ones)
+      for (float& v : t.values) v = normal(rng);
+  };
+  add("token_embd.weight", {c.n_vocab, c.dim}, false);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add(p + "attn_norm.weight", {c.dim}, true);
+    add(p + "attn_qkv.weight", {c.qkv_dim(), c.dim}, false);
+    add(p + "attn_out.weight", {c.dim, c.q_dim()}, false);
+    add(p + "ffn_norm.weight", {c.dim}, true);
+    add(p + "ffn_up.weight", {2 * c.ffn_dim, c.dim}, false);
+    add(p + "ffn_down.weight", {c.dim, c.ffn_dim}, false);
+  }
+  add("output_norm.weight", {c.dim}, true);
+  add("output.weight", {c.n_vocab, c.dim}, false);
+  std::vector<int32_t> prompt(20);
+  for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(c.n_vocab));
+  BackendOptions options = tiny_backend_options(512);
+  CudaOptions kernels;
+  kernels.persistent_decode = false;
+  {
+    SCOPED_TRACE("f16");
+    const TensorStore store(model, DType::F16);
+    const Weights weights = bind_weights(c, store.lookup());
+    auto one = make_cuda_backend(c, weights, options);
+    auto many = make_cuda_backend(c, weights, options, kernels);
+    ASSERT_TRUE(cuda_persistent_decode_ready(*one));
+    test::expect_same_greedy(*one, *many, prompt, 30, 1e-4f);
+  }
+  {
+    // int8: the yardstick is the f32 kernels over the same values (f32 embeddings and head in both), from a
+    // one-token prompt, every step a decode step (the int8 GEMM of a prompt rounds to f16)
+    SCOPED_TRACE("int8");
+    TensorStore store(model, DType::I8, 64);
+    const TinyModel values = dequantized(model, store);
+    const TensorStore f32_store(values, DType::F32);
+    for (const char* name : {"token_embd.weight", "output.weight"}) store.view(name) = *f32_store.find(name);
+    const Weights weights = bind_weights(c, store.lookup()), yardstick = bind_weights(c, f32_store.lookup());
+    auto one = make_cuda_backend(c, weights, options);
+    auto many = make_cuda_backend(c, yardstick, options, kernels);
+    ASSERT_TRUE(cuda_persistent_decode_ready(*one));
+    test::expect_same_greedy(*one, *many, {prompt[0]}, 30, 1e-4f);
   }
 }
 
