@@ -511,8 +511,7 @@ TEST(CudaBackend, RejectsBadInputAndTooLargeContexts) {
 // tokens and logits.
 TEST(CudaBackend, PersistentDecodeOfAWideModelFollowsTheKernels) {
   KILN_REQUIRE_GPU();
-  TinyModel model;
-  ModelConfig& c = model.config;
+  ModelConfig c;
   c.architecture = "llama";
   c.n_vocab = 512;
   c.dim = 2048;
@@ -523,28 +522,7 @@ TEST(CudaBackend, PersistentDecodeOfAWideModelFollowsTheKernels) {
   c.ffn_dim = 5632;
   c.n_ctx_train = 512;
   std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool ones) {
-    FloatTensor& t = model.tensors[name];
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    t.shape = std::move(shape);
-    t.values.resize(size_t(n), 1.0f);
-    if (!ones)
-      for (float& v : t.values) v = normal(rng);
-  };
-  add("token_embd.weight", {c.n_vocab, c.dim}, false);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    add(p + "attn_norm.weight", {c.dim}, true);
-    add(p + "attn_qkv.weight", {c.qkv_dim(), c.dim}, false);
-    add(p + "attn_out.weight", {c.dim, c.q_dim()}, false);
-    add(p + "ffn_norm.weight", {c.dim}, true);
-    add(p + "ffn_up.weight", {2 * c.ffn_dim, c.dim}, false);
-    add(p + "ffn_down.weight", {c.dim, c.ffn_dim}, false);
-  }
-  add("output_norm.weight", {c.dim}, true);
-  add("output.weight", {c.n_vocab, c.dim}, false);
+  const TinyModel model = random_llama(c, rng);
   std::vector<int32_t> prompt(20);
   for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(c.n_vocab));
   BackendOptions options = tiny_backend_options(512);

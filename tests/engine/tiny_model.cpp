@@ -321,6 +321,35 @@ std::vector<HiddenReference> load_hidden_reference(const std::string& name) {
   return prompts;
 }
 
+TinyModel random_llama(const ModelConfig& config, std::mt19937& rng) {
+  TinyModel model;
+  model.config = config;
+  const ModelConfig& c = model.config;
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool ones) {
+    FloatTensor& t = model.tensors[name];
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    t.shape = std::move(shape);
+    t.values.resize(size_t(n), 1.0f);
+    if (!ones)
+      for (float& v : t.values) v = normal(rng);
+  };
+  add("token_embd.weight", {c.n_vocab, c.dim}, false);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add(p + "attn_norm.weight", {c.dim}, true);
+    add(p + "attn_qkv.weight", {c.qkv_dim(), c.dim}, false);
+    add(p + "attn_out.weight", {c.dim, c.q_dim()}, false);
+    add(p + "ffn_norm.weight", {c.dim}, true);
+    add(p + "ffn_up.weight", {2 * c.ffn_dim, c.dim}, false);
+    add(p + "ffn_down.weight", {c.dim, c.ffn_dim}, false);
+  }
+  add("output_norm.weight", {c.dim}, true);
+  add("output.weight", {c.n_vocab, c.dim}, false);
+  return model;
+}
+
 BackendOptions tiny_backend_options(int64_t max_batch) {
   BackendOptions options;
   options.n_ctx = 512;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -74,6 +75,10 @@ struct HiddenReference {
 };
 
 std::vector<HiddenReference> load_hidden_reference(const std::string& name);
+
+// A Llama-family model of the config's shapes (fused QKV, gate rows then up rows, an untied head): its
+// matrices normal(0, 0.02) draws from rng in a fixed order, its norms ones.
+TinyModel random_llama(const ModelConfig& config, std::mt19937& rng);
 
 // The options the tiny models' backend tests share: 512 positions, 2 threads, max_batch tokens a step.
 BackendOptions tiny_backend_options(int64_t max_batch = 512);
