@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "engine/error.h"
 #include "engine/model_config.h"
@@ -62,6 +63,14 @@ class Backend {
   virtual void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                        bool all_logits) = 0;
 
+  // forward for the last token's logits ([output_width] floats), into memory the backend holds: valid until
+  // its next call. A GPU backend copies them straight into page-locked memory, one copy of the row fewer
+  // than into the caller's. Throws kiln::Error as forward does.
+  virtual const float* forward_last(const int32_t* tokens, int64_t n_tokens, int64_t first_position) {
+    last_.resize(size_t(config().output_width()));
+    forward(tokens, n_tokens, first_position, last_.data(), false);
+    return last_.data();
+  }
   // The largest k forward_top takes; 0: it is not offered.
   virtual int64_t max_top_k() const { return 0; }
   // forward for the last token's logits, cut down to its k best (1 <= k <= max_top_k()), as a sampler that
@@ -75,6 +84,9 @@ class Backend {
 
   // Forgets every cached position.
   virtual void reset() = 0;
+
+ private:
+  std::vector<float> last_;  // forward_last's row
 };
 
 [[nodiscard]] std::unique_ptr<Backend> make_cpu_backend(const KilnFile& file, const BackendOptions& options);

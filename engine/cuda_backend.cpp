@@ -181,6 +181,7 @@ class CudaBackend final : public Backend {
   int64_t n_past() const override { return n_past_; }
   void forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                bool all_logits) override;
+  const float* forward_last(const int32_t* tokens, int64_t n_tokens, int64_t first_position) override;
   // A rank of a split model holds part of the vocabulary: its rows' best are not the model's.
   int64_t max_top_k() const override {
     return whole_vocab_ && config_.lm_head ? std::min(kMaxTopLogits, n_vocab_) : 0;
@@ -213,6 +214,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<CudaForward> forward_;
   cuda::PinnedBuffer staging_;  // [2, max_tokens] int32: what the forward's inputs receive
   cuda::PinnedBuffer top_;      // forward_top's row (top_logits_words(1, max_top_k()) words)
+  cuda::PinnedBuffer last_;     // forward_last's row [output_width]
   cuda::CudaGraph decode_graphs_[2];  // [whether its GEMVs stream their weights]
   cuda::CudaGraph persistent_graph_;
   int64_t n_past_ = 0;
@@ -247,11 +249,17 @@ CudaBackend::CudaBackend(const ModelConfig& config, const Weights& weights, cons
             forward_->gemm_context());
   staging_ = cuda::PinnedBuffer(2 * size_t(max_tokens_) * sizeof(int32_t));
   top_ = cuda::PinnedBuffer(top_logits_words(1, max_top_k()) * sizeof(float));
+  last_ = cuda::PinnedBuffer(size_t(c.output_width()) * sizeof(float));
 }
 
 void CudaBackend::forward(const int32_t* tokens, int64_t n_tokens, int64_t first_position, float* logits,
                           bool all_logits) {
   forward_chunks(tokens, n_tokens, first_position, logits, all_logits, 0);
+}
+
+const float* CudaBackend::forward_last(const int32_t* tokens, int64_t n_tokens, int64_t first_position) {
+  forward_chunks(tokens, n_tokens, first_position, last_.as<float>(), false, 0);
+  return last_.as<float>();
 }
 
 TopLogits CudaBackend::forward_top(const int32_t* tokens, int64_t n_tokens, int64_t first_position, int64_t k) {

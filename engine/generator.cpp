@@ -31,8 +31,7 @@ std::string_view to_string(FinishReason reason) {
 Generator::Generator(Backend& backend, const Tokenizer& tokenizer, const SamplerParams& sampling)
     : backend_(backend),
       tokenizer_(tokenizer),
-      sampler_(sampling, backend.config().n_vocab),
-      logits_(size_t(backend.config().n_vocab)) {}
+      sampler_(sampling, backend.config().n_vocab) {}
 
 void Generator::reset() {
   context_.clear();
@@ -55,16 +54,16 @@ void Generator::step(const int32_t* tokens, int64_t n_tokens, int64_t first_posi
   const int64_t k = sampler_.top_needed();
   top_ = {};
   if (k > 0 && k <= backend_.max_top_k()) top_ = backend_.forward_top(tokens, n_tokens, first_position, k);
-  else backend_.forward(tokens, n_tokens, first_position, logits_.data(), false);
+  else logits_ = backend_.forward_last(tokens, n_tokens, first_position);
 }
 
 void Generator::check_step() const {
   if (top_.k > 0) check_top_logits_valid(top_.first_invalid[0], context_);
-  else check_logits_finite(logits_, context_);
+  else check_logits_finite({logits_, size_t(backend_.config().n_vocab)}, context_);
 }
 
 int32_t Generator::sample() {
-  if (top_.k == 0) return sampler_.sample(logits_.data());
+  if (top_.k == 0) return sampler_.sample(logits_);
   return sampler_.sample_top(top_.logits, top_.ids, size_t(top_.k), top_.first_invalid[0]);
 }
 

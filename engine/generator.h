@@ -68,7 +68,7 @@ class Generator {
   Backend& backend_;
   const Tokenizer& tokenizer_;
   Sampler sampler_;
-  std::vector<float> logits_;      // [n_vocab]: the last step's, when whole
+  const float* logits_ = nullptr;  // [n_vocab]: the last step's, when whole (the backend's forward_last)
   TopLogits top_;                  // the last step's best (k 0: the step returned the whole row)
   std::vector<int32_t> context_;
   std::atomic<bool> interrupt_{false};

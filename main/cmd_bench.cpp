@@ -61,7 +61,7 @@ struct RunTime {
 class Runner {
  public:
   explicit Runner(Backend& backend)
-      : backend_(backend), token_(0, int32_t(backend.config().n_vocab - 1)), logits_(size_t(backend.config().n_vocab)) {}
+      : backend_(backend), token_(0, int32_t(backend.config().n_vocab - 1)) {}
 
   RunTime run_once(const Test& test) {
     using Clock = std::chrono::steady_clock;
@@ -72,7 +72,7 @@ class Runner {
     const auto start = Clock::now();
     int64_t position = test.n_depth;
     if (test.n_prompt) {
-      backend_.forward(prompt.data(), test.n_prompt, position, logits_.data(), false);
+      backend_.forward_last(prompt.data(), test.n_prompt, position);
       position += test.n_prompt;
       time.first_token = since(start);
     }
@@ -89,7 +89,7 @@ class Runner {
   // One token at `position`, after the cache holds the depth the last test filled.
   void decode_step(int64_t position) {
     const int32_t next = token_(rng_);
-    backend_.forward(&next, 1, position, logits_.data(), false);
+    backend_.forward_last(&next, 1, position);
   }
 
  private:
@@ -108,7 +108,6 @@ class Runner {
   Backend& backend_;
   std::mt19937 rng_{1234};
   std::uniform_int_distribution<int32_t> token_;
-  std::vector<float> logits_;
   int64_t filled_depth_ = -1;
 };
 

@@ -15,10 +15,18 @@ struct GridBarrier {
   unsigned target = 0;
 
   __device__ __forceinline__ void sync() {
+    arrive();
+    wait();
+  }
+
+  // sync() in two halves, so that a block may start work that needs no other block's writes in between.
+  __device__ __forceinline__ void arrive() {
     __syncthreads();  // the block's writes before thread 0's release
     target += gridDim.x;
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
+  }
+  __device__ __forceinline__ void wait() {
     if (threadIdx.x == 0) {
-      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
       unsigned seen = 0;
       do {
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(count) : "memory");

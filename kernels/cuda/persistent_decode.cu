@@ -14,8 +14,11 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kThreads = 512;
-constexpr int kWarps = kThreads / 32;
+// Warps a block: 16, or 12 when no stage deals more than 12 units to a block (block_warps): SmolLM2's
+// step is ~3% faster with 12 (each warp has at most one unit a stage, and the attention folds fewer
+// warps), TinyLlama's (gate/up: 43 units a block) ~7% faster with 16.
+constexpr int kMaxWarps = 16;
+constexpr int kFewWarps = 12;
 constexpr int kAttentionUnroll = 4;  // passes of keys a warp loads before it waits
 
 static_assert(sizeof(PersistentLayer) % sizeof(uint64_t) == 0, "the table of layers is copied in 8-byte words");
@@ -24,6 +27,7 @@ struct Params {
   PersistentDecodeArgs a;
   int warp_bytes;  // shared bytes of each warp's weight buffer
   int max_k;       // the widest matmul input
+  int warps;       // a block's (block_warps)
 };
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -31,6 +35,7 @@ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; 
 // This warp's place when a stage's work is dealt out: consecutive items go to consecutive blocks, so that
 // a stage with less work than warps spreads it over the multiprocessors rather than filling the first ones.
 __device__ __forceinline__ int warp_slot() { return int(threadIdx.x) / 32 * int(gridDim.x) + int(blockIdx.x); }
+template <int kWarps>
 __device__ __forceinline__ int warp_slots() { return int(gridDim.x) * kWarps; }
 
 // Slot of input value i of a matmul of k inputs in shared memory: the first four of every eight in the
@@ -135,14 +140,14 @@ struct WeightRows {
 // A warp's share of a matmul stage: units first, first + stride, ... below n_units, each kRows weight rows
 // (whose indices row_of(unit, r) gives), copied into the warp's shared buffer a group of `per_group` units
 // at a time.
-template <int kRows, bool kInt8, typename RowOf>
+template <int kRows, bool kInt8, int kWarps, typename RowOf>
 struct MatmulStage {
   WeightRows<kInt8> w;
   int n_units;
   RowOf row_of;
 
   __device__ int first() const { return warp_slot(); }
-  __device__ int stride() const { return warp_slots(); }
+  __device__ int stride() const { return warp_slots<kWarps>(); }
   __device__ int count() const { return first() < n_units ? ceil_div(n_units - first(), stride()) : 0; }
   __device__ int per_group(int warp_bytes) const { return warp_bytes / (kRows * w.slot_bytes()); }
 
@@ -187,45 +192,48 @@ struct MatmulStage {
   }
 };
 
-template <int kRows, bool kInt8, typename RowOf>
-__device__ MatmulStage<kRows, kInt8, RowOf> matmul_stage(const PersistentMatrix& m, int k, int group_size,
-                                                         int n_units, RowOf row_of) {
+template <int kRows, bool kInt8, int kWarps, typename RowOf>
+__device__ MatmulStage<kRows, kInt8, kWarps, RowOf> matmul_stage(const PersistentMatrix& m, int k, int group_size,
+                                                                 int n_units, RowOf row_of) {
   return {{m.data, m.scales, k, group_size}, n_units, row_of};
 }
 
 // The residual stream h = x + delta: the stream as the stage before last left it plus the last stage's
 // output, added here so that a stage's epilogue never waits for a read of the stream. Block 0 writes h to
-// h_out (never x: other blocks still read it); xs = h RMS-normalised and scaled by the norm's weight,
-// which is loaded together with h.
+// h_out (never x: other blocks still read it).
 struct ResidualIn {
   const float* x;
   const float* delta;  // or nullptr
   float* h_out;
 };
 
-__device__ void stage_normed(const Params& p, const ResidualIn& in, const float* weight, float* xs, float* norm_w,
-                             float* reduce) {
+// xs = h times the norm's weight; returns the RMS scale 1 / rms(h), which the matmul's epilogue applies
+// (W (s h * w) = s W (h * w)), so that one __syncthreads serves both xs and the sum of squares: each warp
+// adds the warps' partial sums itself.
+template <int kWarps>
+__device__ float stage_normed(const Params& p, const ResidualIn& in, const float* weight, float* xs, float* reduce) {
   const int dim = p.a.dim;
   float sum_sq = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += kThreads) {
+  for (int i = threadIdx.x; i < dim; i += kWarps * 32) {
     float v = __ldcg(in.x + i);
     if (in.delta != nullptr) v += __ldcg(in.delta + i);
-    norm_w[i] = weight[i];
     if (blockIdx.x == 0) in.h_out[i] = v;
-    xs[x_slot(i, dim)] = v;
+    xs[x_slot(i, dim)] = v * weight[i];
     sum_sq += v * v;
   }
-  const float scale = rsqrtf(block_sum(sum_sq, reduce) / float(dim) + p.a.eps);
-  for (int i = threadIdx.x; i < dim; i += kThreads) {
-    const int s = x_slot(i, dim);
-    xs[s] = xs[s] * scale * norm_w[i];
-  }
+  sum_sq = warp_sum(sum_sq);
+  if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = sum_sq;
   __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += reduce[w];
+  return rsqrtf(total / float(dim) + p.a.eps);
 }
 
 // xs = v (n values from global memory, written by an earlier stage).
+template <int kWarps>
 __device__ void stage_plain(const float* v, int n, float* xs) {
-  for (int i = threadIdx.x; i < n; i += kThreads) xs[x_slot(i, n)] = __ldcg(v + i);
+  for (int i = threadIdx.x; i < n; i += kWarps * 32) xs[x_slot(i, n)] = __ldcg(v + i);
   __syncthreads();
 }
 
@@ -255,7 +263,7 @@ __device__ __forceinline__ void widen(const KvRaw<T>& raw, float (&out)[kW]) {
 // kL lanes share a key (16 bytes each), a warp takes 32 / kL keys a pass and the block kWarps times that;
 // each lane group keeps a running max, sum and output (log2 domain), folded across the warp, then across
 // the warps through shared memory (fold: kWarps * (head_dim + 2) floats).
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kWarps>
 __device__ void attend_head(const Params& p, int layer, const float* q, int h, int lo, int hi, float* fold,
                             float* att) {
   constexpr int kW = 16 / int(sizeof(T)), kL = kHeadDim / kW, kKeysPerPass = 32 / kL;
@@ -344,7 +352,7 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
     if (lane < kWarps) fold[lane * (kHeadDim + 2) + kHeadDim] = weight / sum;
   }
   __syncthreads();
-  for (int d = threadIdx.x; d < kHeadDim; d += kThreads) {
+  for (int d = threadIdx.x; d < kHeadDim; d += kWarps * 32) {
     float out = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
@@ -357,11 +365,11 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
 }
 
 // Every query head's attention into att [n_heads, head_dim], a head a block.
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kWarps>
 __device__ void attention_stage(const Params& p, int layer, int position, const float* q, float* fold, float* att) {
   const int lo = p.a.window > 0 ? int(max(int64_t(0), int64_t(position) - p.a.window + 1)) : 0;
   for (int h = blockIdx.x; h < p.a.n_heads; h += gridDim.x)
-    attend_head<T, kHeadDim>(p, layer, q + h * kHeadDim, h, lo, position + 1, fold, att + h * kHeadDim);
+    attend_head<T, kHeadDim, kWarps>(p, layer, q + h * kHeadDim, h, lo, position + 1, fold, att + h * kHeadDim);
 }
 
 // The QKV matmul's units: pairs of rows. A query or key head's rotated pairs (i, i + rotary_dim/2) or
@@ -380,13 +388,13 @@ struct QkvRows {
 };
 
 // Shared floats a block needs besides the warps' weight buffers, 16-byte aligned: the matmul input, the
-// rotary angles, the norm's weight, a reduction's, the attention's fold, then the table of layers.
-__host__ __device__ int table_offset_floats(int max_k, int rotary_dim, int dim, int head_dim) {
-  return (max_k + rotary_dim + dim + 32 + kWarps * (head_dim + 2) + 3) / 4 * 4;
+// rotary angles, a reduction's, the attention's fold, then the table of layers.
+__host__ __device__ int table_offset_floats(int max_k, int rotary_dim, int head_dim) {
+  return (max_k + rotary_dim + 32 + kMaxWarps * (head_dim + 2) + 3) / 4 * 4;
 }
-__host__ __device__ int fixed_floats(int max_k, int rotary_dim, int dim, int head_dim, int n_layers) {
+__host__ __device__ int fixed_floats(int max_k, int rotary_dim, int head_dim, int n_layers) {
   const int table_floats = (n_layers * int(sizeof(PersistentLayer) / sizeof(float)) + 3) / 4 * 4;
-  return table_offset_floats(max_k, rotary_dim, dim, head_dim) + table_floats;
+  return table_offset_floats(max_k, rotary_dim, head_dim) + table_floats;
 }
 
 template <typename T>
@@ -395,20 +403,19 @@ __device__ void store_kv(void* cache, int64_t i, float v) {
   else static_cast<float*>(cache)[i] = v;
 }
 
-template <typename T, int kHeadDim, bool kInt8>
-__global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p) {
+template <typename T, int kHeadDim, bool kInt8, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 1) persistent_decode_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];
   const PersistentDecodeArgs& a = p.a;
   float* xs = smem;                              // [max_k]
   float* cs = xs + p.max_k;                      // [rotary_dim]: cos, then sin, of every pair
-  float* norm_w = cs + a.rotary_dim;             // [dim]
-  float* reduce = norm_w + a.dim;                // [32]
-  float* fold = reduce + 32;                     // [kWarps, head_dim + 2]
+  float* reduce = cs + a.rotary_dim;             // [32]
+  float* fold = reduce + 32;                     // [kMaxWarps, head_dim + 2]: kWarps used
   // The table of layers, copied once: read from global memory, every field would cost a round trip in the
   // stage that first needs it.
   PersistentLayer* layers =
-      reinterpret_cast<PersistentLayer*>(smem + table_offset_floats(p.max_k, a.rotary_dim, a.dim, kHeadDim));
-  char* buffers = reinterpret_cast<char*>(smem + fixed_floats(p.max_k, a.rotary_dim, a.dim, kHeadDim, a.n_layers));
+      reinterpret_cast<PersistentLayer*>(smem + table_offset_floats(p.max_k, a.rotary_dim, kHeadDim));
+  char* buffers = reinterpret_cast<char*>(smem + fixed_floats(p.max_k, a.rotary_dim, kHeadDim, a.n_layers));
   char* buffer = buffers + size_t(threadIdx.x / 32) * p.warp_bytes;  // this warp's
   GridBarrier barrier{reinterpret_cast<unsigned*>(a.scratch), reinterpret_cast<unsigned*>(a.scratch) + 1};
   // The stages' outputs: the rotated queries, the attention's, the activation's; the residual stream after
@@ -428,13 +435,20 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p
   const auto one_row = [](int unit, int) { return unit; };
   const auto gate_up_rows = [ffn](int unit, int r) { return unit + r * ffn; };
   const int gs = a.group_size;
-  const auto qkv = [&](int l) { return matmul_stage<2, kInt8>(layers[l].qkv, dim, gs, qkv_units, qkv_rows); };
-  const auto out = [&](int l) { return matmul_stage<1, kInt8>(layers[l].out, q_dim, gs, dim, one_row); };
-  const auto up = [&](int l) { return matmul_stage<2, kInt8>(layers[l].up, dim, gs, ffn, gate_up_rows); };
-  const auto down = [&](int l) { return matmul_stage<1, kInt8>(layers[l].down, ffn, gs, dim, one_row); };
+  const auto qkv = [&](int l) { return matmul_stage<2, kInt8, kWarps>(layers[l].qkv, dim, gs, qkv_units, qkv_rows); };
+  const auto out = [&](int l) { return matmul_stage<1, kInt8, kWarps>(layers[l].out, q_dim, gs, dim, one_row); };
+  const auto up = [&](int l) { return matmul_stage<2, kInt8, kWarps>(layers[l].up, dim, gs, ffn, gate_up_rows); };
+  const auto down = [&](int l) { return matmul_stage<1, kInt8, kWarps>(layers[l].down, ffn, gs, dim, one_row); };
 
+  // The barrier before a stage, with the next weights' copies started once this block has arrived: issued
+  // before the arrival, they would queue ahead of it and delay every block.
+  const auto cross = [&](auto&& prefetch) {
+    barrier.arrive();
+    prefetch();
+    barrier.wait();
+  };
   constexpr int kLayerWords = int(sizeof(PersistentLayer) / sizeof(uint64_t));
-  for (int i = threadIdx.x; i < a.n_layers * kLayerWords; i += kThreads)
+  for (int i = threadIdx.x; i < a.n_layers * kLayerWords; i += kWarps * 32)
     reinterpret_cast<uint64_t*>(layers)[i] = reinterpret_cast<const uint64_t*>(a.layers)[i];
   __syncthreads();
 
@@ -450,11 +464,11 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p
     const PersistentLayer& w = layers[layer];
     const int64_t cache_layer = int64_t(layer) * KV * a.n_ctx * D;
     // norm + QKV, rotated, the keys and values into the cache
-    stage_normed(p, {a.x, layer > 0 ? ffn_out : nullptr, h}, w.attn_norm, xs, norm_w, reduce);
+    const float attn_scale = stage_normed<kWarps>(p, {a.x, layer > 0 ? ffn_out : nullptr, h}, w.attn_norm, xs, reduce);
     qkv(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[2]) {
       const int r0 = qkv_rows(unit, 0), r1 = qkv_rows(unit, 1);
-      float y0 = y[0] + (w.qkv_bias != nullptr ? w.qkv_bias[r0] : 0.0f);
-      float y1 = y[1] + (w.qkv_bias != nullptr ? w.qkv_bias[r1] : 0.0f);
+      float y0 = y[0] * attn_scale + (w.qkv_bias != nullptr ? w.qkv_bias[r0] : 0.0f);
+      float y1 = y[1] * attn_scale + (w.qkv_bias != nullptr ? w.qkv_bias[r1] : 0.0f);
       const int slot = r0 / D, d0 = r0 - slot * D, d1 = r1 - slot * D;
       const int pair = unit % (D / 2);
       if (slot < qkv_rows.rotated_heads && pair < qkv_rows.half) {
@@ -473,37 +487,31 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_decode_kernel(Params p
         store_kv<T>(key ? a.k_cache : a.v_cache, at + d1, y1);
       }
     });
-    out(layer).load(buffer, p.warp_bytes, 0);
-    barrier.sync();
+    cross([&] { out(layer).load(buffer, p.warp_bytes, 0); });
 
-    attention_stage<T, kHeadDim>(p, layer, position, q, fold, att);
+    attention_stage<T, kHeadDim, kWarps>(p, layer, position, q, fold, att);
     barrier.sync();
 
     // output projection (the next norm adds it to the stream)
-    stage_plain(att, q_dim, xs);
+    stage_plain<kWarps>(att, q_dim, xs);
     out(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[1]) { attn_proj[unit] = y[0]; });
-    up(layer).load(buffer, p.warp_bytes, 0);
-    barrier.sync();
+    cross([&] { up(layer).load(buffer, p.warp_bytes, 0); });
 
     // norm + gate/up + activation
-    stage_normed(p, {h, attn_proj, a.x}, w.ffn_norm, xs, norm_w, reduce);
+    const float ffn_scale = stage_normed<kWarps>(p, {h, attn_proj, a.x}, w.ffn_norm, xs, reduce);
     up(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[2]) {
-      act[unit] = activate(a.act, y[0]) * y[1];
+      act[unit] = activate(a.act, y[0] * ffn_scale) * (y[1] * ffn_scale);
     });
-    down(layer).load(buffer, p.warp_bytes, 0);
-    barrier.sync();
+    cross([&] { down(layer).load(buffer, p.warp_bytes, 0); });
 
     // down projection + residual
-    stage_plain(act, ffn, xs);
+    stage_plain<kWarps>(act, ffn, xs);
     const bool last = layer + 1 == a.n_layers;  // the stream itself takes the last layer's output
     down(layer).run(xs, buffer, p.warp_bytes, true, [&](int unit, const float (&y)[1]) {
       if (last) a.x[unit] = __ldcg(a.x + unit) + y[0];
       else ffn_out[unit] = y[0];
     });
-    if (!last) {
-      qkv(layer + 1).load(buffer, p.warp_bytes, 0);
-      barrier.sync();
-    }
+    if (!last) cross([&] { qkv(layer + 1).load(buffer, p.warp_bytes, 0); });
   }
   barrier.leave();
 }
@@ -516,9 +524,16 @@ int max_shared_bytes() {
 }
 
 // A warp's buffer: what the block has left after the fixed part, in 16-byte steps.
-int warp_buffer_bytes(int max_k, int rotary_dim, int dim, int head_dim, int n_layers) {
-  const int left = max_shared_bytes() - fixed_floats(max_k, rotary_dim, dim, head_dim, n_layers) * int(sizeof(float));
-  return left / kWarps / 16 * 16;
+int warp_buffer_bytes(int max_k, int rotary_dim, int head_dim, int n_layers, int warps) {
+  const int left = max_shared_bytes() - fixed_floats(max_k, rotary_dim, head_dim, n_layers) * int(sizeof(float));
+  return left / warps / 16 * 16;
+}
+
+// The warps of a block (see kMaxWarps): the most units a stage deals to a block (QKV: pairs of rows,
+// gate/up: a gate and an up row, the projections: a row).
+int block_warps(int dim, int n_heads, int n_kv_heads, int head_dim, int ffn) {
+  const int most = std::max({(n_heads + 2 * n_kv_heads) * head_dim / 2, dim, ffn});
+  return (most + multiprocessor_count() - 1) / multiprocessor_count() <= kFewWarps ? kFewWarps : kMaxWarps;
 }
 
 // The largest unit a warp's buffer must hold: two rows of dim (QKV, gate/up), a row of q_dim or ffn.
@@ -527,17 +542,18 @@ int largest_unit_bytes(int dim, int q_dim, int ffn, int group_size, bool int8) {
                    row_slot_bytes(ffn, group_size, int8)});
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, int kWarps>
 void launch(const Params& p, size_t shared_bytes) {
-  const auto kernel =
-      p.a.int8 ? persistent_decode_kernel<T, kHeadDim, true> : persistent_decode_kernel<T, kHeadDim, false>;
+  const auto kernel = p.a.int8 ? persistent_decode_kernel<T, kHeadDim, true, kWarps>
+                               : persistent_decode_kernel<T, kHeadDim, false, kWarps>;
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   int per_multiprocessor = 0;
-  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kThreads, shared_bytes));
+  KILN_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kWarps * 32, shared_bytes));
   KILN_CHECK(per_multiprocessor >= 1, "cuda persistent_decode: a block of {} shared bytes does not fit", shared_bytes);
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(multiprocessor_count()));
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(kWarps * 32);
   config.dynamicSmemBytes = shared_bytes;
   config.stream = p.a.stream;
   cudaLaunchAttribute attributes[2];
@@ -550,15 +566,21 @@ void launch(const Params& p, size_t shared_bytes) {
   KILN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
 }
 
+template <typename T, int kHeadDim>
+void launch_warps(const Params& p, size_t shared_bytes) {
+  if (p.warps == kFewWarps) launch<T, kHeadDim, kFewWarps>(p, shared_bytes);
+  else launch<T, kHeadDim, kMaxWarps>(p, shared_bytes);
+}
+
 template <typename T>
 void launch_head_dim(const Params& p, size_t shared_bytes) {
   switch (p.a.head_dim) {
-    case 16: launch<T, 16>(p, shared_bytes); break;
-    case 32: launch<T, 32>(p, shared_bytes); break;
-    case 64: launch<T, 64>(p, shared_bytes); break;
-    case 128: launch<T, 128>(p, shared_bytes); break;
+    case 16: launch_warps<T, 16>(p, shared_bytes); break;
+    case 32: launch_warps<T, 32>(p, shared_bytes); break;
+    case 64: launch_warps<T, 64>(p, shared_bytes); break;
+    case 128: launch_warps<T, 128>(p, shared_bytes); break;
     default:
-      if constexpr (sizeof(T) == 2) launch<T, 256>(p, shared_bytes);  // an f32 key of 256 is 64 lanes of 16 bytes
+      if constexpr (sizeof(T) == 2) launch_warps<T, 256>(p, shared_bytes);  // an f32 key of 256 is 64 lanes of 16 bytes
       break;
   }
 }
@@ -579,7 +601,8 @@ bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_he
                ffn % group_size != 0))
     return false;
   const int max_k = std::max({dim, q_dim, ffn});
-  return warp_buffer_bytes(max_k, head_dim, dim, head_dim, n_layers) >=
+  const int warps = block_warps(dim, n_heads, n_kv_heads, head_dim, ffn);
+  return warp_buffer_bytes(max_k, head_dim, head_dim, n_layers, warps) >=
          largest_unit_bytes(dim, q_dim, ffn, group_size, int8);
 }
 
@@ -601,11 +624,12 @@ void persistent_decode(const PersistentDecodeArgs& a) {
              "cuda persistent_decode: rotary_dim {} for head_dim {}", a.rotary_dim, a.head_dim);
   KILN_CHECK(a.n_ctx >= 1 && a.window >= 0 && a.eps >= 0, "cuda persistent_decode: context {}, window {}", a.n_ctx,
              a.window);
-  Params p{a, 0, std::max({a.dim, a.n_heads * a.head_dim, a.ffn})};
+  Params p{a, 0, std::max({a.dim, a.n_heads * a.head_dim, a.ffn}),
+           block_warps(a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn)};
   if (a.mode == RotaryMode::None) p.a.rotary_dim = 0;
-  p.warp_bytes = warp_buffer_bytes(p.max_k, p.a.rotary_dim, a.dim, a.head_dim, a.n_layers);
-  const size_t shared = size_t(fixed_floats(p.max_k, p.a.rotary_dim, a.dim, a.head_dim, a.n_layers)) * sizeof(float) +
-                        size_t(kWarps) * size_t(p.warp_bytes);
+  p.warp_bytes = warp_buffer_bytes(p.max_k, p.a.rotary_dim, a.head_dim, a.n_layers, p.warps);
+  const size_t shared = size_t(fixed_floats(p.max_k, p.a.rotary_dim, a.head_dim, a.n_layers)) * sizeof(float) +
+                        size_t(p.warps) * size_t(p.warp_bytes);
   if (a.kv_dtype == KvDType::F16) launch_head_dim<__half>(p, shared);
   else launch_head_dim<float>(p, shared);
 }

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -143,6 +144,27 @@ TEST(CpuBackend, ChecksItsInputs) {
   BackendOptions no_batch = small_options(nullptr);
   no_batch.max_batch = 0;
   EXPECT_THROW((void)make_cpu_backend(model.config, bind_weights(model.config, store.lookup()), no_batch), Error);
+}
+
+// forward_last gives the last token's row of forward, and throws as forward does.
+TEST(CpuBackend, TheLastRowIsForwardsRow) {
+  const TinyModel model = load_tiny_model("llama_gqa_tied");
+  const TensorStore store(model, DType::F32);
+  auto rows = make_cpu_backend(model.config, bind_weights(model.config, store.lookup()), small_options(nullptr));
+  auto last = make_cpu_backend(model.config, bind_weights(model.config, store.lookup()), small_options(nullptr));
+  const auto n_vocab = size_t(model.config.n_vocab);
+  std::vector<int32_t> tokens = {5, 17, 200, 3, 99};
+  std::vector<float> logits(n_vocab);
+  int64_t position = 0;
+  for (int step = 0; step < 4; ++step) {
+    rows->forward(tokens.data(), int64_t(tokens.size()), position, logits.data(), false);
+    const float* row = last->forward_last(tokens.data(), int64_t(tokens.size()), position);
+    EXPECT_EQ(std::vector<float>(row, row + n_vocab), logits) << "step " << step;
+    position += int64_t(tokens.size());
+    tokens = {int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+  }
+  const int32_t bad[] = {256};
+  EXPECT_THROW((void)last->forward_last(bad, 1, position), Error);
 }
 
 // The same int8 weights from a .kiln file (bound by name through the loader) and from memory give the

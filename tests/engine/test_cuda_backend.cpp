@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -439,6 +440,31 @@ TEST(CudaBackend, TheBestLogitsOfTheLastTokenAreThoseOfTheWholeRow) {
     }
     EXPECT_THROW((void)best->forward_top(tokens.data(), 1, position, 0), Error);
     EXPECT_THROW((void)best->forward_top(tokens.data(), 1, position, max_k + 1), Error);
+  }
+}
+
+// forward_last's row (copied into page-locked memory) is forward's, bit for bit, over a prompt and graph
+// decode steps (a persistent step for the Llama family).
+TEST(CudaBackend, TheLastRowIsForwardsRow) {
+  KILN_REQUIRE_GPU();
+  for (const char* family : {"qwen2", "llama_gqa_tied"}) {
+    SCOPED_TRACE(family);
+    const Tiny tiny(family, DType::F16);
+    const ModelConfig& c = tiny.model.config;
+    auto rows = make_cuda_backend(c, tiny.weights, tiny_backend_options(8));
+    auto last = make_cuda_backend(c, tiny.weights, tiny_backend_options(8));
+    std::vector<int32_t> tokens = random_tokens(21, c.n_vocab, 78);
+    std::vector<float> logits(size_t(c.n_vocab));
+    int64_t position = 0;
+    for (int step = 0; step < 6; ++step) {
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      const auto n = int64_t(tokens.size());
+      rows->forward(tokens.data(), n, position, logits.data(), false);
+      const float* row = last->forward_last(tokens.data(), n, position);
+      EXPECT_EQ(std::memcmp(row, logits.data(), logits.size() * sizeof(float)), 0);
+      position += n;
+      tokens = {int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    }
   }
 }
 
