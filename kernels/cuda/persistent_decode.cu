@@ -8,6 +8,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/grid_barrier.cuh"
+#include "kernels/cuda/kv_store.cuh"
 #include "kernels/cuda/launch_pdl.cuh"
 #include "kernels/cuda/rotary_device.cuh"
 
@@ -237,27 +238,6 @@ __device__ void stage_plain(const float* v, int n, float* xs) {
   __syncthreads();
 }
 
-template <typename T>
-using KvRaw = std::conditional_t<sizeof(T) == 2, uint4, float4>;
-
-template <typename T, int kW>
-__device__ __forceinline__ void widen(const KvRaw<T>& raw, float (&out)[kW]) {
-  if constexpr (sizeof(T) == 2) {
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kW / 2; ++i) {
-      const float2 f = __half22float2(h[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  } else {
-    out[0] = raw.x;
-    out[1] = raw.y;
-    out[2] = raw.z;
-    out[3] = raw.w;
-  }
-}
-
 // Attention of query head h (q: its head_dim values) over the keys [lo, hi) of the cache, by the whole
 // block, into att [head_dim]:
 // kL lanes share a key (16 bytes each), a warp takes 32 / kL keys a pass and the block kWarps times that;
@@ -280,16 +260,16 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
   float m = -INFINITY, l = 0.0f, acc[kW] = {};
   // The loop bound is the same for the whole warp (its shuffles need every lane); a lane's own key is j0 + sub.
   for (int j0 = lo + warp * kKeysPerPass; j0 < hi; j0 += kBlockKeys * kAttentionUnroll) {
-    KvRaw<T> kr[kAttentionUnroll], vr[kAttentionUnroll];
+    KvChunk<T, kW> kr[kAttentionUnroll], vr[kAttentionUnroll];  // read with __ldcg: written in this kernel
 #pragma unroll
     for (int u = 0; u < kAttentionUnroll; ++u) {
       const int key = j0 + u * kBlockKeys + sub;
       if (key < hi) {
-        kr[u] = __ldcg(reinterpret_cast<const KvRaw<T>*>(k + int64_t(key) * kHeadDim));
-        vr[u] = __ldcg(reinterpret_cast<const KvRaw<T>*>(v + int64_t(key) * kHeadDim));
+        kr[u].raw = __ldcg(reinterpret_cast<const uint4*>(k + int64_t(key) * kHeadDim));
+        vr[u].raw = __ldcg(reinterpret_cast<const uint4*>(v + int64_t(key) * kHeadDim));
       } else {
-        kr[u] = {};
-        vr[u] = {};
+        kr[u].clear();
+        vr[u].clear();
       }
     }
     float score[kAttentionUnroll];
@@ -297,7 +277,7 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
 #pragma unroll
     for (int u = 0; u < kAttentionUnroll; ++u) {
       float kf[kW];
-      widen<T, kW>(kr[u], kf);
+      kr[u].widen(kf);
       float dot = 0.0f;
 #pragma unroll
       for (int e = 0; e < kW; ++e) dot = fmaf(qf[e], kf[e], dot);
@@ -317,7 +297,7 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
     for (int u = 0; u < kAttentionUnroll; ++u) {
       const float weight = score[u] == -INFINITY ? 0.0f : exp2f(score[u] - m);
       float vf[kW];
-      widen<T, kW>(vr[u], vf);
+      vr[u].widen(vf);
       l += weight;
 #pragma unroll
       for (int e = 0; e < kW; ++e) acc[e] = fmaf(weight, vf[e], acc[e]);
