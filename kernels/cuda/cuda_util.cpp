@@ -35,23 +35,23 @@ int multiprocessor_count() {
   return count;
 }
 
-DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
-  if (bytes > 0) KILN_CUDA_CHECK(cudaMalloc(&data_, bytes));
+template <MemoryPlace kPlace>
+CudaBuffer<kPlace>::CudaBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  if constexpr (kPlace == MemoryPlace::Device) KILN_CUDA_CHECK(cudaMalloc(&data_, bytes));
+  else KILN_CUDA_CHECK(cudaMallocHost(&data_, bytes));
 }
 
-void DeviceBuffer::release() {
-  if (data_ != nullptr) cudaFree(data_);
+template <MemoryPlace kPlace>
+void CudaBuffer<kPlace>::release() {
+  if (data_ == nullptr) return;
+  if constexpr (kPlace == MemoryPlace::Device) cudaFree(data_);
+  else cudaFreeHost(data_);
   data_ = nullptr;
 }
 
-PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
-  if (bytes > 0) KILN_CUDA_CHECK(cudaMallocHost(&data_, bytes));
-}
-
-void PinnedBuffer::release() {
-  if (data_ != nullptr) cudaFreeHost(data_);
-  data_ = nullptr;
-}
+template class CudaBuffer<MemoryPlace::Device>;
+template class CudaBuffer<MemoryPlace::PageLocked>;
 
 CudaStream::CudaStream() { KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
 

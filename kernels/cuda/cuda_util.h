@@ -22,13 +22,19 @@ int multiprocessor_count();
 // finishes). On unless the environment sets KILN_CUDA_PDL=0, which serialises every launch (diagnosis).
 bool programmatic_launch_enabled();
 
-class DeviceBuffer {
+// Where a CudaBuffer's memory lives: on the GPU, or in page-locked host memory (copies from it can be
+// captured in a CUDA graph and run asynchronously).
+enum class MemoryPlace { Device, PageLocked };
+
+// Owns `bytes` of memory in kPlace, freed with it; movable, not copyable.
+template <MemoryPlace kPlace>
+class CudaBuffer {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes);
-  ~DeviceBuffer() { release(); }
-  DeviceBuffer(DeviceBuffer&& other) noexcept : data_(std::exchange(other.data_, nullptr)), bytes_(other.bytes_) {}
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+  CudaBuffer() = default;
+  explicit CudaBuffer(size_t bytes);
+  ~CudaBuffer() { release(); }
+  CudaBuffer(CudaBuffer&& other) noexcept : data_(std::exchange(other.data_, nullptr)), bytes_(other.bytes_) {}
+  CudaBuffer& operator=(CudaBuffer&& other) noexcept {
     if (this != &other) {
       release();
       data_ = std::exchange(other.data_, nullptr);
@@ -36,8 +42,8 @@ class DeviceBuffer {
     }
     return *this;
   }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
 
   void* data() const { return data_; }
   template <typename T>
@@ -50,33 +56,8 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Page-locked host memory: copies from it can be captured in a CUDA graph and run asynchronously.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(size_t bytes);
-  ~PinnedBuffer() { release(); }
-  PinnedBuffer(PinnedBuffer&& other) noexcept : data_(std::exchange(other.data_, nullptr)), bytes_(other.bytes_) {}
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
-    if (this != &other) {
-      release();
-      data_ = std::exchange(other.data_, nullptr);
-      bytes_ = other.bytes_;
-    }
-    return *this;
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  template <typename T>
-  T* as() const { return static_cast<T*>(data_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void release();
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+using DeviceBuffer = CudaBuffer<MemoryPlace::Device>;
+using PinnedBuffer = CudaBuffer<MemoryPlace::PageLocked>;
 
 class CudaStream {
  public:
