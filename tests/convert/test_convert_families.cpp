@@ -5,13 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <sstream>
 
 #include "convert/from_hf.h"
 #include "engine/backend.h"
 #include "engine/error.h"
 #include "engine/kiln_file.h"
+#include "tests/convert/converted_mapping.h"
 #include "tests/convert/kiln_file_fixture.h"
 #include "tests/convert/tiny_hf_folder.h"
 #include "tests/engine/tiny_model.h"
@@ -39,44 +39,21 @@ std::string convert_tiny(const testing::TempDir& dir, const std::string& name) {
   return dir.file(name + ".kiln");
 }
 
-// The converted config and tensors equal the test's own mapping of the same fixture, bit for bit.
-void expect_same_mapping(const KilnFile& file, const std::string& name) {
-  const test::TinyModel tiny = test::load_tiny_model(name);
-  nlohmann::json got = model_config_to_json(file.config()), want = model_config_to_json(tiny.config);
-  if (name == "bloom") {  // ALiBi: config.json names no length, so the converter takes BLOOM's 2048
-    EXPECT_EQ(got["n_ctx_train"], 2048);
-    got["n_ctx_train"] = want["n_ctx_train"];
-  }
-  EXPECT_EQ(got, want);
-  for (const auto& [tensor, expected] : tiny.tensors) {
-    const TensorView* t = file.find(tensor);
-    ASSERT_NE(t, nullptr) << tensor;
-    ASSERT_EQ(t->numel(), int64_t(expected.values.size())) << tensor;
-    EXPECT_EQ(std::memcmp(t->data, expected.values.data(), t->bytes), 0) << tensor;
-  }
-}
-
 class DecoderFamily : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(DecoderFamily, ConvertedModelMatchesTransformers) {
   testing::TempDir dir;
   const KilnFile file = KilnFile::open(convert_tiny(dir, GetParam()));
-  expect_same_mapping(file, GetParam());
+  test::expect_same_mapping(file, GetParam());
 
   BackendOptions options;
   options.n_ctx = 512;
   auto backend = make_cpu_backend(file, options);
-  const int64_t n_vocab = file.config().n_vocab;
   for (const auto& ref : test::load_reference(GetParam())) {
-    std::vector<float> logits(ref.tokens.size() * size_t(n_vocab));
     backend->reset();
-    backend->forward(ref.tokens.data(), int64_t(ref.tokens.size()), 0, logits.data(), true);
-    float max_error = 0;
-    for (size_t m = 0; m < ref.positions.size(); ++m)
-      for (int64_t v = 0; v < n_vocab; ++v)
-        max_error = std::max(max_error, std::fabs(logits[size_t(ref.positions[m] * n_vocab + v)] -
-                                                  ref.logits[m * size_t(n_vocab) + size_t(v)]));
-    EXPECT_LE(max_error, 1e-4f) << ref.tokens.size() << " tokens";  // f32 rounding only
+    const std::vector<float> logits = test::forward_all(*backend, ref.tokens);
+    EXPECT_LE(test::kept_logit_error(ref, logits, file.config().n_vocab), 1e-4f)  // f32 rounding only
+        << ref.tokens.size() << " tokens";
   }
 }
 
@@ -86,7 +63,7 @@ INSTANTIATE_TEST_SUITE_P(Tiny, DecoderFamily,
 TEST(EncoderFamily, ConvertedBertMatchesTransformers) {
   testing::TempDir dir;
   const KilnFile file = KilnFile::open(convert_tiny(dir, "bert"));
-  expect_same_mapping(file, "bert");
+  test::expect_same_mapping(file, "bert");
   EXPECT_EQ(file.tokenizer_data().kind, TokenizerKind::WordPiece);
 
   BackendOptions options;

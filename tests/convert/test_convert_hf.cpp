@@ -3,8 +3,6 @@
 // fusion, biases, rope settings of both config.json dialects) must reproduce the reference exactly in f32.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -12,6 +10,7 @@
 #include "engine/backend.h"
 #include "engine/error.h"
 #include "engine/kiln_file.h"
+#include "tests/convert/converted_mapping.h"
 #include "tests/convert/kiln_file_fixture.h"
 #include "tests/convert/tiny_hf_folder.h"
 #include "tests/engine/tiny_model.h"
@@ -40,29 +39,15 @@ TEST_P(ConvertHf, ConvertedModelMatchesTransformers) {
   write_conversion(conversion, dir.file("tiny.kiln"), options);
   const KilnFile file = KilnFile::open(dir.file("tiny.kiln"));
 
-  // The converter's mapping equals the test's own (tests/engine/tiny_model.cpp), tensor for tensor.
-  const test::TinyModel tiny = test::load_tiny_model(GetParam());
-  EXPECT_EQ(model_config_to_json(file.config()), model_config_to_json(tiny.config));
-  for (const auto& [name, expected] : tiny.tensors) {
-    const TensorView* t = file.find(name);
-    ASSERT_NE(t, nullptr) << name;
-    ASSERT_EQ(t->numel(), int64_t(expected.values.size())) << name;
-    EXPECT_EQ(std::memcmp(t->data, expected.values.data(), t->bytes), 0) << name;
-  }
+  test::expect_same_mapping(file, GetParam());
 
   BackendOptions backend_options;
   auto backend = make_cpu_backend(file, backend_options);
-  const int64_t n_vocab = file.config().n_vocab;
   for (const auto& ref : test::load_reference(GetParam())) {
-    std::vector<float> logits(ref.tokens.size() * size_t(n_vocab));
     backend->reset();
-    backend->forward(ref.tokens.data(), int64_t(ref.tokens.size()), 0, logits.data(), true);
-    float max_error = 0;
-    for (size_t m = 0; m < ref.positions.size(); ++m)
-      for (int64_t v = 0; v < n_vocab; ++v)
-        max_error = std::max(max_error, std::fabs(logits[size_t(ref.positions[m] * n_vocab + v)] -
-                                                  ref.logits[m * size_t(n_vocab) + size_t(v)]));
-    EXPECT_LE(max_error, 1e-4f) << ref.tokens.size() << " tokens";  // f32 rounding only
+    const std::vector<float> logits = test::forward_all(*backend, ref.tokens);
+    EXPECT_LE(test::kept_logit_error(ref, logits, file.config().n_vocab), 1e-4f)  // f32 rounding only
+        << ref.tokens.size() << " tokens";
   }
 }
 

@@ -31,11 +31,7 @@ struct Comparison {
 // logits: [n, n_vocab]
 Comparison compare(const PromptReference& ref, const std::vector<float>& logits, int64_t n_vocab) {
   Comparison c;
-  for (size_t m = 0; m < ref.positions.size(); ++m) {
-    const float* row = logits.data() + ref.positions[m] * n_vocab;
-    for (int64_t v = 0; v < n_vocab; ++v)
-      c.kept_max_abs = std::max(c.kept_max_abs, std::fabs(row[v] - ref.logits[m * size_t(n_vocab) + size_t(v)]));
-  }
+  c.kept_max_abs = kept_logit_error(ref, logits, n_vocab);
   c.n_positions = int(ref.tokens.size());
   for (int p = 0; p < c.n_positions; ++p) {
     const float* row = logits.data() + p * n_vocab;

@@ -371,6 +371,16 @@ std::vector<float> forward_all(Backend& backend, const std::vector<int32_t>& tok
   return out;
 }
 
+float kept_logit_error(const PromptReference& ref, const std::vector<float>& logits, int64_t n_vocab) {
+  float worst = 0;
+  for (size_t m = 0; m < ref.positions.size(); ++m) {
+    const float* row = logits.data() + ref.positions[m] * n_vocab;
+    for (int64_t v = 0; v < n_vocab; ++v)
+      worst = std::max(worst, std::fabs(row[v] - ref.logits[m * size_t(n_vocab) + size_t(v)]));
+  }
+  return worst;
+}
+
 float max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
   float worst = 0;
   for (size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));

@@ -86,6 +86,10 @@ BackendOptions tiny_backend_options(int64_t max_batch = 512);
 // Every position's output (logits, or an encoder's hidden states) for tokens run from position 0.
 std::vector<float> forward_all(Backend& backend, const std::vector<int32_t>& tokens);
 
+// The largest |logit - reference| over the positions whose full logits the reference keeps; logits:
+// [ref.tokens.size(), n_vocab], a forward over ref.tokens from position 0.
+float kept_logit_error(const PromptReference& ref, const std::vector<float>& logits, int64_t n_vocab);
+
 // The largest |a - b| over the elements; infinity when the sizes differ.
 float max_abs_difference(const std::vector<float>& a, const std::vector<float>& b);
 
