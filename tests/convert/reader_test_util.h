@@ -1,4 +1,5 @@
-// Helpers shared by the reader tests: fixture paths, a temporary folder, and an error check.
+// Helpers shared by the reader tests: fixture paths, a temporary folder, an error check, byte building and
+// the header mutations of the fuzz-style tests.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,7 +9,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,6 +86,59 @@ inline uint32_t float_bits(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, 4);
   return bits;
+}
+
+// Little-endian byte building for hand-made GGUF and safetensors files.
+struct Bytes {
+  std::vector<uint8_t> data;
+  Bytes& u8(uint8_t v) { return raw(&v, 1); }
+  Bytes& u32(uint32_t v) { return raw(&v, 4); }
+  Bytes& u64(uint64_t v) { return raw(&v, 8); }
+  Bytes& str(std::string_view s) { return u64(s.size()).raw(s.data(), s.size()); }
+  Bytes& raw(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    data.insert(data.end(), b, b + n);
+    return *this;
+  }
+  Bytes& zeros(size_t n) {
+    data.resize(data.size() + n, 0);
+    return *this;
+  }
+  Bytes& append(const Bytes& other) { return raw(other.data.data(), other.data.size()); }
+};
+
+// How many of the one-byte flips of the header (each byte of [0, header_end) xor-ed with each mask) `opens`
+// refuses. Every mutated file goes through it, so one that crashes the reader fails the test.
+template <typename Opens>
+size_t refused_header_flips(const std::vector<uint8_t>& original, size_t header_end,
+                            std::initializer_list<uint8_t> masks, Opens opens) {
+  size_t refused = 0;
+  for (size_t pos = 0; pos < header_end; ++pos) {
+    for (const uint8_t mask : masks) {
+      auto bytes = original;
+      bytes[pos] ^= mask;
+      refused += opens(bytes) ? 0 : 1;
+    }
+  }
+  return refused;
+}
+
+// `rounds` copies of original, each with 1-4 header bytes overwritten by random bytes or by `specials`,
+// through `opens` (whose answer does not matter: it must not crash).
+template <typename Opens>
+void open_random_header_overwrites(const std::vector<uint8_t>& original, size_t header_end, uint32_t seed, int rounds,
+                                   std::initializer_list<uint8_t> specials, Opens opens) {
+  std::mt19937 rng(seed);
+  const std::vector<uint8_t> pool(specials);
+  for (int round = 0; round < rounds; ++round) {
+    auto bytes = original;
+    const int n_writes = 1 + int(rng() % 4);
+    for (int w = 0; w < n_writes; ++w) {
+      const size_t pos = rng() % header_end;
+      bytes[pos] = rng() % 2 ? uint8_t(rng()) : pool[rng() % pool.size()];
+    }
+    opens(bytes);
+  }
 }
 
 }  // namespace kiln::test

@@ -74,22 +74,7 @@ void expect_refused_cheaply(Fn&& fn, std::string_view needle, int64_t max_heap_b
   EXPECT_LE(g_peak_bytes.load() - before, max_heap_bytes) << needle;
 }
 
-// Little-endian byte building.
-struct Bytes {
-  std::vector<uint8_t> data;
-  Bytes& u32(uint32_t v) { return raw(&v, 4); }
-  Bytes& u64(uint64_t v) { return raw(&v, 8); }
-  Bytes& str(std::string_view s) { return u64(s.size()).raw(s.data(), s.size()); }
-  Bytes& raw(const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    data.insert(data.end(), b, b + n);
-    return *this;
-  }
-  Bytes& zeros(size_t n) {
-    data.resize(data.size() + n, 0);
-    return *this;
-  }
-};
+using test::Bytes;
 
 Bytes gguf_header(uint64_t n_tensors, uint64_t n_keys) {
   Bytes b;
