@@ -17,50 +17,81 @@ constexpr size_t kDefaultSmemBytes = 48 * 1024;  // above this a kernel must opt
 constexpr int kQuantizeThreads = 1024;
 constexpr int64_t kMinQuantizeOnceInputs = 2048;
 
+// A chunk of a warp's tile in registers, with where it came from.
 template <DType kW, int kRows, int kLoads>
-__device__ __forceinline__ void load_chunk(const GemvParams& p, int64_t tile, int64_t chunk,
-                                           Chunk<kW, kRows, kLoads>& c) {
-  // Vector indices fit 32 bits (n_in < 2^31): 64-bit arithmetic a load was much of the int8 loop.
-  const int n_vec = int(p.n_in / kPerLoad<kW>);
-  const int first = int(chunk) * (32 * kLoads) + threadIdx.x % 32;
+struct LoadedChunk {
+  Chunk<kW, kRows, kLoads> data;
+  int64_t tile;
+  int chunk;
+  bool last;  // of its tile: the tile's sums are complete after it
+};
+
+// Where a warp loads next: the rows of its tile (pointers found once a tile, not once a load), the chunk
+// within them and the chunks left of the tile. With p.rotate each tile starts at chunk tile % n_chunks,
+// spreading the warps' addresses; the chunk then advances by one and wraps, so the loop divides once a
+// tile. Vector indices fit 32 bits (n_in < 2^31).
+template <DType kW, int kRows>
+struct TileCursor {
+  const uint4* w[kRows];
+  const uint16_t* scale[kRows];
+  int64_t tile;
+  int chunk, left;
+
+  __device__ void start(const GemvParams& p, int64_t t, int n_chunks) {
+    tile = t;
+    chunk = p.rotate ? int(uint32_t(t) % uint32_t(n_chunks)) : 0;
+    left = n_chunks;
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t row = row_of<kRows>(p, tile, r);
-    const bool valid = row_valid<kRows>(p, tile, r);
-    const auto* w_row = reinterpret_cast<const uint4*>(static_cast<const char*>(p.w) + row * p.n_in * kBytesOf<kW>);
-    const uint16_t* scale_row = p.scales + row * p.n_groups;
+    for (int r = 0; r < kRows; ++r) {
+      // Rows past the end read row 0 instead: their sums are never stored, and the loads need no test.
+      const int64_t row = row_valid<kRows>(p, t, r) ? row_of<kRows>(p, t, r) : 0;
+      w[r] = reinterpret_cast<const uint4*>(static_cast<const char*>(p.w) + row * p.n_in * kBytesOf<kW>);
+      scale[r] = p.scales + row * p.n_groups;
+    }
+  }
+
+  // The chunk's loads, issued (loads past the end of the rows are left out, and so is their multiply in
+  // multiply_chunk); then the cursor moves on.
+  template <int kLoads>
+  __device__ __forceinline__ void load_and_advance(const GemvParams& p, int n_vec, int n_chunks, int64_t step,
+                                                   LoadedChunk<kW, kRows, kLoads>& c) {
+    const int first = chunk * (32 * kLoads) + int(threadIdx.x % 32);
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       const int v = first + u * 32;
-      c.w[r][u] = make_uint4(0, 0, 0, 0);
-      c.scale[r][u] = 0;
-      if (valid && v < n_vec) {
-        c.w[r][u] = __ldg(w_row + v);
-        if constexpr (kW == DType::I8) c.scale[r][u] = __ldg(scale_row + (v * 16 >> p.group_shift));
+      if (v >= n_vec) break;
+      const int group = v * 16 >> p.group_shift;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        c.data.w[r][u] = __ldg(w[r] + first + u * 32);
+        if constexpr (kW == DType::I8) c.data.scale[r][u] = __ldg(scale[r] + group);
       }
     }
+    c.tile = tile;
+    c.chunk = chunk;
+    c.last = left == 1;
+    if (++chunk == n_chunks) chunk = 0;
+    if (--left == 0) start(p, tile + step, n_chunks);
   }
-}
+};
 
 // 16-byte loads: n_in a multiple of the values per load, 16-byte aligned rows, int8 groups a power of
 // two of at least 16. Each warp walks its tiles chunk by chunk, the next chunk's loads in flight while
-// this one is multiplied. kStagedX: x staged in shared memory (for int8: normalised and quantized there
-// by every block), else read from global memory (through L1) where it is used (int8: p.xq, quantized
-// once before).
+// this one is multiplied; the two chunks alternate between two sets of registers (no copy a step).
+// kStagedX: x staged in shared memory (for int8: normalised and quantized there by every block), else
+// read from global memory (through L1) where it is used (int8: p.xq, quantized once before).
 template <DType kW, int kTokens, int kRows, int kLoads, bool kStagedX>
 __global__ void __launch_bounds__(kThreads, kTokens == 1 ? 2 : 1) gemv_vector_kernel(GemvParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float scratch[32];
   const int64_t step = int64_t(gridDim.x) * kWarps;
-  const int n_chunks = int((p.n_in / kPerLoad<kW> + 32 * kLoads - 1) / (32 * kLoads));
-  const auto actual = [&](int64_t tile, int chunk) {
-    return p.rotate ? int((uint32_t(tile) + uint32_t(chunk)) % uint32_t(n_chunks)) : chunk;
-  };
-  int64_t tile = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
-  int chunk = 0;
-  Chunk<kW, kRows, kLoads> cur;
+  const int n_vec = int(p.n_in / kPerLoad<kW>);
+  const int n_chunks = (n_vec + 32 * kLoads - 1) / (32 * kLoads);
+  TileCursor<kW, kRows> fill;
+  fill.start(p, int64_t(blockIdx.x) * kWarps + threadIdx.x / 32, n_chunks);
+  LoadedChunk<kW, kRows, kLoads> a, b;
   pdl_launch_dependents();
-  load_chunk(p, tile, actual(tile, 0), cur);  // in flight while x is staged
+  fill.load_and_advance(p, n_vec, n_chunks, step, a);  // in flight while x is staged
   pdl_wait();
   if constexpr (kStagedX) stage<kW>(p, smem, scratch);
   float acc[kRows][kTokens];
@@ -68,20 +99,15 @@ __global__ void __launch_bounds__(kThreads, kTokens == 1 ? 2 : 1) gemv_vector_ke
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) acc[r][t] = 0.0f;
-  while (tile < p.n_tiles) {
-    int64_t next_tile = tile;
-    int next_chunk = chunk + 1;
-    if (next_chunk == n_chunks) {
-      next_chunk = 0;
-      next_tile += step;
-    }
-    Chunk<kW, kRows, kLoads> next;
-    load_chunk(p, next_tile, actual(next_tile, next_chunk), next);
-    multiply_chunk<kW, kTokens, kRows, kLoads, kStagedX>(p, smem, actual(tile, chunk), cur, acc);
-    cur = next;
-    if (next_chunk == 0) store_tile(p, tile, acc);
-    tile = next_tile;
-    chunk = next_chunk;
+  // One step: the next chunk's loads into `next`, then `cur` multiplied; false when the warp is done.
+  const auto step_with = [&](const LoadedChunk<kW, kRows, kLoads>& cur, LoadedChunk<kW, kRows, kLoads>& next) {
+    if (cur.tile >= p.n_tiles) return false;
+    fill.load_and_advance(p, n_vec, n_chunks, step, next);
+    multiply_chunk<kW, kTokens, kRows, kLoads, kStagedX>(p, smem, cur.chunk, cur.data, acc);
+    if (cur.last) store_tile(p, cur.tile, acc);
+    return true;
+  };
+  while (step_with(a, b) && step_with(b, a)) {
   }
 }
 
