@@ -197,58 +197,12 @@ void launch(Kernel kernel, const GemvParams& p, size_t smem, const DeviceLimits&
   launch_pdl(kernel, dim3(unsigned(blocks)), dim3(unsigned(kThreads)), smem, stream, p);
 }
 
-// One token: streamed through shared memory where it can be (gemv_streamed.cu); else two rows per warp,
-// x read where used unless it must be staged (int8, the norm, unaligned x), chunks rotated. Several
-// tokens: four rows per warp share each x value. (Measured on an H200: fewer warps per block for small
-// matrices only multiplied the per-block staging.)
-template <DType kW, int kTokens>
-void launch_vector(GemvParams& p, size_t smem, bool stream_weights, const DeviceLimits& device, cudaStream_t s) {
-  if constexpr (kTokens == 1 && kW != DType::F32) {
-    p.rotate = true;
-    p.n_tiles = tiles_of(p, 2);
-    if (stream_weights && launch_streamed(p, kW, smem, device, s)) return;
-    const bool staged = kW == DType::I8 ? p.xq == nullptr : p.norm || !p.x_vec4;
-    if (staged) launch(gemv_vector_kernel<kW, 1, 2, 4, true>, p, smem, device, s);
-    else launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, device, s);
-  } else {
-    p.rotate = false;
-    p.n_tiles = tiles_of(p, 4);
-    launch(gemv_vector_kernel<kW, kTokens, 4, 2, true>, p, smem, device, s);
-  }
-}
-
-template <DType kW>
-void launch_typed(GemvParams& p, bool vector, size_t smem, bool stream_weights, const DeviceLimits& device,
-                  cudaStream_t s) {
-  if (!vector) {
-    p.n_tiles = tiles_of(p, 2);
-    if (p.n_tokens == 1) launch(gemv_generic_kernel<kW, 1, 2>, p, smem, device, s);
-    else launch(gemv_generic_kernel<kW, kGemvMaxTokens, 2>, p, smem, device, s);
-  } else if (p.n_tokens == 1) {
-    launch_vector<kW, 1>(p, smem, stream_weights, device, s);
-  } else {
-    launch_vector<kW, kGemvMaxTokens>(p, smem, false, device, s);
-  }
-}
-
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
-// Shared memory for n_tokens: x in f32, then for int8 weights the quantized x's scales and values. Sets
-// p's offsets.
-size_t smem_bytes(GemvParams& p, DType dtype, int64_t n_tokens) {
-  const bool int8 = dtype == DType::I8;
-  const size_t xf = size_t(n_tokens * p.n_in) * sizeof(float);
-  if (!int8) return xf;
-  p.smem_qscale = align16(xf);
-  p.smem_q = align16(p.smem_qscale + size_t(n_tokens * p.n_groups) * sizeof(float));
-  return p.smem_q + size_t(n_tokens * p.n_in);
-}
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// int8, one token, vector path, rows of kMinQuantizeOnceInputs or more: x quantized once by
-// quantize_x_kernel into the GEMM context's x16 scratch (free during a GEMV), when the caller gave a
-// context that holds it; sets p.xq and p.xq_scale. Else every block of the GEMV quantizes x itself.
+// int8, one token, register GEMV (the streamed one quantizes x in every block while its weights arrive),
+// rows of kMinQuantizeOnceInputs or more: x quantized once by quantize_x_kernel into the GEMM context's
+// x16 scratch (free during a GEMV), when the caller gave a context that holds it; sets p.xq and
+// p.xq_scale. Else every block of the GEMV quantizes x itself.
 // (Measured on an H200: the 7B shape's decode, 4,096 and 11,008 inputs, went from 315 to 344 t/s;
 // SmolLM2-135M's, 576 and 1,536 inputs, from 1,025 to 897, the extra launch above its short staging.)
 void quantize_once(GemvParams& p, const MatmulArgs& a, size_t smem) {
@@ -264,6 +218,55 @@ void quantize_once(GemvParams& p, const MatmulArgs& a, size_t smem) {
   p.xq = xq;
   p.xq_scale = xq_scale;
 }
+
+// One token: streamed through shared memory where it can be (gemv_streamed.cu); else two rows per warp,
+// x read where used unless it must be staged (int8 not quantized once, the norm, unaligned x), chunks
+// rotated. Several tokens: four rows per warp share each x value. (Measured on an H200: fewer warps per
+// block for small matrices only multiplied the per-block staging.)
+template <DType kW, int kTokens>
+void launch_vector(GemvParams& p, const MatmulArgs& a, size_t smem, const DeviceLimits& device) {
+  const cudaStream_t s = a.stream;
+  if constexpr (kTokens == 1 && kW != DType::F32) {
+    p.rotate = true;
+    p.n_tiles = tiles_of(p, 2);
+    if (a.stream_weights && launch_streamed(p, kW, smem, device, s)) return;
+    if constexpr (kW == DType::I8) quantize_once(p, a, smem);
+    const bool staged = kW == DType::I8 ? p.xq == nullptr : p.norm || !p.x_vec4;
+    if (staged) launch(gemv_vector_kernel<kW, 1, 2, 4, true>, p, smem, device, s);
+    else launch(gemv_vector_kernel<kW, 1, 2, 4, false>, p, 0, device, s);
+  } else {
+    p.rotate = false;
+    p.n_tiles = tiles_of(p, 4);
+    launch(gemv_vector_kernel<kW, kTokens, 4, 2, true>, p, smem, device, s);
+  }
+}
+
+template <DType kW>
+void launch_typed(GemvParams& p, const MatmulArgs& a, bool vector, size_t smem, const DeviceLimits& device) {
+  const cudaStream_t s = a.stream;
+  if (!vector) {
+    p.n_tiles = tiles_of(p, 2);
+    if (p.n_tokens == 1) launch(gemv_generic_kernel<kW, 1, 2>, p, smem, device, s);
+    else launch(gemv_generic_kernel<kW, kGemvMaxTokens, 2>, p, smem, device, s);
+  } else if (p.n_tokens == 1) {
+    launch_vector<kW, 1>(p, a, smem, device);
+  } else {
+    launch_vector<kW, kGemvMaxTokens>(p, a, smem, device);
+  }
+}
+
+// Shared memory for n_tokens: x in f32, then for int8 weights the quantized x's scales and values. Sets
+// p's offsets.
+size_t smem_bytes(GemvParams& p, DType dtype, int64_t n_tokens) {
+  const bool int8 = dtype == DType::I8;
+  const size_t xf = size_t(n_tokens * p.n_in) * sizeof(float);
+  if (!int8) return xf;
+  p.smem_qscale = align16(xf);
+  p.smem_q = align16(p.smem_qscale + size_t(n_tokens * p.n_groups) * sizeof(float));
+  return p.smem_q + size_t(n_tokens * p.n_in);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -314,12 +317,11 @@ void gemv(const MatmulArgs& a) {
     p.residual = a.residual != nullptr ? a.residual + t0 * p.n_y : nullptr;
     p.norm_out = a.norm.out != nullptr ? a.norm.out + t0 * w.cols : nullptr;
     const size_t smem = smem_bytes(p, w.dtype, n);
-    if (int8 && vector && n == 1) quantize_once(p, a, smem);
     switch (w.dtype) {
-      case DType::F16: launch_typed<DType::F16>(p, vector, smem, a.stream_weights, device, a.stream); break;
-      case DType::BF16: launch_typed<DType::BF16>(p, vector, smem, a.stream_weights, device, a.stream); break;
-      case DType::I8: launch_typed<DType::I8>(p, vector, smem, a.stream_weights, device, a.stream); break;
-      default: launch_typed<DType::F32>(p, vector, smem, a.stream_weights, device, a.stream); break;
+      case DType::F16: launch_typed<DType::F16>(p, a, vector, smem, device); break;
+      case DType::BF16: launch_typed<DType::BF16>(p, a, vector, smem, device); break;
+      case DType::I8: launch_typed<DType::I8>(p, a, vector, smem, device); break;
+      default: launch_typed<DType::F32>(p, a, vector, smem, device); break;
     }
   }
 }

@@ -329,8 +329,8 @@ struct DeviceLimits {
   int multiprocessors = 0;
 };
 
-// One token through the streamed GEMV (gemv_streamed.cu) when it applies: sm_90, f16 or bf16 weights of
-// 16 MiB or more on the vector path, x (smem_x bytes staged) and two stages of the warps' rings fitting
+// One token through the streamed GEMV (gemv_streamed.cu) when it applies: sm_90, f16, bf16 or int8 weights
+// of 16 MiB or more on the vector path, x (smem_x bytes staged) and two stages of the warps' rings fitting
 // shared memory. Sets p.n_tiles for its tiles. Returns false, launching nothing, when it does not apply.
 bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, const DeviceLimits& device, cudaStream_t stream);
 

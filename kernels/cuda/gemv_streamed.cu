@@ -7,6 +7,12 @@
 // mbarrier, so that the ring's other stages are in flight while the warp multiplies one. No warp waits
 // for another (a ring shared by the block, refilled after a __syncthreads, measured slower). Staging x,
 // the multiply and the epilogue are the register GEMV's (gemv_device.cuh).
+//
+// int8 weights stream the same way; each block quantizes x while its ring fills (x quantized once by a
+// kernel before, as the register GEMV reads it, was slower here: 7B-shape decode 319 against 368 t/s on
+// an H200). Their group scales follow each segment into the slot by the lanes' own 4-byte asynchronous
+// copies, whose completion counts on the same barrier (the scales' rows are too short and too unaligned
+// for bulk copies).
 #include <algorithm>
 
 #include "kernels/cuda/cuda_util.h"
@@ -21,15 +27,18 @@ constexpr int kRows = 2;                                // rows of a tile: a war
 constexpr int kLoads = 4;                               // 16-byte loads a lane and row in a step
 constexpr int kChunkVecs = 32 * kLoads;                 // 16-byte vectors of one row segment
 constexpr int kSegmentBytes = kChunkVecs * 16;          // 2 KB
-constexpr int kSlotBytes = kRows * kSegmentBytes;       // a warp's step
-constexpr int kStageBytes = kStreamWarps * kSlotBytes;  // a step of every warp: 64 KB
+constexpr int kScaleBytes = kChunkVecs * 16 / 16 * 2;   // int8: a segment's fp16 scales, groups of 16 or more
+template <DType kW>
+constexpr int kSlotBytes = kRows * (kSegmentBytes + (kW == DType::I8 ? kScaleBytes : 0));  // a warp's step
+template <DType kW>
+constexpr int kStageBytes = kStreamWarps * kSlotBytes<kW>;  // a step of every warp: 64 KB, int8 72 KB
 constexpr int kMinStages = 2, kMaxStages = 8;
 constexpr size_t kStaticBytes = 2048;  // the kernel's scratch and barriers, with room
 constexpr int64_t kMinStreamedBytes = int64_t(16) << 20;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void barrier_init(uint64_t* barrier) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(barrier)) : "memory");
+__device__ __forceinline__ void barrier_init(uint64_t* barrier, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(barrier)), "r"(arrivals) : "memory");
 }
 
 // The one arrival of this phase, which also expects `bytes` from the copies.
@@ -58,6 +67,17 @@ __device__ __forceinline__ void bulk_copy(void* to, const void* from, uint32_t b
                "l"(from), "r"(bytes), "r"(shared_address(barrier))
                : "memory");
 }
+
+// 4 bytes (both addresses 4-byte aligned) from global to shared memory, asynchronously.
+__device__ __forceinline__ void copy4_async(void* to, const void* from) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address(to)), "l"(from) : "memory");
+}
+
+// One arrival on `barrier` once this thread's asynchronous copies so far have landed (counted in the
+// barrier's arrivals at its init).
+__device__ __forceinline__ void barrier_arrive_after_copies(uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(shared_address(barrier)) : "memory");
+}
 #endif
 
 // Where a step of a warp reads or fills: its slot in the warp's ring of stages, its chunk of the row
@@ -76,7 +96,8 @@ struct Cursor {
 
 // p.n_tiles counts tiles of kRows rows (row_of); each warp streams an even share of them, in order,
 // through its own ring of n_stages slots (from ring_offset, after x in shared memory). Its step i fills
-// slot i % n_stages with chunk i % n_chunks of its tile i / n_chunks: one segment a row.
+// slot i % n_stages with chunk i % n_chunks of its tile i / n_chunks: one segment a row, then for int8
+// the segments' scales.
 template <DType kW>
 __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvParams p, uint32_t ring_offset,
                                                                            int n_stages) {
@@ -90,7 +111,10 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
   const int64_t all_warps = int64_t(gridDim.x) * kStreamWarps, index = int64_t(blockIdx.x) * kStreamWarps + warp;
   const int64_t first = p.n_tiles * index / all_warps, end = p.n_tiles * (index + 1) / all_warps;
   const int64_t n_steps = (end - first) * n_chunks;
-  unsigned char* ring = smem + ring_offset + size_t(warp) * n_stages * kSlotBytes;
+  constexpr bool kInt8 = kW == DType::I8;
+  unsigned char* ring = smem + ring_offset + size_t(warp) * n_stages * kSlotBytes<kW>;
+  // int8: a segment's groups (an even count: launch_streamed) and this chunk's first.
+  const int segment_groups = kInt8 ? (kChunkVecs * 16) >> p.group_shift : 0;
   uint64_t* barriers = full[warp];
 
   // Lane r < kRows copies row r's segment. The slot was last read by this warp's generic loads (ordered
@@ -104,17 +128,33 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
     const uint32_t copies = __popc(__ballot_sync(0xffffffffu, copy));
     if (lane == 0) barrier_expect(&barriers[fill.slot], copies * bytes);
     __syncwarp();
+    unsigned char* slot = ring + fill.slot * kSlotBytes<kW>;
     if (copy) {
       const auto* row = static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * p.n_in * kBytesOf<kW>;
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      bulk_copy(ring + fill.slot * kSlotBytes + lane * kSegmentBytes, row + int64_t(fill.chunk) * kSegmentBytes,
-                bytes, &barriers[fill.slot]);
+      bulk_copy(slot + lane * kSegmentBytes, row + int64_t(fill.chunk) * kSegmentBytes, bytes, &barriers[fill.slot]);
+    }
+    if constexpr (kInt8) {
+      // Pairs of scales, the rows' in turn; a partial last segment has an even count too (n_groups even).
+      const int first_group = fill.chunk * segment_groups;
+      const int64_t groups_left = p.n_groups - first_group;
+      const int pairs = int(groups_left < segment_groups ? groups_left : segment_groups) / 2;
+      auto* scales = reinterpret_cast<uint32_t*>(slot + kRows * kSegmentBytes);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (!row_valid<kRows>(p, fill.tile, r)) continue;
+        const uint16_t* row = p.scales + row_of<kRows>(p, fill.tile, r) * p.n_groups + first_group;
+        uint32_t* to = scales + r * (kScaleBytes / 4);
+        for (int pair = lane; pair < pairs; pair += 32) copy4_async(to + pair, row + 2 * pair);
+      }
+      barrier_arrive_after_copies(&barriers[fill.slot]);
     }
     fill.advance(n_stages, n_chunks);
   };
 
   if (lane == 0) {
-    for (int s = 0; s < n_stages; ++s) barrier_init(&barriers[s]);
+    // The expecting arrival, and for int8 every lane's after its scale copies.
+    for (int s = 0; s < n_stages; ++s) barrier_init(&barriers[s], kInt8 ? 1 + 32 : 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to the copy engine
   }
   __syncwarp();
@@ -131,7 +171,9 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
   for (int64_t i = 0; i < n_steps; ++i) {
     Chunk<kW, kRows, kLoads> c;
     barrier_wait(&barriers[use.slot], parity);
-    const auto* segments = reinterpret_cast<const uint4*>(ring + use.slot * kSlotBytes);
+    const unsigned char* slot = ring + use.slot * kSlotBytes<kW>;
+    const auto* segments = reinterpret_cast<const uint4*>(slot);
+    const auto* scales = reinterpret_cast<const uint16_t*>(slot + kRows * kSegmentBytes);
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -139,6 +181,7 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
         const int at = u * 32 + lane;
         const bool loaded = row_valid<kRows>(p, use.tile, r) && int64_t(use.chunk) * kChunkVecs + at < n_vec;
         c.w[r][u] = loaded ? segments[r * kChunkVecs + at] : make_uint4(0, 0, 0, 0);
+        if constexpr (kInt8) c.scale[r][u] = loaded ? scales[r * (kScaleBytes / 2) + (at * 16 >> p.group_shift)] : 0;
       }
     multiply_chunk<kW, 1, kRows, kLoads, true>(p, smem, use.chunk, c, acc);
     if (use.chunk == n_chunks - 1) store_tile(p, use.tile, acc);
@@ -153,7 +196,7 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
 template <DType kW>
 void launch_typed(GemvParams& p, uint32_t ring_offset, int n_stages, const DeviceLimits& device,
                   cudaStream_t stream) {
-  const size_t smem = ring_offset + size_t(n_stages) * kStageBytes;
+  const size_t smem = ring_offset + size_t(n_stages) * kStageBytes<kW>;
   KILN_CUDA_CHECK(cudaFuncSetAttribute(gemv_streamed_kernel<kW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        int(smem)));
   const int64_t blocks = std::min<int64_t>(device.multiprocessors, (p.n_tiles + kStreamWarps - 1) / kStreamWarps);
@@ -164,19 +207,26 @@ void launch_typed(GemvParams& p, uint32_t ring_offset, int n_stages, const Devic
 }  // namespace
 
 bool launch_streamed(GemvParams& p, DType dtype, size_t smem_x, const DeviceLimits& device, cudaStream_t stream) {
-  // int8 is left to the register GEMV: streamed, its integer dot products and per-group scaling made the
-  // 7B-shape decode slower on an H200 (299 against 312 t/s). Small weights are too: a first form of this
-  // kernel, streaming every weight, took SmolLM2-135M's decode from 1,164 to 1,061 t/s, its launches'
-  // fixed costs (barriers, the first copy's latency) above what streaming ~1 MB gains.
-  if (dtype != DType::F16 && dtype != DType::BF16) return false;
-  if (p.n_out * p.n_in * 2 < kMinStreamedBytes) return false;
+  // Small weights are left to the register GEMV: a first form of this kernel, streaming every weight,
+  // took SmolLM2-135M's decode from 1,164 to 1,061 t/s, its launches' fixed costs (barriers, the first
+  // copy's latency) above what streaming ~1 MB gains. int8 copies its scales in pairs: an even number of
+  // groups a row, groups of 16 to 2,048 (whole groups a segment).
+  const bool int8 = dtype == DType::I8;
+  if (int8 && (p.n_groups % 2 != 0 || p.group_shift < 4 || p.group_shift > 11 ||
+               reinterpret_cast<uintptr_t>(p.scales) % 4 != 0))
+    return false;
+  if (!int8 && dtype != DType::F16 && dtype != DType::BF16) return false;
+  const int element_bytes = int8 ? 1 : 2;
+  if (p.n_out * p.n_in * element_bytes < kMinStreamedBytes) return false;
   const size_t smem_max = size_t(device.smem_optin);
   const size_t ring_offset = (smem_x + 127) / 128 * 128;
-  if (device.major < 9 || ring_offset + kMinStages * kStageBytes + kStaticBytes > smem_max) return false;
-  const int n_stages = int(std::min<size_t>(kMaxStages, (smem_max - kStaticBytes - ring_offset) / kStageBytes));
+  const size_t stage_bytes = int8 ? kStageBytes<DType::I8> : kStageBytes<DType::F16>;
+  if (device.major < 9 || ring_offset + kMinStages * stage_bytes + kStaticBytes > smem_max) return false;
+  const int n_stages = int(std::min<size_t>(kMaxStages, (smem_max - kStaticBytes - ring_offset) / stage_bytes));
   p.n_tiles = tiles_of(p, kRows);
   if (dtype == DType::F16) launch_typed<DType::F16>(p, uint32_t(ring_offset), n_stages, device, stream);
-  else launch_typed<DType::BF16>(p, uint32_t(ring_offset), n_stages, device, stream);
+  else if (dtype == DType::BF16) launch_typed<DType::BF16>(p, uint32_t(ring_offset), n_stages, device, stream);
+  else launch_typed<DType::I8>(p, uint32_t(ring_offset), n_stages, device, stream);
   return true;
 }
 

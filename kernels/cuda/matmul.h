@@ -97,8 +97,8 @@ struct MatmulArgs {
   // same stream, dequantized it): the later calls of one matmul split into several.
   bool weight_dequantized = false;
   bool force_generic = false;      // tests: the element-wise GEMV (the path for unaligned shapes)
-  // One token: f16/bf16 weights may stream through shared memory (gemv_streamed.cu) where that applies;
-  // false keeps the register GEMV (the faster one beside attention over many keys).
+  // One token: f16, bf16 and int8 weights may stream through shared memory (gemv_streamed.cu) where that
+  // applies; false keeps the register GEMV (the faster one beside attention over many keys).
   bool stream_weights = true;
   cudaStream_t stream = nullptr;
 };

@@ -366,6 +366,34 @@ TEST(CudaMatmul, Int8OneTokenQuantizedOnceOrPerBlock) {
     }
 }
 
+// One token of int8 weights of 16 MiB or more streams too, x quantized in every block, each segment's
+// scales copied beside it: groups of 16 to 1,024, last segments of part of their 2 KB (2,080 and 4,224
+// inputs), the norm, the gated and the residual epilogues; an odd number of groups a row (65 of 32) runs
+// the register GEMV, as does every shape with stream_weights off.
+TEST(CudaMatmul, StreamedInt8GemvOfLargeMatrices) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 3800;
+  for (bool stream : {true, false}) {
+    for (int64_t group : {16, 32}) {
+      Case plain{DType::I8, 8200, 2080, 1, group};
+      plain.stream_weights = stream;
+      check(gemm, plain, seed++);
+    }
+    Case normed{DType::I8, 4100, 4224, 1, 64, false, true};
+    normed.stream_weights = stream;
+    check(gemm, normed, seed++);
+    Case gated{DType::I8, 2 * 2050, 4352, 1, 128, false, true};
+    gated.gated = true;
+    gated.stream_weights = stream;
+    check(gemm, gated, seed++);
+    Case residual{DType::I8, 2 * 4096, 4096, 1, 1024};
+    residual.residual = Residual::InPlace;
+    residual.stream_weights = stream;
+    check(gemm, residual, seed++);
+  }
+}
+
 // x off the 16-byte alignment: the GEMV stages it element by element instead of reading float4s.
 TEST(CudaMatmul, UnalignedInput) {
   KILN_REQUIRE_GPU();
