@@ -38,10 +38,7 @@ struct Versus {
 };
 Versus versus_reference(const PromptReference& ref, const std::vector<float>& logits, int64_t n_vocab) {
   Versus v;
-  for (size_t m = 0; m < ref.positions.size(); ++m)
-    for (int64_t i = 0; i < n_vocab; ++i)
-      v.kept_max_abs = std::max(v.kept_max_abs, std::fabs(logits[size_t(ref.positions[m] * n_vocab + i)] -
-                                                          ref.logits[m * size_t(n_vocab) + size_t(i)]));
+  v.kept_max_abs = test::kept_logit_error(ref, logits, n_vocab);
   for (size_t p = 0; p < ref.tokens.size(); ++p) {
     const float* row = logits.data() + p * size_t(n_vocab);
     v.top1_agree += (std::max_element(row, row + n_vocab) - row) == ref.argmax[p];
