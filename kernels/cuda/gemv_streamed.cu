@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
   const int64_t n_steps = (end - first) * n_chunks;
   constexpr bool kInt8 = kW == DType::I8;
   unsigned char* ring = smem + ring_offset + size_t(warp) * n_stages * kSlotBytes<kW>;
-  // int8: a segment's groups (an even count: launch_streamed) and this chunk's first.
+  // int8: the groups of a segment (an even count: launch_streamed).
   const int segment_groups = kInt8 ? (kChunkVecs * 16) >> p.group_shift : 0;
   uint64_t* barriers = full[warp];
 
