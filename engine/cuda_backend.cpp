@@ -1,7 +1,6 @@
 #include "engine/cuda_backend.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string_view>
 #include <vector>
 
@@ -341,13 +340,7 @@ void CudaBackend::forward_chunk(const int32_t* tokens, int64_t n_tokens, int64_t
 // slower at 8K (0.32: 185.7 / 190.5) to 32K (1.27: 117.0 / 124.4); the 8B shape (GQA) streamed faster at
 // every depth to 32K (0.27: 145.5 / 140.6). Timed stage by stage, the 7B's streamed GEMVs were only ~4 us
 // a layer slower at 32K: most of the loss is in how the step's kernels overlap.
-// KILN_CUDA_GEMV_STREAM=0 or 1 forces either (A/B runs).
 bool CudaBackend::streams_weights(int64_t position) const {
-  static const int forced = [] {
-    const char* value = std::getenv("KILN_CUDA_GEMV_STREAM");
-    return value == nullptr ? -1 : std::string_view(value) == "0" ? 0 : 1;
-  }();
-  if (forced >= 0) return forced == 1;
   const double kv_bytes_read = double(kv_->bytes()) / double(n_ctx_) * double(position + 1);
   return kv_bytes_read <= kStreamedMaxKvShare * double(forward_->weight_bytes());
 }
