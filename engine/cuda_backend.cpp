@@ -164,6 +164,7 @@ CudaForwardOptions forward_options(const BackendOptions& options, const CudaOpti
   o.on_tensor = options.on_tensor;
   o.stage_timer = options.stage_timer;
   o.persistent_decode = cuda.persistent_decode;
+  o.persistent_feed = cuda.persistent_feed;
   o.kv_dtype = cuda.kv_dtype;
   return o;
 }

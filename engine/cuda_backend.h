@@ -10,6 +10,7 @@
 
 #include "engine/backend.h"
 #include "kernels/cuda/kv_dtype.h"
+#include "kernels/cuda/persistent_decode.h"
 
 namespace kiln {
 
@@ -26,6 +27,8 @@ struct CudaOptions {
   // (cuda::persistent_decode); false: the kernels of each stage one by one (for comparison).
   bool persistent_decode = true;
   int64_t persistent_max_position = 1024;  // from this position on, the kernels one by one
+  // How the persistent step brings the weights into shared memory (cuda::PersistentFeed); Auto by the shapes.
+  cuda::PersistentFeed persistent_feed = cuda::PersistentFeed::Auto;
   // Tensor parallelism: the communicators of the ranks (BackendOptions::shard says which this one is).
   const cuda::NcclGroup* nccl = nullptr;
 };

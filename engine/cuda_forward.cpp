@@ -165,6 +165,7 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
                             : options.max_tokens),
       batched_(options.batched),
       persistent_(false),
+      persistent_feed_(options.persistent_feed),
       kv_dtype_(options.kv_dtype),
       on_tensor_(options.on_tensor),
       stage_timer_(options.stage_timer),
@@ -295,9 +296,9 @@ bool CudaForward::persistent_possible(const CudaForwardOptions& options, const W
       if (m->dtype != first.dtype || (first.dtype == DType::I8 && m->group_size != first.group_size)) return false;
   }
   const bool int8 = first.dtype == DType::I8;
-  return cuda::persistent_decode_supported(int(c.n_layers), int(c.dim), int(c.n_heads), int(c.n_kv_heads),
-                                           int(c.head_dim), int(c.ffn_dim), kv_dtype_, int8,
-                                           int8 ? int(first.group_size) : 0);
+  const cuda::PersistentShape shape{int(c.n_layers), int(c.dim), int(c.n_heads), int(c.n_kv_heads),
+                                    int(c.head_dim), int(c.ffn_dim), int8, int8 ? int(first.group_size) : 0};
+  return cuda::persistent_decode_supported(shape, kv_dtype_, options.persistent_feed);
 }
 
 void CudaForward::upload_persistent_layers() {
@@ -350,6 +351,7 @@ void CudaForward::run_layers_persistent(const int32_t* tokens, const int32_t* po
   a.position = positions;
   a.x = ws_.x;
   a.scratch = ws_.persistent;
+  a.feed = persistent_feed_;
   a.stream = stream();
   cuda::persistent_decode(a);
 }

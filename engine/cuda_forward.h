@@ -20,6 +20,7 @@
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/kv_dtype.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/persistent_decode.h"
 #include "kernels/cuda/rotary.h"
 
 namespace kiln {
@@ -109,6 +110,7 @@ struct CudaForwardOptions {
   // model allows it: its table of layers and scratch join the workspace.
   bool persistent_decode = false;
   cuda::KvDType kv_dtype = cuda::KvDType::F16;  // the cache the persistent step writes
+  cuda::PersistentFeed persistent_feed = cuda::PersistentFeed::Auto;
   // Tensor parallelism: the part of the whole model that the config and weights are, and the communicators
   // that sum the ranks' partial rows (this rank's is shard.rank's). nccl may be set for the whole model
   // too: one rank, the split path run on one GPU.
@@ -209,6 +211,7 @@ class CudaForward {
   int64_t rows_;  // workspace rows: max_tokens, rounded up to invariant_rows when batched
   bool batched_;
   bool persistent_;
+  cuda::PersistentFeed persistent_feed_;
   cuda::KvDType kv_dtype_;
   TensorCallback on_tensor_;
   std::shared_ptr<StageTimer> stage_timer_;

@@ -15,6 +15,7 @@
 // for bulk copies).
 #include <algorithm>
 
+#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemv_device.cuh"
 #include "kernels/cuda/launch_pdl.cuh"
@@ -36,49 +37,6 @@ constexpr int kMinStages = 2, kMaxStages = 8;
 constexpr size_t kStaticBytes = 2048;  // the kernel's scratch and barriers, with room
 constexpr int64_t kMinStreamedBytes = int64_t(16) << 20;
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void barrier_init(uint64_t* barrier, uint32_t arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(barrier)), "r"(arrivals) : "memory");
-}
-
-// The one arrival of this phase, which also expects `bytes` from the copies.
-__device__ __forceinline__ void barrier_expect(uint64_t* barrier, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(barrier)), "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void barrier_wait(uint64_t* barrier, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(shared_address(barrier)),
-      "r"(parity)
-      : "memory");
-}
-
-// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory; their arrival
-// counts on `barrier`.
-__device__ __forceinline__ void bulk_copy(void* to, const void* from, uint32_t bytes, uint64_t* barrier) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   shared_address(to)),
-               "l"(from), "r"(bytes), "r"(shared_address(barrier))
-               : "memory");
-}
-
-// 4 bytes (both addresses 4-byte aligned) from global to shared memory, asynchronously.
-__device__ __forceinline__ void copy4_async(void* to, const void* from) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address(to)), "l"(from) : "memory");
-}
-
-// One arrival on `barrier` once this thread's asynchronous copies so far have landed (counted in the
-// barrier's arrivals at its init).
-__device__ __forceinline__ void barrier_arrive_after_copies(uint64_t* barrier) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(shared_address(barrier)) : "memory");
-}
-#endif
 
 // Where a step of a warp reads or fills: its slot in the warp's ring of stages, its chunk of the row
 // segments and its tile. Steps are taken in order, so each moves on from the one before (no division).
@@ -131,7 +89,7 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
     unsigned char* slot = ring + fill.slot * kSlotBytes<kW>;
     if (copy) {
       const auto* row = static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * p.n_in * kBytesOf<kW>;
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      fence_proxy_async();
       bulk_copy(slot + lane * kSegmentBytes, row + int64_t(fill.chunk) * kSegmentBytes, bytes, &barriers[fill.slot]);
     }
     if constexpr (kInt8) {

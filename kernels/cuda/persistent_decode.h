@@ -1,8 +1,9 @@
 // One decode step of every layer of a pre-norm (RMS), gated-MLP model with f16 or int8 weights (the Llama family)
 // in one persistent kernel: a block per multiprocessor walks the stages of all layers, with a grid-wide
 // barrier between dependent stages instead of a kernel launch. A small model's step is a chain of ~150 tiny
-// stages, each bound by its latencies rather than its bytes. Each warp copies the weights of its next
-// stage into shared memory before it waits at the barrier, so those loads overlap it.
+// stages, each bound by its latencies rather than its bytes; a large model's loses a memory latency at each
+// kernel boundary. Each warp copies the weights of its next stage into shared memory before it waits at the
+// barrier, so those loads overlap it (PersistentFeed says how).
 //
 // Stages of a layer: norm + QKV matmul with the rotary embedding in its epilogue (queries to scratch, keys
 // and values straight into the cache) | attention, a block a query head over all its keys | output
@@ -40,6 +41,12 @@ struct PersistentLayer {
   PersistentMatrix down;             // [dim, ffn]
 };
 
+// How the step brings each matmul's weights into shared memory: whole units of rows into each warp's buffer
+// (small models: a stage is a few rows a warp), or each warp's rows streamed by 2 KB segments through its
+// own ring of stages, which runs on into the next matmul's weights across the barriers (models whose rows
+// do not fit, on sm_90). Auto: buffered when the rows fit, else streamed.
+enum class PersistentFeed { Auto, Buffered, Streamed };
+
 struct PersistentDecodeArgs {
   const PersistentLayer* layers = nullptr;  // device [n_layers]
   int n_layers = 0;
@@ -63,14 +70,23 @@ struct PersistentDecodeArgs {
   // device persistent_decode_scratch_floats(...) floats, zero before the first launch: the barrier (which
   // leaves its count at zero after every launch) and the stages' outputs
   float* scratch = nullptr;
+  PersistentFeed feed = PersistentFeed::Auto;
   cudaStream_t stream = nullptr;
 };
 
+// The model's shapes, as the kernel's support and its shared memory depend on them.
+struct PersistentShape {
+  int n_layers = 0, dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0;
+  bool int8 = false;   // the matrices: int8 with group scales, else f16
+  int group_size = 0;  // int8
+};
+
 // Whether the shapes fit the kernel: head_dim 16, 32, 64, 128 or 256 (f32 cache: up to 128), dim, q_dim and ffn
-// multiples of 8, the shared memory a block needs available, query heads a multiple of key heads; int8:
-// groups of a multiple of 16 values that divide dim, q_dim and ffn.
-bool persistent_decode_supported(int n_layers, int dim, int n_heads, int n_kv_heads, int head_dim, int ffn,
-                                 KvDType kv_dtype, bool int8, int group_size);
+// multiples of 8, query heads a multiple of key heads; int8: groups of a multiple of 16 values that divide
+// dim, q_dim and ffn; and the feed asked for (or either, Auto) fitting this device's shared memory (the
+// streamed feed: sm_90, int8 groups of 16 to 1,024 values, a power of two, an even number a row).
+bool persistent_decode_supported(const PersistentShape& shape, KvDType kv_dtype,
+                                 PersistentFeed feed = PersistentFeed::Auto);
 size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn);
 void persistent_decode(const PersistentDecodeArgs& args);
 

@@ -281,9 +281,17 @@ bool runs_persistent(const std::string& name) {
   return name == "llama_gqa_tied" || name == "llama_mha" || name == "mistral_swa" || name == "qwen2";
 }
 
+// The two ways the persistent step brings in its weights: whole rows into each warp's buffer, or segments
+// streamed through each warp's ring (the large models' feed, run here on small shapes too).
+constexpr cuda::PersistentFeed kFeeds[] = {cuda::PersistentFeed::Buffered, cuda::PersistentFeed::Streamed};
+
+const char* feed_name(cuda::PersistentFeed feed) {
+  return feed == cuda::PersistentFeed::Streamed ? "streamed weights" : "buffered weights";
+}
+
 // The persistent decode step (f16 weights) gives the greedy tokens of the kernels run one by one, its logits
 // within 1e-4 of their scale (f32 sums in another order, keys and values then rounded to f16), over f32 and
-// f16 caches and up to 3 splits of the keys; the other families keep the kernels.
+// f16 caches, up to 3 splits of the keys and either feed; the other families keep the kernels.
 TEST_P(CudaParity, PersistentDecodeFollowsTheKernelsOneByOne) {
   KILN_REQUIRE_GPU();
   const TinyModel model = load_tiny_model(GetParam());
@@ -291,15 +299,20 @@ TEST_P(CudaParity, PersistentDecodeFollowsTheKernelsOneByOne) {
   const Weights weights = bind_weights(model.config, store.lookup());
   const std::vector<int32_t> prompt = prompt_prefix(load_reference(GetParam()), 5);
   for (cuda::KvDType kv : {cuda::KvDType::F32, cuda::KvDType::F16}) {
-    SCOPED_TRACE(cuda::kv_dtype_name(kv));
-    CudaOptions persistent, kernels;
-    persistent.kv_dtype = kernels.kv_dtype = kv;
+    CudaOptions kernels;
+    kernels.kv_dtype = kv;
     kernels.persistent_decode = false;
-    auto one = make_cuda_backend(model.config, weights, tiny_backend_options(512), persistent);
     auto many = make_cuda_backend(model.config, weights, tiny_backend_options(512), kernels);
-    ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()));
     EXPECT_FALSE(cuda_persistent_decode_ready(*many));
-    test::expect_same_greedy(*one, *many, prompt, 60, 1e-4f);
+    for (cuda::PersistentFeed feed : kFeeds) {
+      SCOPED_TRACE(testing::Message() << cuda::kv_dtype_name(kv) << ", " << feed_name(feed));
+      CudaOptions persistent;
+      persistent.kv_dtype = kv;
+      persistent.persistent_feed = feed;
+      auto one = make_cuda_backend(model.config, weights, tiny_backend_options(512), persistent);
+      ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()));
+      test::expect_same_greedy(*one, *many, prompt, 60, 1e-4f);
+    }
   }
 }
 
@@ -334,13 +347,23 @@ TEST_P(CudaParity, PersistentInt8DecodeFollowsTheF32KernelsOverTheSameValues) {
   const Weights f32_weights = bind_weights(values.config, f32_store.lookup());
   CudaOptions kernels;
   kernels.persistent_decode = false;
-  auto one = make_cuda_backend(model.config, int8_weights, tiny_backend_options(512));
   auto many = make_cuda_backend(values.config, f32_weights, tiny_backend_options(512), kernels);
-  ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()));
-  if (!runs_persistent(GetParam())) return;  // the int8 kernels: x rounded to int8, another computation
-  // One prompt token: every step is a decode step (a longer prompt would go through the int8 GEMM, which
-  // rounds the weights and activations to f16).
-  test::expect_same_greedy(*one, *many, prompt_prefix(load_reference(GetParam()), 1), 60, 1e-4f);
+  // The streamed feed copies the scales in pairs: every row's groups of 32 an even count.
+  const ModelConfig& c = model.config;
+  bool even_groups = true;
+  for (int64_t k : {c.dim, c.q_dim(), c.ffn_dim}) even_groups = even_groups && k / 32 % 2 == 0;
+  for (cuda::PersistentFeed feed : kFeeds) {
+    SCOPED_TRACE(feed_name(feed));
+    CudaOptions persistent;
+    persistent.persistent_feed = feed;
+    auto one = make_cuda_backend(model.config, int8_weights, tiny_backend_options(512), persistent);
+    const bool fits = feed == cuda::PersistentFeed::Buffered || even_groups;
+    ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()) && fits);
+    if (!cuda_persistent_decode_ready(*one)) continue;  // the int8 kernels: x rounded to int8, another computation
+    // One prompt token: every step is a decode step (a longer prompt would go through the int8 GEMM, which
+    // rounds the weights and activations to f16).
+    test::expect_same_greedy(*one, *many, prompt_prefix(load_reference(GetParam()), 1), 60, 1e-4f);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, CudaParity, ::testing::ValuesIn(kModels));
@@ -362,17 +385,21 @@ TEST(CudaBackend, PersistentDecodeOverLongContextsFollowsTheKernels) {
     kernels.persistent_decode = false;
     auto many = make_cuda_backend(model.config, weights, options, kernels);
     for (const auto& [max_position, n_prompt] :
-         {std::pair{options.n_ctx, size_t(1100)}, std::pair{int64_t(1024), size_t(1000)}}) {
-      SCOPED_TRACE(testing::Message() << name << ", persistent below position " << max_position);
-      CudaOptions persistent = kernels;
-      persistent.persistent_decode = true;
-      persistent.persistent_max_position = max_position;
-      auto one = make_cuda_backend(model.config, weights, options, persistent);
-      ASSERT_TRUE(cuda_persistent_decode_ready(*one));
-      std::vector<int32_t> prompt(n_prompt);
-      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % size_t(model.config.n_vocab));
-      test::expect_same_greedy(*one, *many, prompt, 40, 1e-4f);
-    }
+         {std::pair{options.n_ctx, size_t(1100)}, std::pair{int64_t(1024), size_t(1000)}})
+      for (cuda::PersistentFeed feed : kFeeds) {
+        SCOPED_TRACE(testing::Message() << name << ", persistent below position " << max_position << ", "
+                                        << feed_name(feed));
+        CudaOptions persistent = kernels;
+        persistent.persistent_decode = true;
+        persistent.persistent_max_position = max_position;
+        persistent.persistent_feed = feed;
+        auto one = make_cuda_backend(model.config, weights, options, persistent);
+        ASSERT_TRUE(cuda_persistent_decode_ready(*one));
+        std::vector<int32_t> prompt(n_prompt);
+        for (size_t i = 0; i < prompt.size(); ++i)
+          prompt[i] = int32_t((i * 7919 + 13) % size_t(model.config.n_vocab));
+        test::expect_same_greedy(*one, *many, prompt, 40, 1e-4f);
+      }
   }
 }
 
@@ -528,52 +555,78 @@ TEST(CudaBackend, RejectsBadInputAndTooLargeContexts) {
   }
 }
 
-// TinyLlama's widths (dim 2048, 32 query heads and 4 key/value heads of 64, MLP 5632) with two layers of
-// normal(0, 0.02) f16 and int8 weights: rows too wide for one unit a warp to hold them all in shared memory
-// at once (the warps' buffers take several groups a stage); the persistent step gives the kernels' greedy
-// tokens and logits.
-TEST(CudaBackend, PersistentDecodeOfAWideModelFollowsTheKernels) {
-  KILN_REQUIRE_GPU();
-  ModelConfig c;
-  c.architecture = "llama";
-  c.n_vocab = 512;
-  c.dim = 2048;
-  c.n_layers = 2;
-  c.n_heads = 32;
-  c.n_kv_heads = 4;
-  c.head_dim = c.rotary_dim = 64;
-  c.ffn_dim = 5632;
-  c.n_ctx_train = 512;
+// A persistent step of model c (random weights) against the kernels one by one: f16 weights from a 20-token
+// prompt; int8 (groups of 64) against the f32 kernels over the same values (f32 embeddings and head in
+// both), from a one-token prompt, every step a decode step (the int8 GEMM of a prompt rounds to f16).
+void expect_persistent_follows_kernels(const ModelConfig& c, cuda::PersistentFeed feed) {
   std::mt19937 rng(5);
   const TinyModel model = random_llama(c, rng);
   std::vector<int32_t> prompt(20);
   for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(c.n_vocab));
   BackendOptions options = tiny_backend_options(512);
-  CudaOptions kernels;
+  CudaOptions persistent, kernels;
+  persistent.persistent_feed = feed;
   kernels.persistent_decode = false;
   {
     SCOPED_TRACE("f16");
     const TensorStore store(model, DType::F16);
     const Weights weights = bind_weights(c, store.lookup());
-    auto one = make_cuda_backend(c, weights, options);
+    auto one = make_cuda_backend(c, weights, options, persistent);
     auto many = make_cuda_backend(c, weights, options, kernels);
     ASSERT_TRUE(cuda_persistent_decode_ready(*one));
     test::expect_same_greedy(*one, *many, prompt, 30, 1e-4f);
   }
   {
-    // int8: the yardstick is the f32 kernels over the same values (f32 embeddings and head in both), from a
-    // one-token prompt, every step a decode step (the int8 GEMM of a prompt rounds to f16)
     SCOPED_TRACE("int8");
     TensorStore store(model, DType::I8, 64);
     const TinyModel values = dequantized(model, store);
     const TensorStore f32_store(values, DType::F32);
     for (const char* name : {"token_embd.weight", "output.weight"}) store.view(name) = *f32_store.find(name);
     const Weights weights = bind_weights(c, store.lookup()), yardstick = bind_weights(c, f32_store.lookup());
-    auto one = make_cuda_backend(c, weights, options);
+    auto one = make_cuda_backend(c, weights, options, persistent);
     auto many = make_cuda_backend(c, yardstick, options, kernels);
     ASSERT_TRUE(cuda_persistent_decode_ready(*one));
     test::expect_same_greedy(*one, *many, {prompt[0]}, 30, 1e-4f);
   }
+}
+
+ModelConfig random_llama_config(int64_t dim, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t ffn,
+                                int64_t n_layers) {
+  ModelConfig c;
+  c.architecture = "llama";
+  c.n_vocab = 512;
+  c.dim = dim;
+  c.n_layers = n_layers;
+  c.n_heads = n_heads;
+  c.n_kv_heads = n_kv_heads;
+  c.head_dim = c.rotary_dim = head_dim;
+  c.ffn_dim = ffn;
+  c.n_ctx_train = 512;
+  return c;
+}
+
+// TinyLlama's widths (dim 2048, 32 query heads and 4 key/value heads of 64, MLP 5632), two layers of
+// normal(0, 0.02) weights: rows too wide for one unit a warp to hold them all in shared memory at once
+// (the warps' buffers take several groups a stage), or streamed.
+TEST(CudaBackend, PersistentDecodeOfAWideModelFollowsTheKernels) {
+  KILN_REQUIRE_GPU();
+  for (cuda::PersistentFeed feed : kFeeds) {
+    SCOPED_TRACE(feed_name(feed));
+    expect_persistent_follows_kernels(random_llama_config(2048, 32, 4, 64, 5632, 2), feed);
+  }
+}
+
+// Rows of 11,008 (Llama-2-7B's MLP) do not fit a warp's buffer: the step streams them (the default feed
+// for such shapes), with heads of 128 and 4 query heads a key/value head.
+TEST(CudaBackend, PersistentDecodeStreamsRowsTooWideForTheBuffers) {
+  KILN_REQUIRE_GPU();
+  const ModelConfig c = random_llama_config(2048, 16, 4, 128, 11008, 1);
+  for (bool int8 : {false, true}) {
+    const cuda::PersistentShape shape{1, 2048, 16, 4, 128, 11008, int8, int8 ? 64 : 0};
+    EXPECT_FALSE(cuda::persistent_decode_supported(shape, cuda::KvDType::F16, cuda::PersistentFeed::Buffered));
+    EXPECT_TRUE(cuda::persistent_decode_supported(shape, cuda::KvDType::F16));
+  }
+  expect_persistent_follows_kernels(c, cuda::PersistentFeed::Auto);
 }
 
 }  // namespace

@@ -1,0 +1,504 @@
+// The persistent decode step's kernel (kernels/cuda/persistent_decode.h), shared by its two ways of
+// bringing the weights into shared memory (the "feeds"): whole units of rows into each warp's buffer
+// (persistent_buffered.cu, small models) or row segments streamed through a ring of stages a warp
+// (persistent_streamed.cu, models whose rows do not fit). The stages between the matmuls, the attention
+// and the grid barriers are the same for both.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/error.h"
+#include "kernels/cuda/activate.cuh"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/grid_barrier.cuh"
+#include "kernels/cuda/kv_store.cuh"
+#include "kernels/cuda/launch_pdl.cuh"
+#include "kernels/cuda/persistent_decode.h"
+#include "kernels/cuda/rotary_device.cuh"
+
+namespace kiln::cuda::persistent_detail {
+
+// Warps a block: 16, or 12 when no stage deals more than 12 units to a block (block_warps): SmolLM2's
+// step is ~3% faster with 12 (each warp has at most one unit a stage, and the attention folds fewer
+// warps), TinyLlama's (gate/up: 43 units a block) ~7% faster with 16.
+constexpr int kMaxWarps = 16;
+constexpr int kFewWarps = 12;
+constexpr int kAttentionUnroll = 4;  // passes of keys a warp loads before it waits
+
+static_assert(sizeof(PersistentLayer) % sizeof(uint64_t) == 0, "the table of layers is copied in 8-byte words");
+
+struct Params {
+  PersistentDecodeArgs a;
+  int warp_bytes;  // buffered: shared bytes of each warp's weight buffer
+  int max_k;       // the widest matmul input
+  int warps;       // a block's (block_warps)
+  int n_stages;    // streamed: stages of each warp's ring
+};
+
+// Slot of input value i of a matmul of k inputs in shared memory: the first four of every eight in the
+// lower half, the others in the upper half, so that lanes reading eight values each at consecutive
+// offsets take two conflict-free float4 loads.
+__device__ __forceinline__ int x_slot(int i, int k) { return ((i & 4) != 0 ? k / 2 : 0) + (i >> 3) * 4 + (i & 3); }
+
+// Signed int8 byte i of `biased` (the word with 0x80 added to each byte) as a float: the byte under the
+// exponent of 2^23 gives 2^23 + 128 + value exactly, one permute and one subtraction.
+__device__ __forceinline__ float int8_at(uint32_t biased, int i) {
+  return __int_as_float(int(__byte_perm(biased, 0x4B000000u, 0x7540u | unsigned(i)))) - 8388736.0f;
+}
+
+// The x values of one 16-byte chunk of weights (8 for f16, 16 for int8) from shared memory (x_slot order).
+template <bool kInt8>
+struct XChunk {
+  float4 v[kInt8 ? 4 : 2];
+  __device__ __forceinline__ XChunk(const float* xs, int k, int c) {
+#pragma unroll
+    for (int h = 0; h < (kInt8 ? 2 : 1); ++h) {
+      const int eight = kInt8 ? 2 * c + h : c;  // the chunk's h-th group of eight values
+      v[2 * h] = *reinterpret_cast<const float4*>(xs + eight * 4);
+      v[2 * h + 1] = *reinterpret_cast<const float4*>(xs + k / 2 + eight * 4);
+    }
+  }
+};
+
+// sum + the products of a 16-byte chunk of weights with its x values; int8 weights are multiplied by
+// their group's scale.
+template <bool kInt8>
+__device__ __forceinline__ float chunk_dot(const uint4& raw, const XChunk<kInt8>& x, float scale, float sum) {
+  if constexpr (kInt8) {
+    const uint32_t words[4] = {raw.x ^ 0x80808080u, raw.y ^ 0x80808080u, raw.z ^ 0x80808080u, raw.w ^ 0x80808080u};
+    float part = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {  // word q holds values 4q .. 4q + 3, whose x values are x.v[q]
+      part = fmaf(int8_at(words[q], 0), x.v[q].x, part);
+      part = fmaf(int8_at(words[q], 1), x.v[q].y, part);
+      part = fmaf(int8_at(words[q], 2), x.v[q].z, part);
+      part = fmaf(int8_at(words[q], 3), x.v[q].w, part);
+    }
+    return fmaf(scale, part, sum);
+  } else {
+    const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&raw.z));
+    const float2 w3 = __half22float2(*reinterpret_cast<const __half2*>(&raw.w));
+    sum = fmaf(w0.x, x.v[0].x, sum);
+    sum = fmaf(w0.y, x.v[0].y, sum);
+    sum = fmaf(w1.x, x.v[0].z, sum);
+    sum = fmaf(w1.y, x.v[0].w, sum);
+    sum = fmaf(w2.x, x.v[1].x, sum);
+    sum = fmaf(w2.y, x.v[1].y, sum);
+    sum = fmaf(w3.x, x.v[1].z, sum);
+    return fmaf(w3.y, x.v[1].w, sum);
+  }
+}
+
+// The residual stream h = x + delta: the stream as the stage before last left it plus the last stage's
+// output, added here so that a stage's epilogue never waits for a read of the stream. Block 0 writes h to
+// h_out (never x: other blocks still read it).
+struct ResidualIn {
+  const float* x;
+  const float* delta;  // or nullptr
+  float* h_out;
+};
+
+// Values a thread loads before it uses any of them when staging a vector: a staging loop that used each
+// value as it came would wait one L2 round trip (~0.5 us with the weights streaming) per trip.
+constexpr int kStageBatch = 8;
+
+// xs = h times the norm's weight; returns the RMS scale 1 / rms(h), which the matmul's epilogue applies
+// (W (s h * w) = s W (h * w)), so that one __syncthreads serves both xs and the sum of squares: each warp
+// adds the warps' partial sums itself.
+template <int kWarps>
+__device__ float stage_normed(const Params& p, const ResidualIn& in, const float* weight, float* xs, float* reduce) {
+  constexpr int kThreads = kWarps * 32;
+  const int dim = p.a.dim;
+  float sum_sq = 0.0f;
+  for (int base = threadIdx.x; base < dim; base += kStageBatch * kThreads) {
+    float v[kStageBatch], w[kStageBatch];
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b) {
+      const int i = base + b * kThreads;
+      if (i >= dim) break;
+      v[b] = __ldcg(in.x + i);
+      if (in.delta != nullptr) v[b] += __ldcg(in.delta + i);
+      w[b] = weight[i];
+    }
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b) {
+      const int i = base + b * kThreads;
+      if (i >= dim) break;
+      if (blockIdx.x == 0) in.h_out[i] = v[b];
+      xs[x_slot(i, dim)] = v[b] * w[b];
+      sum_sq += v[b] * v[b];
+    }
+  }
+  sum_sq = warp_sum(sum_sq);
+  if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = sum_sq;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += reduce[w];
+  return rsqrtf(total / float(dim) + p.a.eps);
+}
+
+// xs = v (n values from global memory, written by an earlier stage).
+template <int kWarps>
+__device__ void stage_plain(const float* v, int n, float* xs) {
+  constexpr int kThreads = kWarps * 32;
+  for (int base = threadIdx.x; base < n; base += kStageBatch * kThreads) {
+    float batch[kStageBatch];
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b)
+      if (base + b * kThreads < n) batch[b] = __ldcg(v + base + b * kThreads);
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b)
+      if (base + b * kThreads < n) xs[x_slot(base + b * kThreads, n)] = batch[b];
+  }
+  __syncthreads();
+}
+
+// Attention of query head h (q: its head_dim values) over the keys [lo, hi) of the cache, by the whole
+// block, into att [head_dim]:
+// kL lanes share a key (16 bytes each), a warp takes 32 / kL keys a pass and the block kWarps times that;
+// each lane group keeps a running max, sum and output (log2 domain), folded across the warp, then across
+// the warps through shared memory (fold: kWarps * (head_dim + 2) floats).
+template <typename T, int kHeadDim, int kWarps>
+__device__ void attend_head(const Params& p, int layer, const float* q, int h, int lo, int hi, float* fold,
+                            float* att) {
+  constexpr int kW = 16 / int(sizeof(T)), kL = kHeadDim / kW, kKeysPerPass = 32 / kL;
+  constexpr int kBlockKeys = kWarps * kKeysPerPass;  // keys of one pass of the block
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, sub = lane / kL, c = lane % kL;
+  const int g = h / (p.a.n_heads / p.a.n_kv_heads);
+  const int64_t head_base = ((int64_t(layer) * p.a.n_kv_heads + g) * p.a.n_ctx) * kHeadDim + c * kW;
+  const T* k = static_cast<const T*>(p.a.k_cache) + head_base;
+  const T* v = static_cast<const T*>(p.a.v_cache) + head_base;
+  float qf[kW];  // unscaled: the scale multiplies each dot product, so the first keys load while q does
+#pragma unroll
+  for (int e = 0; e < kW; ++e) qf[e] = __ldcg(q + c * kW + e);
+  const float qk_scale = p.a.scale * kLog2e;
+  float m = -INFINITY, l = 0.0f, acc[kW] = {};
+  // The loop bound is the same for the whole warp (its shuffles need every lane); a lane's own key is j0 + sub.
+  for (int j0 = lo + warp * kKeysPerPass; j0 < hi; j0 += kBlockKeys * kAttentionUnroll) {
+    KvChunk<T, kW> kr[kAttentionUnroll], vr[kAttentionUnroll];  // read with __ldcg: written in this kernel
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      const int key = j0 + u * kBlockKeys + sub;
+      if (key < hi) {
+        kr[u].raw = __ldcg(reinterpret_cast<const uint4*>(k + int64_t(key) * kHeadDim));
+        vr[u].raw = __ldcg(reinterpret_cast<const uint4*>(v + int64_t(key) * kHeadDim));
+      } else {
+        kr[u].clear();
+        vr[u].clear();
+      }
+    }
+    float score[kAttentionUnroll];
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      float kf[kW];
+      kr[u].widen(kf);
+      float dot = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kW; ++e) dot = fmaf(qf[e], kf[e], dot);
+#pragma unroll
+      for (int off = kL / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      score[u] = j0 + u * kBlockKeys + sub < hi ? dot * qk_scale : -INFINITY;
+      m_new = fmaxf(m_new, score[u]);
+    }
+    if (m_new != m) {  // the running max moved (to a finite score)
+      const float corr = m == -INFINITY ? 0.0f : exp2f(m - m_new);
+      l *= corr;
+#pragma unroll
+      for (int e = 0; e < kW; ++e) acc[e] *= corr;
+      m = m_new;
+    }
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      const float weight = score[u] == -INFINITY ? 0.0f : exp2f(score[u] - m);
+      float vf[kW];
+      vr[u].widen(vf);
+      l += weight;
+#pragma unroll
+      for (int e = 0; e < kW; ++e) acc[e] = fmaf(weight, vf[e], acc[e]);
+    }
+  }
+  // Fold the warp's key groups: lanes with the same chunk c in other groups are kL, 2 kL, ... lanes away.
+#pragma unroll
+  for (int off = kL; off < 32; off <<= 1) {
+    const float m_other = __shfl_xor_sync(0xffffffffu, m, off), l_other = __shfl_xor_sync(0xffffffffu, l, off);
+    const float big = fmaxf(m, m_other);
+    const float mine = m == -INFINITY ? 0.0f : exp2f(m - big);
+    const float theirs = m_other == -INFINITY ? 0.0f : exp2f(m_other - big);
+    l = l * mine + l_other * theirs;
+#pragma unroll
+    for (int e = 0; e < kW; ++e) acc[e] = acc[e] * mine + __shfl_xor_sync(0xffffffffu, acc[e], off) * theirs;
+    m = big;
+  }
+  float* slot = fold + warp * (kHeadDim + 2);
+  if (sub == 0) {
+#pragma unroll
+    for (int e = 0; e < kW; ++e) slot[c * kW + e] = acc[e];
+    if (c == 0) {
+      slot[kHeadDim] = m;
+      slot[kHeadDim + 1] = l;
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {  // each warp's weight 2^(m - max) / sum, in place of its max
+    const float m_w = lane < kWarps ? fold[lane * (kHeadDim + 2) + kHeadDim] : -INFINITY;
+    const float big = warp_max(m_w), weight = m_w == -INFINITY ? 0.0f : exp2f(m_w - big);
+    const float sum = warp_sum(lane < kWarps ? weight * fold[lane * (kHeadDim + 2) + kHeadDim + 1] : 0.0f);
+    if (lane < kWarps) fold[lane * (kHeadDim + 2) + kHeadDim] = weight / sum;
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < kHeadDim; d += kWarps * 32) {
+    float out = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float* theirs = fold + w * (kHeadDim + 2);
+      out = fmaf(theirs[kHeadDim], theirs[d], out);
+    }
+    att[d] = out;
+  }
+  __syncthreads();  // fold is free for the next head
+}
+
+// Every query head's attention into att [n_heads, head_dim], a head a block.
+template <typename T, int kHeadDim, int kWarps>
+__device__ void attention_stage(const Params& p, int layer, int position, const float* q, float* fold, float* att) {
+  const int lo = p.a.window > 0 ? int(max(int64_t(0), int64_t(position) - p.a.window + 1)) : 0;
+  for (int h = blockIdx.x; h < p.a.n_heads; h += gridDim.x)
+    attend_head<T, kHeadDim, kWarps>(p, layer, q + h * kHeadDim, h, lo, position + 1, fold, att + h * kHeadDim);
+}
+
+// The QKV matmul's units: pairs of rows. A query or key head's rotated pairs (i, i + rotary_dim/2) or
+// (2i, 2i + 1) come first, then its other rows two by two; a value head's rows two by two.
+struct QkvRows {
+  int head_dim, rotated_heads, half, mode;  // half: rotary_dim / 2 (0: no rotary)
+  __device__ int operator()(int unit, int r) const {
+    const int slot = unit / (head_dim / 2), j = unit % (head_dim / 2), base = slot * head_dim;
+    if (slot < rotated_heads && j < half) {
+      if (mode == int(RotaryMode::RotateHalf)) return base + j + r * half;
+      return base + 2 * j + r;
+    }
+    const int first = slot < rotated_heads ? 2 * half : 0, jj = slot < rotated_heads ? j - half : j;
+    return base + first + 2 * jj + r;
+  }
+};
+
+// Shared floats a block needs besides the warps' weight buffers, 16-byte aligned: the matmul input, the
+// rotary angles, a reduction's, the attention's fold, then the table of layers.
+__host__ __device__ inline int table_offset_floats(int max_k, int rotary_dim, int head_dim) {
+  return (max_k + rotary_dim + 32 + kMaxWarps * (head_dim + 2) + 3) / 4 * 4;
+}
+__host__ __device__ inline int fixed_floats(int max_k, int rotary_dim, int head_dim, int n_layers) {
+  const int table_floats = (n_layers * int(sizeof(PersistentLayer) / sizeof(float)) + 3) / 4 * 4;
+  return table_offset_floats(max_k, rotary_dim, head_dim) + table_floats;
+}
+
+template <typename T>
+__device__ void store_kv(void* cache, int64_t i, float v) {
+  if constexpr (sizeof(T) == 2) static_cast<__half*>(cache)[i] = __float2half_rn(v);
+  else static_cast<float*>(cache)[i] = v;
+}
+
+// The four matmuls of a layer, in the order a step runs them.
+enum Kind : int { kQkv = 0, kOut = 1, kUp = 2, kDown = 3 };
+
+// Their shapes and rows. A unit is what one epilogue call takes: a pair of QKV rows (QkvRows), a gate row
+// and its up row, or one row of the projections.
+struct Matmuls {
+  const PersistentLayer* layers;  // the block's copy of the table
+  int dim, q_dim, ffn, group_size, qkv_units;
+  QkvRows qkv_rows;
+
+  __device__ const PersistentMatrix& matrix(int kind, int layer) const {
+    const PersistentLayer& l = layers[layer];
+    return kind == kQkv ? l.qkv : kind == kOut ? l.out : kind == kUp ? l.up : l.down;
+  }
+  __device__ int k(int kind) const { return kind == kOut ? q_dim : kind == kDown ? ffn : dim; }
+  __device__ int units(int kind) const { return kind == kQkv ? qkv_units : kind == kUp ? ffn : dim; }
+  __device__ int row(int kind, int unit, int r) const {
+    return kind == kQkv ? qkv_rows(unit, r) : kind == kUp ? unit + r * ffn : unit;
+  }
+};
+
+// The step. Feed<kInt8, kWarps> brings each matmul's weights into shared memory (after the fixed part):
+//   Feed(p, matmuls, shared)       the warp's state
+//   begin()                        first weights in flight, before the kernel waits for x
+//   prefetch(kind, layer)          at the barrier before that matmul, once the block has arrived
+//   run<kRows>(kind, layer, xs, e) the warp's units: e(unit, y) on lane 0, y [kRows] = W · xs of its rows
+template <typename T, int kHeadDim, bool kInt8, int kWarps, template <bool, int> class Feed>
+__global__ void __launch_bounds__(kWarps * 32, 1) persistent_decode_kernel(Params p) {
+  extern __shared__ __align__(16) float smem[];
+  const PersistentDecodeArgs& a = p.a;
+  float* xs = smem;                              // [max_k]
+  float* cs = xs + p.max_k;                      // [rotary_dim]: cos, then sin, of every pair
+  float* reduce = cs + a.rotary_dim;             // [32]
+  float* fold = reduce + 32;                     // [kMaxWarps, head_dim + 2]: kWarps used
+  // The table of layers, copied once: read from global memory, every field would cost a round trip in the
+  // stage that first needs it.
+  PersistentLayer* layers =
+      reinterpret_cast<PersistentLayer*>(smem + table_offset_floats(p.max_k, a.rotary_dim, kHeadDim));
+  char* after_fixed = reinterpret_cast<char*>(smem + fixed_floats(p.max_k, a.rotary_dim, kHeadDim, a.n_layers));
+  GridBarrier barrier{reinterpret_cast<unsigned*>(a.scratch), reinterpret_cast<unsigned*>(a.scratch) + 1};
+  // The stages' outputs: the rotated queries, the attention's, the activation's; the residual stream after
+  // the attention (a.x holds it at the start and end of a layer); the output projection's and the down
+  // projection's, which the next norm adds to the stream.
+  float* q = a.scratch + 32;  // [n_heads, head_dim]
+  float* att = q + a.n_heads * kHeadDim;
+  float* act = att + a.n_heads * kHeadDim;  // [ffn]
+  float* h = act + a.ffn;
+  float* attn_proj = h + a.dim;
+  float* ffn_out = attn_proj + a.dim;
+
+  const int H = a.n_heads, KV = a.n_kv_heads, D = kHeadDim, dim = a.dim, q_dim = H * D, ffn = a.ffn;
+  const int qkv_units = (H + 2 * KV) * D / 2;
+  const QkvRows qkv_rows{D, a.mode == RotaryMode::None ? 0 : H + KV, a.mode == RotaryMode::None ? 0 : a.rotary_dim / 2,
+                         int(a.mode)};
+
+  // The barrier before a stage, with the next weights' copies started once this block has arrived: issued
+  // before the arrival, they would queue ahead of it and delay every block.
+  const auto cross = [&](auto&& prefetch) {
+    barrier.arrive();
+    prefetch();
+    barrier.wait();
+  };
+  constexpr int kLayerWords = int(sizeof(PersistentLayer) / sizeof(uint64_t));
+  for (int i = threadIdx.x; i < a.n_layers * kLayerWords; i += kWarps * 32)
+    reinterpret_cast<uint64_t*>(layers)[i] = reinterpret_cast<const uint64_t*>(a.layers)[i];
+  __syncthreads();
+
+  Feed<kInt8, kWarps> feed(p, Matmuls{layers, dim, q_dim, ffn, a.group_size, qkv_units, qkv_rows}, after_fixed);
+  feed.begin();  // weights are not written by the kernel before: load them early
+  pdl_wait();                            // x and the position are written
+  const int position = *a.position;
+  if (a.mode != RotaryMode::None) {
+    const RotaryShape shape{H, KV, D, a.rotary_dim, double(a.theta), double(a.position_scale)};
+    rotary_angles<RotaryMode::RotateHalf>(position, shape, cs);  // the angles are those of either mode
+  }
+
+  for (int layer = 0; layer < a.n_layers; ++layer) {
+    const PersistentLayer& w = layers[layer];
+    const int64_t cache_layer = int64_t(layer) * KV * a.n_ctx * D;
+    // norm + QKV, rotated, the keys and values into the cache
+    const float attn_scale = stage_normed<kWarps>(p, {a.x, layer > 0 ? ffn_out : nullptr, h}, w.attn_norm, xs, reduce);
+    feed.template run<2>(kQkv, layer, xs, [&](int unit, const float (&y)[2]) {
+      const int r0 = qkv_rows(unit, 0), r1 = qkv_rows(unit, 1);
+      float y0 = y[0] * attn_scale + (w.qkv_bias != nullptr ? w.qkv_bias[r0] : 0.0f);
+      float y1 = y[1] * attn_scale + (w.qkv_bias != nullptr ? w.qkv_bias[r1] : 0.0f);
+      const int slot = r0 / D, d0 = r0 - slot * D, d1 = r1 - slot * D;
+      const int pair = unit % (D / 2);
+      if (slot < qkv_rows.rotated_heads && pair < qkv_rows.half) {
+        const float c = cs[pair], s = cs[qkv_rows.half + pair], y0r = y0 * c - y1 * s;
+        y1 = y1 * c + y0 * s;
+        y0 = y0r;
+      }
+      if (slot < H) {
+        q[r0] = y0;
+        q[r1] = y1;
+      } else {
+        const bool key = slot < H + KV;
+        const int g = key ? slot - H : slot - H - KV;
+        const int64_t at = cache_layer + (int64_t(g) * a.n_ctx + position) * D;
+        store_kv<T>(key ? a.k_cache : a.v_cache, at + d0, y0);
+        store_kv<T>(key ? a.k_cache : a.v_cache, at + d1, y1);
+      }
+    });
+    cross([&] { feed.prefetch(kOut, layer); });
+
+    attention_stage<T, kHeadDim, kWarps>(p, layer, position, q, fold, att);
+    barrier.sync();
+
+    // output projection (the next norm adds it to the stream)
+    stage_plain<kWarps>(att, q_dim, xs);
+    feed.template run<1>(kOut, layer, xs, [&](int unit, const float (&y)[1]) { attn_proj[unit] = y[0]; });
+    cross([&] { feed.prefetch(kUp, layer); });
+
+    // norm + gate/up + activation
+    const float ffn_scale = stage_normed<kWarps>(p, {h, attn_proj, a.x}, w.ffn_norm, xs, reduce);
+    feed.template run<2>(kUp, layer, xs, [&](int unit, const float (&y)[2]) {
+      act[unit] = activate(a.act, y[0] * ffn_scale) * (y[1] * ffn_scale);
+    });
+    cross([&] { feed.prefetch(kDown, layer); });
+
+    // down projection + residual
+    stage_plain<kWarps>(act, ffn, xs);
+    const bool last = layer + 1 == a.n_layers;  // the stream itself takes the last layer's output
+    feed.template run<1>(kDown, layer, xs, [&](int unit, const float (&y)[1]) {
+      if (last) a.x[unit] = __ldcg(a.x + unit) + y[0];
+      else ffn_out[unit] = y[0];
+    });
+    if (!last) cross([&] { feed.prefetch(kQkv, layer + 1); });
+  }
+  barrier.leave();
+}
+
+inline int max_shared_bytes() {
+  int device = 0, bytes = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// Launches the kernel with one block a multiprocessor, all resident at once (cooperative).
+template <typename T, int kHeadDim, bool kInt8, int kWarps, template <bool, int> class Feed>
+void launch_kernel(const Params& p, size_t shared_bytes) {
+  const auto kernel = persistent_decode_kernel<T, kHeadDim, kInt8, kWarps, Feed>;
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  int per_multiprocessor = 0;
+  KILN_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kWarps * 32, shared_bytes));
+  KILN_CHECK(per_multiprocessor >= 1, "cuda persistent_decode: a block of {} shared bytes does not fit", shared_bytes);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(multiprocessor_count()));
+  config.blockDim = dim3(kWarps * 32);
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = p.a.stream;
+  cudaLaunchAttribute attributes[2];
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = programmatic_launch_enabled() ? 1 : 0;
+  attributes[1].id = cudaLaunchAttributeCooperative;  // every block resident at once, or the launch fails
+  attributes[1].val.cooperative = 1;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  KILN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+}
+
+// The kernel for p's cache type and head_dim (16 to 256; an f32 cache up to 128).
+template <bool kInt8, int kWarps, template <bool, int> class Feed, typename T>
+void launch_head_dim(const Params& p, size_t shared_bytes) {
+  switch (p.a.head_dim) {
+    case 16: launch_kernel<T, 16, kInt8, kWarps, Feed>(p, shared_bytes); break;
+    case 32: launch_kernel<T, 32, kInt8, kWarps, Feed>(p, shared_bytes); break;
+    case 64: launch_kernel<T, 64, kInt8, kWarps, Feed>(p, shared_bytes); break;
+    case 128: launch_kernel<T, 128, kInt8, kWarps, Feed>(p, shared_bytes); break;
+    default:
+      // an f32 key of 256 is 64 lanes of 16 bytes
+      if constexpr (sizeof(T) == 2) launch_kernel<T, 256, kInt8, kWarps, Feed>(p, shared_bytes);
+      break;
+  }
+}
+template <int kWarps, template <bool, int> class Feed>
+void launch_feed(const Params& p, size_t shared_bytes) {
+  const bool f16 = p.a.kv_dtype == KvDType::F16;
+  if (p.a.int8) {
+    if (f16) launch_head_dim<true, kWarps, Feed, __half>(p, shared_bytes);
+    else launch_head_dim<true, kWarps, Feed, float>(p, shared_bytes);
+  } else {
+    if (f16) launch_head_dim<false, kWarps, Feed, __half>(p, shared_bytes);
+    else launch_head_dim<false, kWarps, Feed, float>(p, shared_bytes);
+  }
+}
+
+// The two feeds. fits: whether the shapes fit the feed's shared memory on this device (checked for
+// everything else by persistent_decode_supported); launch: sets the feed's fields of p and launches the step.
+bool buffered_fits(const PersistentShape& s);
+void launch_buffered(Params p);
+bool streamed_fits(const PersistentShape& s);
+void launch_streamed(Params p);
+
+}  // namespace kiln::cuda::persistent_detail
