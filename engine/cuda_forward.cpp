@@ -295,10 +295,13 @@ bool CudaForward::persistent_possible(const CudaForwardOptions& options, const W
     for (const TensorView* m : {&w.attn_qkv, &w.attn_out, &w.ffn_up, &w.ffn_down})
       if (m->dtype != first.dtype || (first.dtype == DType::I8 && m->group_size != first.group_size)) return false;
   }
-  const bool int8 = first.dtype == DType::I8;
-  const cuda::PersistentShape shape{int(c.n_layers), int(c.dim), int(c.n_heads), int(c.n_kv_heads),
-                                    int(c.head_dim), int(c.ffn_dim), int8, int8 ? int(first.group_size) : 0};
-  return cuda::persistent_decode_supported(shape, kv_dtype_, options.persistent_feed);
+  const int group_size = first.dtype == DType::I8 ? int(first.group_size) : 0;
+  return cuda::persistent_decode_supported(persistent_shape(c, group_size), kv_dtype_, options.persistent_feed);
+}
+
+cuda::PersistentShape persistent_shape(const ModelConfig& c, int group_size) {
+  return {int(c.n_layers), int(c.dim),     int(c.n_heads), int(c.n_kv_heads),
+          int(c.head_dim), int(c.ffn_dim), group_size > 0, group_size};
 }
 
 void CudaForward::upload_persistent_layers() {

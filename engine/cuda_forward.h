@@ -86,6 +86,9 @@ inline constexpr int64_t kInvariantRows = 64;
 // rounded up to a multiple of `rows`; args.gemm serves `rows` tokens (more than kGemvMaxTokens).
 void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows = kInvariantRows);
 
+// The persistent decode step's shapes for a model of config c (int8 weights in groups of group_size; 0: f16).
+cuda::PersistentShape persistent_shape(const ModelConfig& c, int group_size);
+
 // One sequence's contiguous cache, as the persistent decode step reads and writes it: k and v
 // [n_layers, n_kv_heads, n_ctx, head_dim] of dtype.
 struct ContiguousCacheView {

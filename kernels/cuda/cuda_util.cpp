@@ -28,11 +28,16 @@ bool programmatic_launch_enabled() {
   return enabled;
 }
 
-int multiprocessor_count() {
-  int device = 0, count = 0;
+int multiprocessor_count() { return device_limits().multiprocessors; }
+
+DeviceLimits device_limits() {
+  int device = 0;
+  DeviceLimits limits;
   KILN_CUDA_CHECK(cudaGetDevice(&device));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&limits.major, cudaDevAttrComputeCapabilityMajor, device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&limits.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&limits.multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  return limits;
 }
 
 template <MemoryPlace kPlace>

@@ -18,6 +18,14 @@ bool device_available();
 // The number of multiprocessors of the current device (sizes split-K grids).
 int multiprocessor_count();
 
+// What the current device offers the kernels that size themselves to it.
+struct DeviceLimits {
+  int major = 0;            // compute capability
+  int smem_optin = 0;       // shared memory a block may opt in to
+  int multiprocessors = 0;
+};
+DeviceLimits device_limits();
+
 // Whether kernels may use programmatic dependent launch (sm_90: a kernel scheduled while the one before it
 // finishes). On unless the environment sets KILN_CUDA_PDL=0, which serialises every launch (diagnosis).
 bool programmatic_launch_enabled();

@@ -298,12 +298,7 @@ void gemv(const MatmulArgs& a) {
   p.x_vec4 = aligned16(a.x) && w.cols % 4 == 0;
 
   // As many tokens per pass as shared memory holds (all of them, but for long rows and many tokens).
-  int device_id = 0;
-  DeviceLimits device;
-  KILN_CUDA_CHECK(cudaGetDevice(&device_id));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.major, cudaDevAttrComputeCapabilityMajor, device_id));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&device.multiprocessors, cudaDevAttrMultiProcessorCount, device_id));
+  const DeviceLimits device = device_limits();
   const size_t smem_limit = size_t(device.smem_optin) - 1024;  // the kernels' static scratch, with room
   int64_t per_pass = a.n_tokens;
   while (per_pass > 1 && smem_bytes(p, w.dtype, per_pass) > smem_limit) --per_pass;

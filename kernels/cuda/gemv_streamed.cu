@@ -15,28 +15,23 @@
 // for bulk copies).
 #include <algorithm>
 
-#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemv_device.cuh"
 #include "kernels/cuda/launch_pdl.cuh"
+#include "kernels/cuda/segment_slot.cuh"
 
 namespace kiln::cuda::gemv_detail {
 namespace {
 
 constexpr int kStreamThreads = 512, kStreamWarps = kStreamThreads / 32;
-constexpr int kRows = 2;                                // rows of a tile: a warp's
-constexpr int kLoads = 4;                               // 16-byte loads a lane and row in a step
-constexpr int kChunkVecs = 32 * kLoads;                 // 16-byte vectors of one row segment
-constexpr int kSegmentBytes = kChunkVecs * 16;          // 2 KB
-constexpr int kScaleBytes = kChunkVecs * 16 / 16 * 2;   // int8: a segment's fp16 scales, groups of 16 or more
+using segment_slot::kLoads, segment_slot::kMaxStages, segment_slot::kMinStages, segment_slot::kRows,
+    segment_slot::kSegmentBytes, segment_slot::kSegmentVecs;
 template <DType kW>
-constexpr int kSlotBytes = kRows * (kSegmentBytes + (kW == DType::I8 ? kScaleBytes : 0));  // a warp's step
+constexpr int kSlotBytes = segment_slot::slot_bytes(kW == DType::I8);  // a warp's step
 template <DType kW>
 constexpr int kStageBytes = kStreamWarps * kSlotBytes<kW>;  // a step of every warp: 64 KB, int8 72 KB
-constexpr int kMinStages = 2, kMaxStages = 8;
 constexpr size_t kStaticBytes = 2048;  // the kernel's scratch and barriers, with room
 constexpr int64_t kMinStreamedBytes = int64_t(16) << 20;
-
 
 // Where a step of a warp reads or fills: its slot in the warp's ring of stages, its chunk of the row
 // segments and its tile. Steps are taken in order, so each moves on from the one before (no division).
@@ -65,57 +60,45 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
   __shared__ uint64_t full[kStreamWarps][kMaxStages];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t n_vec = p.n_in / kPerLoad<kW>;
-  const int n_chunks = int((n_vec + kChunkVecs - 1) / kChunkVecs);
+  const int n_chunks = int((n_vec + kSegmentVecs - 1) / kSegmentVecs);
   const int64_t all_warps = int64_t(gridDim.x) * kStreamWarps, index = int64_t(blockIdx.x) * kStreamWarps + warp;
   const int64_t first = p.n_tiles * index / all_warps, end = p.n_tiles * (index + 1) / all_warps;
   const int64_t n_steps = (end - first) * n_chunks;
   constexpr bool kInt8 = kW == DType::I8;
   unsigned char* ring = smem + ring_offset + size_t(warp) * n_stages * kSlotBytes<kW>;
   // int8: the groups of a segment (an even count: launch_streamed).
-  const int segment_groups = kInt8 ? (kChunkVecs * 16) >> p.group_shift : 0;
+  const int segment_groups = kInt8 ? (kSegmentVecs * 16) >> p.group_shift : 0;
   uint64_t* barriers = full[warp];
 
-  // Lane r < kRows copies row r's segment. The slot was last read by this warp's generic loads (ordered
-  // before by the __syncwarp after them); the proxy fence orders those reads before the copy's writes.
   Cursor fill;
   fill.tile = first;
   const auto issue = [&]() {
-    const int64_t left = n_vec - int64_t(fill.chunk) * kChunkVecs;
-    const uint32_t bytes = uint32_t((left < kChunkVecs ? left : kChunkVecs) * 16);
+    const int64_t left = n_vec - int64_t(fill.chunk) * kSegmentVecs;
+    const uint32_t bytes = uint32_t((left < kSegmentVecs ? left : kSegmentVecs) * 16);
     const bool copy = lane < kRows && row_valid<kRows>(p, fill.tile, lane);
     const uint32_t copies = __popc(__ballot_sync(0xffffffffu, copy));
-    if (lane == 0) barrier_expect(&barriers[fill.slot], copies * bytes);
-    __syncwarp();
+    const char* from = copy ? static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * p.n_in * kBytesOf<kW> +
+                                  int64_t(fill.chunk) * kSegmentBytes
+                            : nullptr;
     unsigned char* slot = ring + fill.slot * kSlotBytes<kW>;
-    if (copy) {
-      const auto* row = static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * p.n_in * kBytesOf<kW>;
-      fence_proxy_async();
-      bulk_copy(slot + lane * kSegmentBytes, row + int64_t(fill.chunk) * kSegmentBytes, bytes, &barriers[fill.slot]);
-    }
+    segment_slot::fill_segments(slot, &barriers[fill.slot], copies, from, bytes);
     if constexpr (kInt8) {
-      // Pairs of scales, the rows' in turn; a partial last segment has an even count too (n_groups even).
+      // a partial last segment has an even number of groups too (n_groups even)
       const int first_group = fill.chunk * segment_groups;
       const int64_t groups_left = p.n_groups - first_group;
       const int pairs = int(groups_left < segment_groups ? groups_left : segment_groups) / 2;
-      auto* scales = reinterpret_cast<uint32_t*>(slot + kRows * kSegmentBytes);
+      const uint16_t* scale_rows[kRows];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (!row_valid<kRows>(p, fill.tile, r)) continue;
-        const uint16_t* row = p.scales + row_of<kRows>(p, fill.tile, r) * p.n_groups + first_group;
-        uint32_t* to = scales + r * (kScaleBytes / 4);
-        for (int pair = lane; pair < pairs; pair += 32) copy4_async(to + pair, row + 2 * pair);
-      }
-      barrier_arrive_after_copies(&barriers[fill.slot]);
+      for (int r = 0; r < kRows; ++r)
+        scale_rows[r] = row_valid<kRows>(p, fill.tile, r)
+                            ? p.scales + row_of<kRows>(p, fill.tile, r) * p.n_groups + first_group
+                            : nullptr;
+      segment_slot::fill_scales(slot, &barriers[fill.slot], scale_rows, pairs);
     }
     fill.advance(n_stages, n_chunks);
   };
 
-  if (lane == 0) {
-    // The expecting arrival, and for int8 every lane's after its scale copies.
-    for (int s = 0; s < n_stages; ++s) barrier_init(&barriers[s], kInt8 ? 1 + 32 : 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to the copy engine
-  }
-  __syncwarp();
+  segment_slot::init_barriers<kInt8>(barriers, n_stages);
   pdl_launch_dependents();
   // Weights never change: in flight before the kernel that writes x has finished.
   for (int64_t i = 0; i < n_stages && i < n_steps; ++i) issue();
@@ -130,16 +113,14 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
     Chunk<kW, kRows, kLoads> c;
     barrier_wait(&barriers[use.slot], parity);
     const unsigned char* slot = ring + use.slot * kSlotBytes<kW>;
-    const auto* segments = reinterpret_cast<const uint4*>(slot);
-    const auto* scales = reinterpret_cast<const uint16_t*>(slot + kRows * kSegmentBytes);
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int u = 0; u < kLoads; ++u) {
         const int at = u * 32 + lane;
-        const bool loaded = row_valid<kRows>(p, use.tile, r) && int64_t(use.chunk) * kChunkVecs + at < n_vec;
-        c.w[r][u] = loaded ? segments[r * kChunkVecs + at] : make_uint4(0, 0, 0, 0);
-        if constexpr (kInt8) c.scale[r][u] = loaded ? scales[r * (kScaleBytes / 2) + (at * 16 >> p.group_shift)] : 0;
+        const bool loaded = row_valid<kRows>(p, use.tile, r) && int64_t(use.chunk) * kSegmentVecs + at < n_vec;
+        c.w[r][u] = loaded ? segment_slot::segment(slot, r)[at] : make_uint4(0, 0, 0, 0);
+        if constexpr (kInt8) c.scale[r][u] = loaded ? segment_slot::scales(slot, r)[at * 16 >> p.group_shift] : 0;
       }
     multiply_chunk<kW, 1, kRows, kLoads, true>(p, smem, use.chunk, c, acc);
     if (use.chunk == n_chunks - 1) store_tile(p, use.tile, acc);

@@ -157,7 +157,7 @@ struct BufferedFeed {
 
 // A warp's buffer: what the block has left after the fixed part, in 16-byte steps.
 int warp_buffer_bytes(int max_k, int rotary_dim, int head_dim, int n_layers, int warps) {
-  const int left = max_shared_bytes() - fixed_floats(max_k, rotary_dim, head_dim, n_layers) * int(sizeof(float));
+  const int left = device_limits().smem_optin - fixed_floats(max_k, rotary_dim, head_dim, n_layers) * int(sizeof(float));
   return left / warps / 16 * 16;
 }
 
@@ -165,7 +165,8 @@ int warp_buffer_bytes(int max_k, int rotary_dim, int head_dim, int n_layers, int
 // gate/up: a gate and an up row, the projections: a row).
 int block_warps(int dim, int n_heads, int n_kv_heads, int head_dim, int ffn) {
   const int most = std::max({(n_heads + 2 * n_kv_heads) * head_dim / 2, dim, ffn});
-  return (most + multiprocessor_count() - 1) / multiprocessor_count() <= kFewWarps ? kFewWarps : kMaxWarps;
+  const int multiprocessors = device_limits().multiprocessors;
+  return (most + multiprocessors - 1) / multiprocessors <= kFewWarps ? kFewWarps : kMaxWarps;
 }
 
 // The largest unit a warp's buffer must hold: two rows of dim (QKV, gate/up), a row of q_dim or ffn.
@@ -184,11 +185,11 @@ bool buffered_fits(const PersistentShape& s) {
 }
 
 void launch_buffered(Params p) {
-  p.warps = block_warps(p.a.dim, p.a.n_heads, p.a.n_kv_heads, p.a.head_dim, p.a.ffn);
-  p.warp_bytes = warp_buffer_bytes(p.max_k, p.a.rotary_dim, p.a.head_dim, p.a.n_layers, p.warps);
+  const int warps = block_warps(p.a.dim, p.a.n_heads, p.a.n_kv_heads, p.a.head_dim, p.a.ffn);
+  p.warp_bytes = warp_buffer_bytes(p.max_k, p.a.rotary_dim, p.a.head_dim, p.a.n_layers, warps);
   const size_t shared = size_t(fixed_floats(p.max_k, p.a.rotary_dim, p.a.head_dim, p.a.n_layers)) * sizeof(float) +
-                        size_t(p.warps) * size_t(p.warp_bytes);
-  if (p.warps == kFewWarps) launch_feed<kFewWarps, BufferedFeed>(p, shared);
+                        size_t(warps) * size_t(p.warp_bytes);
+  if (warps == kFewWarps) launch_feed<kFewWarps, BufferedFeed>(p, shared);
   else launch_feed<kMaxWarps, BufferedFeed>(p, shared);
 }
 

@@ -18,9 +18,8 @@ PersistentShape shape_of(const PersistentDecodeArgs& a) {
   return {a.n_layers, a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, a.int8, a.group_size};
 }
 
-}  // namespace
-
-bool persistent_decode_supported(const PersistentShape& s, KvDType kv_dtype, PersistentFeed feed) {
+// Whether the kernel handles these shapes and cache, shared memory aside (feed_for).
+bool shapes_supported(const PersistentShape& s, KvDType kv_dtype) {
   const auto [n_layers, dim, n_heads, n_kv_heads, head_dim, ffn, int8, group_size] = s;
   const bool head_dim_ok = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 ||
                            (head_dim == 256 && kv_dtype == KvDType::F16);
@@ -30,10 +29,14 @@ bool persistent_decode_supported(const PersistentShape& s, KvDType kv_dtype, Per
   const int q_dim = n_heads * head_dim;
   if (dim % 8 != 0 || ffn % 8 != 0 || q_dim % 8 != 0) return false;
   // int8: a 16-byte chunk of a row has one scale
-  if (int8 && (group_size < 16 || group_size % 16 != 0 || dim % group_size != 0 || q_dim % group_size != 0 ||
-               ffn % group_size != 0))
-    return false;
-  return feed_for(s, feed).has_value();
+  return !int8 || (group_size >= 16 && group_size % 16 == 0 && dim % group_size == 0 && q_dim % group_size == 0 &&
+                   ffn % group_size == 0);
+}
+
+}  // namespace
+
+bool persistent_decode_supported(const PersistentShape& s, KvDType kv_dtype, PersistentFeed feed) {
+  return shapes_supported(s, kv_dtype) && feed_for(s, feed).has_value();
 }
 
 size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn) {
@@ -44,18 +47,24 @@ void persistent_decode(const PersistentDecodeArgs& a) {
   KILN_CHECK(a.layers != nullptr && a.n_layers >= 1 && a.x != nullptr && a.scratch != nullptr &&
                  a.position != nullptr && a.k_cache != nullptr && a.v_cache != nullptr,
              "cuda persistent_decode: null input, output or scratch");
-  KILN_CHECK(persistent_decode_supported(shape_of(a), a.kv_dtype, a.feed),
+  const std::optional<PersistentFeed> feed =
+      shapes_supported(shape_of(a), a.kv_dtype) ? feed_for(shape_of(a), a.feed) : std::nullopt;
+  KILN_CHECK(feed.has_value(),
              "cuda persistent_decode: dim {}, {} heads ({} kv) of {}, ffn {}, {} weights (groups of {}) and a {} cache "
              "are not supported",
              a.dim, a.n_heads, a.n_kv_heads, a.head_dim, a.ffn, a.int8 ? "int8" : "f16", a.group_size,
              kv_dtype_name(a.kv_dtype));
   KILN_CHECK(a.mode == RotaryMode::None || (a.rotary_dim > 0 && a.rotary_dim % 2 == 0 && a.rotary_dim <= a.head_dim),
              "cuda persistent_decode: rotary_dim {} for head_dim {}", a.rotary_dim, a.head_dim);
+  // int8: staging reads 16 values a thread as float4 (the norms' weights sit at 256-byte offsets of the
+  // forward's weight allocation)
+  KILN_CHECK(!a.int8 || (reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && reinterpret_cast<uintptr_t>(a.scratch) % 16 == 0),
+             "cuda persistent_decode: x and the scratch must be 16-byte aligned for int8 weights");
   KILN_CHECK(a.n_ctx >= 1 && a.window >= 0 && a.eps >= 0, "cuda persistent_decode: context {}, window {}", a.n_ctx,
              a.window);
-  persistent_detail::Params p{a, 0, std::max({a.dim, a.n_heads * a.head_dim, a.ffn}), 0, 0};
+  persistent_detail::Params p{a, 0, std::max({a.dim, a.n_heads * a.head_dim, a.ffn}), 0};
   if (a.mode == RotaryMode::None) p.a.rotary_dim = 0;
-  if (feed_for(shape_of(a), a.feed) == PersistentFeed::Buffered) persistent_detail::launch_buffered(p);
+  if (feed == PersistentFeed::Buffered) persistent_detail::launch_buffered(p);
   else persistent_detail::launch_streamed(p);
 }
 

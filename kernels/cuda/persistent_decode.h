@@ -3,7 +3,8 @@
 // barrier between dependent stages instead of a kernel launch. A small model's step is a chain of ~150 tiny
 // stages, each bound by its latencies rather than its bytes; a large model's loses a memory latency at each
 // kernel boundary. Each warp copies the weights of its next stage into shared memory before it waits at the
-// barrier, so those loads overlap it (PersistentFeed says how).
+// barrier, so those loads overlap it (PersistentFeed says how). With int8 weights each matmul's input is
+// quantized to int8 by chunks of 16 values as it is staged, for four-value dot products (dp4a).
 //
 // Stages of a layer: norm + QKV matmul with the rotary embedding in its epilogue (queries to scratch, keys
 // and values straight into the cache) | attention, a block a query head over all its keys | output

@@ -1,30 +1,23 @@
 // The persistent decode step's streamed feed (persistent_decode_kernel.cuh), for models whose rows do not
 // fit a warp's share of shared memory (the 7B and 8B shapes): each warp streams its even share of every
-// matmul's tiles (two rows), in order, through its own ring of stages, as the streamed GEMV does
-// (gemv_streamed.cu: lanes 0 and 1 each issue one bulk copy of a 2 KB row segment a step, counted on the
-// stage's mbarrier; int8 scales follow by the lanes' 4-byte copies).
+// matmul's tiles (two rows), in order, through its own ring of slots of 2 KB row segments, as the
+// streamed GEMV does (segment_slot.cuh).
 //
 // Why a ring that runs across matmuls: the weights never change, so a warp refills each slot it frees with
 // its next segment whichever matmul or layer that is. While the block waits at a grid barrier, or a few
 // blocks run the attention, its rings hold the next matmul's first weights (128 KB a multiprocessor), so
 // the kernel boundaries of the kernels one by one shrink to the barriers' waits. On an H200 the 7B f16
-// decode is ~2.5% faster than those kernels and the 8B ~7%; int8 ~1.5% (its products, with x in f32,
-// take more instructions than the GEMV's int8 dot products with x quantized).
-#include "kernels/cuda/bulk_copy.cuh"
+// decode is ~2.5% faster than those kernels and the 8B ~7%.
 #include "kernels/cuda/persistent_decode_kernel.cuh"
+#include "kernels/cuda/segment_slot.cuh"
 
 namespace kiln::cuda::persistent_detail {
 namespace {
 
 constexpr int kWarps = kMaxWarps;
-constexpr int kRows = 2;                              // rows of a tile
-constexpr int kLoads = 4;                             // 16-byte chunks a lane and row in a step
-constexpr int kSegmentBytes = 32 * kLoads * 16;       // 2 KB of a row a step
-constexpr int kScaleBytes = kSegmentBytes / 16 * 2;   // int8: a segment's f16 scales, groups of 16 or more
-constexpr int kMinStages = 2, kMaxStages = 8;
+using segment_slot::kLoads, segment_slot::kMaxStages, segment_slot::kMinStages, segment_slot::kRows,
+    segment_slot::kSegmentBytes, segment_slot::kSegmentVecs, segment_slot::slot_bytes;
 constexpr int kBarrierBytes = kWarps * kMaxStages * 8;
-
-constexpr int slot_bytes(bool int8) { return kRows * (kSegmentBytes + (int8 ? kScaleBytes : 0)); }
 
 // Where a warp's step reads or fills: a chunk of a tile of the matmul `kind` of `layer`, and its slot.
 // Steps run over the warp's tiles [tile, end) of each matmul in the order the step runs them, skipping
@@ -100,12 +93,7 @@ struct StreamedFeed {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __device__ void begin() {
-    if (lane == 0) {
-      // The expecting arrival, and for int8 every lane's after its scale copies.
-      for (int s = 0; s < n_stages; ++s) barrier_init(&barriers[s], kInt8 ? 1 + 32 : 1);
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // visible to the copy engine
-    }
-    __syncwarp();
+    segment_slot::init_barriers<kInt8>(barriers, n_stages);
     fill.seek(p, mm, kBytesPerValue);
     use = fill;
     for (int s = 0; s < n_stages && fill.kind >= 0; ++s) issue();
@@ -121,17 +109,16 @@ struct StreamedFeed {
     while (use.kind == kind && use.layer == layer) {
       barrier_wait(&barriers[use.slot], parity);
       const unsigned char* slot = ring + use.slot * kSlotBytes;
-      const auto* segments = reinterpret_cast<const uint4*>(slot);
-      const auto* scales = reinterpret_cast<const __half*>(slot + kRows * kSegmentBytes);
 #pragma unroll
       for (int u = 0; u < kLoads; ++u) {
-        const int at = u * 32 + lane, c = use.chunk * (32 * kLoads) + at;
+        const int at = u * 32 + lane, c = use.chunk * kSegmentVecs + at;
         if (c >= row_chunks) break;
         const XChunk<kInt8> x(xs, k, c);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-          const float scale = kInt8 ? __half2float(scales[r * (kScaleBytes / 2) + (at * 16 >> shift)]) : 0.0f;
-          acc[r] = chunk_dot<kInt8>(segments[r * (kSegmentBytes / 16) + at], x, scale, acc[r]);
+          const float scale =
+              kInt8 ? __half2float(__ushort_as_half(segment_slot::scales(slot, r)[at * 16 >> shift])) : 0.0f;
+          acc[r] = chunk_dot<kInt8>(segment_slot::segment(slot, r)[at], x, scale, acc[r]);
         }
       }
       if (use.chunk == use.n_chunks - 1) finish_tile<kUnitRows>(use.tile, epilogue);
@@ -164,34 +151,27 @@ struct StreamedFeed {
     }
   }
 
-  // Starts the copies of the fill cursor's step into its slot and moves it on. The slot was last read by
-  // this warp's loads (ordered before by the __syncwarp after them); the proxy fence orders those reads
-  // before the copies' writes.
+  // Starts the copies of the fill cursor's step into its slot and moves it on.
   __device__ void issue() {
     const PersistentMatrix& m = mm.matrix(fill.kind, fill.layer);
     const int row_bytes = mm.k(fill.kind) * kBytesPerValue, left = row_bytes - fill.chunk * kSegmentBytes;
     const uint32_t bytes = uint32_t(left < kSegmentBytes ? left : kSegmentBytes);
     unsigned char* slot = ring + fill.slot * kSlotBytes;
-    if (lane == 0) barrier_expect(&barriers[fill.slot], kRows * bytes);
-    __syncwarp();
-    if (lane < kRows) {
-      const int row = Cursor::row(mm, fill.kind, fill.tile, lane);
-      const char* from = static_cast<const char*>(m.data) + int64_t(row) * row_bytes + fill.chunk * kSegmentBytes;
-      fence_proxy_async();
-      bulk_copy(slot + lane * kSegmentBytes, from, bytes, &barriers[fill.slot]);
-    }
+    const char* from = lane < kRows ? static_cast<const char*>(m.data) +
+                                          int64_t(Cursor::row(mm, fill.kind, fill.tile, lane)) * row_bytes +
+                                          fill.chunk * kSegmentBytes
+                                    : nullptr;
+    segment_slot::fill_segments(slot, &barriers[fill.slot], kRows, from, bytes);
     if constexpr (kInt8) {
-      // Pairs of scales, the rows' in turn (every row has an even number of groups: streamed_fits).
+      // every row has an even number of groups (streamed_fits)
       const int groups = mm.k(fill.kind) / mm.group_size, segment_groups = kSegmentBytes / mm.group_size;
       const int first_group = fill.chunk * segment_groups, groups_left = groups - first_group;
       const int pairs = (groups_left < segment_groups ? groups_left : segment_groups) / 2;
-      auto* to = reinterpret_cast<uint32_t*>(slot + kRows * kSegmentBytes);
+      const uint16_t* scale_rows[kRows];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const uint16_t* from = m.scales + int64_t(Cursor::row(mm, fill.kind, fill.tile, r)) * groups + first_group;
-        for (int pair = lane; pair < pairs; pair += 32) copy4_async(to + r * (kScaleBytes / 4) + pair, from + 2 * pair);
-      }
-      barrier_arrive_after_copies(&barriers[fill.slot]);
+      for (int r = 0; r < kRows; ++r)
+        scale_rows[r] = m.scales + int64_t(Cursor::row(mm, fill.kind, fill.tile, r)) * groups + first_group;
+      segment_slot::fill_scales(slot, &barriers[fill.slot], scale_rows, pairs);
     }
     fill.advance(p, mm, kBytesPerValue, n_stages);
   }
@@ -210,23 +190,17 @@ size_t shared_bytes(int fixed, bool int8, int n_stages) {
 }
 
 int stages_that_fit(int fixed, bool int8) {
-  const size_t left = size_t(max_shared_bytes()) - std::min<size_t>(max_shared_bytes(), shared_bytes(fixed, int8, 0));
+  const size_t most = size_t(device_limits().smem_optin);
+  const size_t left = most - std::min(most, shared_bytes(fixed, int8, 0));
   return int(std::min<size_t>(left / (size_t(kWarps) * slot_bytes(int8)), kMaxStages));
 }
 
 int fixed_of(const Params& p) { return fixed_floats(p.max_k, p.a.rotary_dim, p.a.head_dim, p.a.n_layers); }
 
-int compute_major() {
-  int device = 0, major = 0;
-  KILN_CUDA_CHECK(cudaGetDevice(&device));
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major;
-}
-
 }  // namespace
 
 bool streamed_fits(const PersistentShape& s) {
-  if (compute_major() < 9) return false;  // bulk copies and their barriers
+  if (device_limits().major < 9) return false;  // bulk copies and their barriers
   const int q_dim = s.n_heads * s.head_dim;
   if (s.int8) {
     // Whole groups a segment, their scales copied in pairs: groups of 16 values up to half a segment, a
@@ -242,7 +216,6 @@ bool streamed_fits(const PersistentShape& s) {
 }
 
 void launch_streamed(Params p) {
-  p.warps = kWarps;
   p.n_stages = stages_that_fit(fixed_of(p), p.a.int8);
   KILN_CHECK(p.n_stages >= kMinStages, "cuda persistent_decode: the streamed weights' rings do not fit");
   launch_feed<kWarps, StreamedFeed>(p, shared_bytes(fixed_of(p), p.a.int8, p.n_stages));

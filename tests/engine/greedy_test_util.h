@@ -48,4 +48,28 @@ inline void expect_same_greedy(Backend& a, Backend& b, const std::vector<int32_t
   EXPECT_LE(worst, max_share * scale);
 }
 
+// Both backends decode `tokens` one at a time, each step fed the same token whatever either would choose:
+// every step's logits within max_share of their scale. For computations that round differently enough
+// that near ties could part their greedy choices.
+inline void expect_close_step_by_step(Backend& a, Backend& b, const std::vector<int32_t>& tokens, float max_share) {
+  const auto n_vocab = static_cast<size_t>(a.config().n_vocab);
+  std::vector<float> la(n_vocab), lb(n_vocab);
+  a.reset();
+  b.reset();
+  float scale = 1.0f, worst = 0.0f;
+  int agree = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    a.forward(&tokens[i], 1, int64_t(i), la.data(), false);
+    b.forward(&tokens[i], 1, int64_t(i), lb.data(), false);
+    for (size_t j = 0; j < n_vocab; ++j) {
+      scale = std::max(scale, std::fabs(lb[j]));
+      worst = std::max(worst, std::fabs(la[j] - lb[j]));
+    }
+    agree += argmax(la.data(), int64_t(n_vocab)) == argmax(lb.data(), int64_t(n_vocab)) ? 1 : 0;
+  }
+  std::printf("step by step: logits apart by %.2e of their scale %.1f, top-1 the same %d/%zu\n", double(worst / scale),
+              double(scale), agree, tokens.size());
+  EXPECT_LE(worst, max_share * scale);
+}
+
 }  // namespace kiln::test
