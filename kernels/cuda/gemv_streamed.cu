@@ -77,7 +77,8 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
     const uint32_t bytes = uint32_t((left < kSegmentVecs ? left : kSegmentVecs) * 16);
     const bool copy = lane < kRows && row_valid<kRows>(p, fill.tile, lane);
     const uint32_t copies = __popc(__ballot_sync(0xffffffffu, copy));
-    const char* from = copy ? static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * p.n_in * kBytesOf<kW> +
+    const int64_t row_bytes = p.n_in * kBytesOf<kW>;
+    const char* from = copy ? static_cast<const char*>(p.w) + row_of<kRows>(p, fill.tile, lane) * row_bytes +
                                   int64_t(fill.chunk) * kSegmentBytes
                             : nullptr;
     unsigned char* slot = ring + fill.slot * kSlotBytes<kW>;

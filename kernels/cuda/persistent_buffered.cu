@@ -157,7 +157,8 @@ struct BufferedFeed {
 
 // A warp's buffer: what the block has left after the fixed part, in 16-byte steps.
 int warp_buffer_bytes(int max_k, int rotary_dim, int head_dim, int n_layers, int warps) {
-  const int left = device_limits().smem_optin - fixed_floats(max_k, rotary_dim, head_dim, n_layers) * int(sizeof(float));
+  const int fixed_bytes = fixed_floats(max_k, rotary_dim, head_dim, n_layers) * int(sizeof(float));
+  const int left = device_limits().smem_optin - fixed_bytes;
   return left / warps / 16 * 16;
 }
 

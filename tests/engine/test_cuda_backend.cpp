@@ -369,7 +369,8 @@ TEST_P(CudaParity, PersistentInt8DecodeFollowsTheF32KernelsOverTheSameValues) {
     // The reference's tokens one at a time: every step is a decode step (a prompt would go through the
     // int8 GEMM, which rounds the weights and activations to f16).
     std::vector<int32_t> tokens;
-    for (const auto& ref : load_reference(GetParam())) tokens.insert(tokens.end(), ref.tokens.begin(), ref.tokens.end());
+    for (const auto& ref : load_reference(GetParam()))
+      tokens.insert(tokens.end(), ref.tokens.begin(), ref.tokens.end());
     test::expect_close_step_by_step(*one, *many, tokens, kInt8StepShare);
   }
 }
