@@ -358,6 +358,10 @@ TEST_P(CudaParity, PersistentInt8DecodeFollowsTheF32KernelsOverTheSameValues) {
   const ModelConfig& c = model.config;
   bool even_groups = true;
   for (int64_t k : {c.dim, c.q_dim(), c.ffn_dim}) even_groups = even_groups && k / 32 % 2 == 0;
+  // The reference's tokens one at a time: every step is a decode step (a prompt would go through the int8
+  // GEMM, which rounds the weights and activations to f16).
+  std::vector<int32_t> tokens;
+  for (const auto& ref : load_reference(GetParam())) tokens.insert(tokens.end(), ref.tokens.begin(), ref.tokens.end());
   for (cuda::PersistentFeed feed : kFeeds) {
     SCOPED_TRACE(feed_name(feed));
     CudaOptions persistent;
@@ -366,11 +370,6 @@ TEST_P(CudaParity, PersistentInt8DecodeFollowsTheF32KernelsOverTheSameValues) {
     const bool fits = feed == cuda::PersistentFeed::Buffered || even_groups;
     ASSERT_EQ(cuda_persistent_decode_ready(*one), runs_persistent(GetParam()) && fits);
     if (!cuda_persistent_decode_ready(*one)) continue;  // the int8 kernels: x rounded to int8, another computation
-    // The reference's tokens one at a time: every step is a decode step (a prompt would go through the
-    // int8 GEMM, which rounds the weights and activations to f16).
-    std::vector<int32_t> tokens;
-    for (const auto& ref : load_reference(GetParam()))
-      tokens.insert(tokens.end(), ref.tokens.begin(), ref.tokens.end());
     test::expect_close_step_by_step(*one, *many, tokens, kInt8StepShare);
   }
 }
