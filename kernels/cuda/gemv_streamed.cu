@@ -84,17 +84,15 @@ __global__ void __launch_bounds__(kStreamThreads, 1) gemv_streamed_kernel(GemvPa
     unsigned char* slot = ring + fill.slot * kSlotBytes<kW>;
     segment_slot::fill_segments(slot, &barriers[fill.slot], copies, from, bytes);
     if constexpr (kInt8) {
-      // a partial last segment has an even number of groups too (n_groups even)
       const int first_group = fill.chunk * segment_groups;
-      const int64_t groups_left = p.n_groups - first_group;
-      const int pairs = int(groups_left < segment_groups ? groups_left : segment_groups) / 2;
       const uint16_t* scale_rows[kRows];
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
         scale_rows[r] = row_valid<kRows>(p, fill.tile, r)
                             ? p.scales + row_of<kRows>(p, fill.tile, r) * p.n_groups + first_group
                             : nullptr;
-      segment_slot::fill_scales(slot, &barriers[fill.slot], scale_rows, pairs);
+      segment_slot::fill_scales(slot, &barriers[fill.slot], scale_rows,
+                                segment_slot::scale_pairs(fill.chunk, p.n_groups, segment_groups));
     }
     fill.advance(n_stages, n_chunks);
   };

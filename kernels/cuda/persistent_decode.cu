@@ -47,8 +47,9 @@ void persistent_decode(const PersistentDecodeArgs& a) {
   KILN_CHECK(a.layers != nullptr && a.n_layers >= 1 && a.x != nullptr && a.scratch != nullptr &&
                  a.position != nullptr && a.k_cache != nullptr && a.v_cache != nullptr,
              "cuda persistent_decode: null input, output or scratch");
+  const PersistentShape shape = shape_of(a);
   const std::optional<PersistentFeed> feed =
-      shapes_supported(shape_of(a), a.kv_dtype) ? feed_for(shape_of(a), a.feed) : std::nullopt;
+      shapes_supported(shape, a.kv_dtype) ? feed_for(shape, a.feed) : std::nullopt;
   KILN_CHECK(feed.has_value(),
              "cuda persistent_decode: dim {}, {} heads ({} kv) of {}, ffn {}, {} weights (groups of {}) and a {} cache "
              "are not supported",

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "engine/error.h"
 #include "kernels/cuda/activate.cuh"
@@ -53,8 +54,13 @@ __device__ __forceinline__ int x_slot(int i, int k) { return ((i & 4) != 0 ? k /
 struct QuantizedX {
   uint32_t* words;
   float* scales;
-  __device__ QuantizedX(float* xs, int k)
-      : words(reinterpret_cast<uint32_t*>(xs)), scales(reinterpret_cast<float*>(reinterpret_cast<char*>(xs) + k)) {}
+  __device__ QuantizedX(float* xs, int k) : words(reinterpret_cast<uint32_t*>(xs)), scales(scales_of(xs, k)) {}
+
+  template <typename F>
+  __device__ static F* scales_of(F* xs, int k) {
+    using Bytes = std::conditional_t<std::is_const_v<F>, const char, char>;
+    return reinterpret_cast<F*>(reinterpret_cast<Bytes*>(xs) + k);
+  }
 
   // Values 4 q .. 4 q + 3; every lane of the warp calls it (the lanes of a chunk share its largest
   // magnitude), those past the end with store false.
@@ -110,8 +116,7 @@ struct XChunk<true> {
   uint4 q;
   float scale;
   __device__ __forceinline__ XChunk(const float* xs, int k, int c)
-      : q(reinterpret_cast<const uint4*>(xs)[c]),
-        scale(reinterpret_cast<const float*>(reinterpret_cast<const char*>(xs) + k)[c]) {}
+      : q(reinterpret_cast<const uint4*>(xs)[c]), scale(QuantizedX::scales_of(xs, k)[c]) {}
 };
 
 // sum + the products of a 16-byte chunk of weights with its x values; int8 weights are multiplied by

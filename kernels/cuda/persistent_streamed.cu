@@ -163,15 +163,14 @@ struct StreamedFeed {
                                     : nullptr;
     segment_slot::fill_segments(slot, &barriers[fill.slot], kRows, from, bytes);
     if constexpr (kInt8) {
-      // every row has an even number of groups (streamed_fits)
       const int groups = mm.k(fill.kind) / mm.group_size, segment_groups = kSegmentBytes / mm.group_size;
-      const int first_group = fill.chunk * segment_groups, groups_left = groups - first_group;
-      const int pairs = (groups_left < segment_groups ? groups_left : segment_groups) / 2;
+      const int first_group = fill.chunk * segment_groups;
       const uint16_t* scale_rows[kRows];
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
         scale_rows[r] = m.scales + int64_t(Cursor::row(mm, fill.kind, fill.tile, r)) * groups + first_group;
-      segment_slot::fill_scales(slot, &barriers[fill.slot], scale_rows, pairs);
+      segment_slot::fill_scales(slot, &barriers[fill.slot], scale_rows,
+                                segment_slot::scale_pairs(fill.chunk, groups, segment_groups));
     }
     fill.advance(p, mm, kBytesPerValue, n_stages);
   }

@@ -58,6 +58,13 @@ __device__ __forceinline__ void fill_segments(unsigned char* slot, uint64_t* bar
   }
 }
 
+// int8: the pairs of f16 scales of the segment `chunk` of a row of `groups` groups, segments of
+// `segment_groups` (every row has an even number of groups: the callers' shape checks).
+__device__ __forceinline__ int scale_pairs(int chunk, int64_t groups, int segment_groups) {
+  const int64_t groups_left = groups - int64_t(chunk) * segment_groups;
+  return int(groups_left < segment_groups ? groups_left : segment_groups) / 2;
+}
+
 // int8: then `pairs` pairs of f16 scales of row r from scale_rows[r] (nullptr: no row r), by every lane.
 __device__ __forceinline__ void fill_scales(unsigned char* slot, uint64_t* barrier,
                                             const uint16_t* const (&scale_rows)[kRows], int pairs) {
