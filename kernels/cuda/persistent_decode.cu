@@ -57,11 +57,10 @@ void persistent_decode(const PersistentDecodeArgs& a) {
              kv_dtype_name(a.kv_dtype));
   KILN_CHECK(a.mode == RotaryMode::None || (a.rotary_dim > 0 && a.rotary_dim % 2 == 0 && a.rotary_dim <= a.head_dim),
              "cuda persistent_decode: rotary_dim {} for head_dim {}", a.rotary_dim, a.head_dim);
-  // int8: the staging reads float4s (the norms' weights sit at 256-byte offsets of the forward's weight
-  // allocation)
+  // the staging reads float4s (the norms' weights sit at 256-byte offsets of the forward's weight allocation)
   const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  KILN_CHECK(!a.int8 || (aligned16(a.x) && aligned16(a.scratch)),
-             "cuda persistent_decode: x and the scratch must be 16-byte aligned for int8 weights");
+  KILN_CHECK(aligned16(a.x) && aligned16(a.scratch),
+             "cuda persistent_decode: x and the scratch must be 16-byte aligned");
   KILN_CHECK(a.n_ctx >= 1 && a.window >= 0 && a.eps >= 0, "cuda persistent_decode: context {}, window {}", a.n_ctx,
              a.window);
   persistent_detail::Params p{a, 0, std::max({a.dim, a.n_heads * a.head_dim, a.ffn}), 0};
