@@ -67,9 +67,9 @@ struct PersistentDecodeArgs {
   KvDType kv_dtype = KvDType::F16;
   int64_t n_ctx = 0;
   const int32_t* position = nullptr;  // device scalar: the token's position, < n_ctx (the caller checks)
-  float* x = nullptr;  // device [dim]: the residual stream, in and out
-  // device persistent_decode_scratch_floats(...) floats, zero before the first launch: the barrier (which
-  // leaves its count at zero after every launch) and the stages' outputs
+  float* x = nullptr;  // device [dim], 16-byte aligned: the residual stream, in and out
+  // device persistent_decode_scratch_floats(...) floats, 16-byte aligned and zero before the first launch:
+  // the barrier (which leaves its count at zero after every launch) and the stages' outputs
   float* scratch = nullptr;
   PersistentFeed feed = PersistentFeed::Auto;
   cudaStream_t stream = nullptr;
