@@ -322,7 +322,6 @@ __device__ __forceinline__ void multiply_chunk(const GemvParams& p, const unsign
   }
 }
 
-// What the launches need to know of the current device, queried once a gemv call.
 // One token through the streamed GEMV (gemv_streamed.cu) when it applies: sm_90, f16, bf16 or int8 weights
 // of 16 MiB or more on the vector path, x (smem_x bytes staged) and two stages of the warps' rings fitting
 // shared memory. Sets p.n_tiles for its tiles. Returns false, launching nothing, when it does not apply.
