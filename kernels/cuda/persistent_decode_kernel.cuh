@@ -28,7 +28,9 @@ namespace kiln::cuda::persistent_detail {
 // warps), TinyLlama's (gate/up: 43 units a block) ~7% faster with 16.
 constexpr int kMaxWarps = 16;
 constexpr int kFewWarps = 12;
-constexpr int kAttentionUnroll = 4;  // passes of keys a warp loads before it waits
+// Passes of keys a warp loads before it waits: the block keeps 64 warp passes in flight, as 8 warps would
+// otherwise read a long cache at half the rate of 16.
+__host__ __device__ constexpr int attention_unroll(int warps) { return warps <= 8 ? 8 : 4; }
 
 static_assert(sizeof(PersistentLayer) % sizeof(uint64_t) == 0, "the table of layers is copied in 8-byte words");
 
@@ -233,6 +235,7 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
                             float* att) {
   constexpr int kW = 16 / int(sizeof(T)), kL = kHeadDim / kW, kKeysPerPass = 32 / kL;
   constexpr int kBlockKeys = kWarps * kKeysPerPass;  // keys of one pass of the block
+  constexpr int kAttentionUnroll = attention_unroll(kWarps);
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, sub = lane / kL, c = lane % kL;
   const int g = h / (p.a.n_heads / p.a.n_kv_heads);
   const int64_t head_base = ((int64_t(layer) * p.a.n_kv_heads + g) * p.a.n_ctx) * kHeadDim + c * kW;
@@ -546,16 +549,17 @@ void launch_head_dim(const Params& p, size_t shared_bytes) {
       break;
   }
 }
+
+// The kernel for p's cache type and head_dim, its weights' type known (p.a.int8 == kInt8), or any.
+template <bool kInt8, int kWarps, template <bool, int> class Feed>
+void launch_weights(const Params& p, size_t shared_bytes) {
+  if (p.a.kv_dtype == KvDType::F16) launch_head_dim<kInt8, kWarps, Feed, __half>(p, shared_bytes);
+  else launch_head_dim<kInt8, kWarps, Feed, float>(p, shared_bytes);
+}
 template <int kWarps, template <bool, int> class Feed>
 void launch_feed(const Params& p, size_t shared_bytes) {
-  const bool f16 = p.a.kv_dtype == KvDType::F16;
-  if (p.a.int8) {
-    if (f16) launch_head_dim<true, kWarps, Feed, __half>(p, shared_bytes);
-    else launch_head_dim<true, kWarps, Feed, float>(p, shared_bytes);
-  } else {
-    if (f16) launch_head_dim<false, kWarps, Feed, __half>(p, shared_bytes);
-    else launch_head_dim<false, kWarps, Feed, float>(p, shared_bytes);
-  }
+  if (p.a.int8) launch_weights<true, kWarps, Feed>(p, shared_bytes);
+  else launch_weights<false, kWarps, Feed>(p, shared_bytes);
 }
 
 // The two feeds. fits: whether the shapes fit the feed's shared memory on this device (checked for

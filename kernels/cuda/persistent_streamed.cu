@@ -5,7 +5,7 @@
 //
 // Why a ring that runs across matmuls: the weights never change, so a warp refills each slot it frees with
 // its next segment whichever matmul or layer that is. While the block waits at a grid barrier, or a few
-// blocks run the attention, its rings hold the next matmul's first weights (128 KB a multiprocessor), so
+// blocks run the attention, its rings hold the next matmul's first weights (~150 KB a multiprocessor), so
 // the kernel boundaries of the kernels one by one shrink to the barriers' waits. On an H200 the 7B f16
 // decode is ~2.5% faster than those kernels and the 8B ~7%.
 #include "kernels/cuda/persistent_decode_kernel.cuh"
@@ -14,10 +14,9 @@
 namespace kiln::cuda::persistent_detail {
 namespace {
 
-constexpr int kWarps = kMaxWarps;
 using segment_slot::kLoads, segment_slot::kMaxStages, segment_slot::kMinStages, segment_slot::kRows,
     segment_slot::kSegmentBytes, segment_slot::kSegmentVecs, segment_slot::slot_bytes;
-constexpr int kBarrierBytes = kWarps * kMaxStages * 8;
+constexpr int kBarrierBytes = kMaxWarps * kMaxStages * 8;
 
 // Where a warp's step reads or fills: a chunk of a tile of the matmul `kind` of `layer`, and its slot.
 // Steps run over the warp's tiles [tile, end) of each matmul in the order the step runs them, skipping
@@ -27,7 +26,7 @@ struct Cursor {
 
   // Moves to the first matmul at or after (layer, kind) with tiles for this warp.
   __device__ void seek(const Params& p, const Matmuls& mm, int bytes_per_value) {
-    const int64_t index = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32, all = int64_t(gridDim.x) * kWarps;
+    const int64_t warps = blockDim.x / 32, index = blockIdx.x * warps + threadIdx.x / 32, all = gridDim.x * warps;
     for (; layer < p.a.n_layers; next_matmul()) {
       const int n = tiles(mm, kind);
       tile = int(n * index / all);
@@ -68,7 +67,6 @@ struct Cursor {
 
 template <bool kInt8, int kFeedWarps>
 struct StreamedFeed {
-  static_assert(kFeedWarps == kWarps, "the streamed feed's rings are laid out for kMaxWarps warps");
   static constexpr int kBytesPerValue = kInt8 ? 1 : 2;
   static constexpr int kSlotBytes = slot_bytes(kInt8);
 
@@ -183,16 +181,22 @@ struct StreamedFeed {
 };
 
 // Shared bytes of the step: the fixed part (fixed_floats), the warps' barriers, then their rings of n_stages.
-size_t shared_bytes(int fixed, bool int8, int n_stages) {
+size_t shared_bytes(int fixed, bool int8, int n_stages, int warps) {
   // The rings start 128-byte aligned after the barriers, wherever the dynamic shared memory starts.
-  return size_t(fixed) * sizeof(float) + kBarrierBytes + 128 + size_t(n_stages) * kWarps * slot_bytes(int8);
+  return size_t(fixed) * sizeof(float) + kBarrierBytes + 128 + size_t(n_stages) * warps * slot_bytes(int8);
 }
 
-int stages_that_fit(int fixed, bool int8) {
+int stages_that_fit(int fixed, bool int8, int warps) {
   const size_t most = size_t(device_limits().smem_optin);
-  const size_t left = most - std::min(most, shared_bytes(fixed, int8, 0));
-  return int(std::min<size_t>(left / (size_t(kWarps) * slot_bytes(int8)), kMaxStages));
+  const size_t left = most - std::min(most, shared_bytes(fixed, int8, 0, warps));
+  return int(std::min<size_t>(left / (size_t(warps) * slot_bytes(int8)), kMaxStages));
 }
+
+// Warps a block. With f16 weights, 8 warps whose rings take 5 stages (20 KB in flight a warp) beat 16 of 2
+// (H200: 7B +2.4%, 8B +1.6%; 6, 10 and 12 warps were slower): a warp that ends a stage alone streams its
+// last tiles no faster than its ring lets it. The int8 products need the instructions of 16 warps (8: -14%).
+constexpr int kF16Warps = 8, kInt8Warps = kMaxWarps;
+int streamed_warps(bool int8) { return int8 ? kInt8Warps : kF16Warps; }
 
 int fixed_of(const Params& p) { return fixed_floats(p.max_k, p.a.rotary_dim, p.a.head_dim, p.a.n_layers); }
 
@@ -211,13 +215,16 @@ bool streamed_fits(const PersistentShape& s) {
   }
   // the rotary angles take at most head_dim floats
   const int fixed = fixed_floats(std::max({s.dim, q_dim, s.ffn}), s.head_dim, s.head_dim, s.n_layers);
-  return stages_that_fit(fixed, s.int8) >= kMinStages;
+  return stages_that_fit(fixed, s.int8, streamed_warps(s.int8)) >= kMinStages;
 }
 
 void launch_streamed(Params p) {
-  p.n_stages = stages_that_fit(fixed_of(p), p.a.int8);
+  const int warps = streamed_warps(p.a.int8);
+  p.n_stages = stages_that_fit(fixed_of(p), p.a.int8, warps);
   KILN_CHECK(p.n_stages >= kMinStages, "cuda persistent_decode: the streamed weights' rings do not fit");
-  launch_feed<kWarps, StreamedFeed>(p, shared_bytes(fixed_of(p), p.a.int8, p.n_stages));
+  const size_t shared = shared_bytes(fixed_of(p), p.a.int8, p.n_stages, warps);
+  if (p.a.int8) launch_weights<true, kInt8Warps, StreamedFeed>(p, shared);
+  else launch_weights<false, kF16Warps, StreamedFeed>(p, shared);
 }
 
 }  // namespace kiln::cuda::persistent_detail
