@@ -80,14 +80,15 @@ struct QuantizedX {
   }
 };
 
-// Stages n values into xs quantized (QuantizedX): fetch(q) gives values 4 q .. 4 q + 3, kBatch of them a
-// thread in flight at once.
-template <int kWarps, typename Fetch>
-__device__ void stage_quantized(int n, float* xs, Fetch fetch) {
+// Stages n values into xs: fetch(q) gives values 4 q .. 4 q + 3, kBatch of them a thread in flight at once
+// (a loop that used each value as it came would wait an L2 round trip, ~0.5 us with the weights streaming,
+// a trip). As f32 in x_slot order (four consecutive values keep four consecutive slots), or for int8
+// weights quantized (QuantizedX), which is why the loop's bounds are the warp's: its lanes shuffle together.
+template <int kWarps, bool kInt8, typename Fetch>
+__device__ void stage_values(int n, float* xs, Fetch fetch) {
   constexpr int kThreads = kWarps * 32, kBatch = 4;
   const QuantizedX quantized(xs, n);
   const int quads = n / 4, lane = int(threadIdx.x) % 32;
-  // The loop's bounds are the warp's (its lanes shuffle together).
   for (int warp_base = int(threadIdx.x) - lane; warp_base < quads; warp_base += kBatch * kThreads) {
     float4 v[kBatch];
 #pragma unroll
@@ -97,8 +98,10 @@ __device__ void stage_quantized(int n, float* xs, Fetch fetch) {
     }
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
-      const int warp_quad = warp_base + b * kThreads;  // the warp's first
-      if (warp_quad < quads) quantized.store_quad(warp_quad + lane, v[b], warp_quad + lane < quads);
+      const int warp_quad = warp_base + b * kThreads, q = warp_quad + lane;  // the warp's first, the lane's
+      if (warp_quad >= quads) continue;
+      if constexpr (kInt8) quantized.store_quad(q, v[b], q < quads);
+      else if (q < quads) *reinterpret_cast<float4*>(xs + x_slot(4 * q, n)) = v[b];
     }
   }
 }
@@ -156,26 +159,6 @@ struct ResidualIn {
   float* h_out;
 };
 
-// Stages n values into xs as f32 in x_slot order (four consecutive values keep four consecutive slots):
-// fetch(q) gives values 4 q .. 4 q + 3, kBatch of them a thread in flight at once. A staging loop that used
-// each value as it came would wait one L2 round trip (~0.5 us with the weights streaming) per trip.
-template <int kWarps, typename Fetch>
-__device__ void stage_f32(int n, float* xs, Fetch fetch) {
-  constexpr int kThreads = kWarps * 32, kBatch = 4;
-  const int quads = n / 4;
-  for (int base = threadIdx.x; base < quads; base += kBatch * kThreads) {
-    float4 v[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      if (base + b * kThreads < quads) v[b] = fetch(base + b * kThreads);
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int q = base + b * kThreads;
-      if (q < quads) *reinterpret_cast<float4*>(xs + x_slot(4 * q, n)) = v[b];
-    }
-  }
-}
-
 // Brings the n floats of a and of b into L2, their 128-byte lines dealt to the grid's threads: at the
 // barrier before a norm, its stream and weight, which were read or written long before and would otherwise
 // miss L2 behind the queue of streamed weights (the staging took ~3.8 us of the 8B's QKV stage).
@@ -205,8 +188,7 @@ __device__ float stage_normed(const Params& p, const ResidualIn& in, const float
     sum_sq += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     return make_float4(v.x * w.x, v.y * w.y, v.z * w.z, v.w * w.w);
   };
-  if constexpr (kInt8) stage_quantized<kWarps>(dim, xs, normed);
-  else stage_f32<kWarps>(dim, xs, normed);
+  stage_values<kWarps, kInt8>(dim, xs, normed);
   sum_sq = warp_sum(sum_sq);
   if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = sum_sq;
   __syncthreads();
@@ -220,8 +202,7 @@ __device__ float stage_normed(const Params& p, const ResidualIn& in, const float
 template <int kWarps, bool kInt8>
 __device__ void stage_plain(const float* v, int n, float* xs) {
   const auto plain = [&](int q) { return __ldcg(reinterpret_cast<const float4*>(v) + q); };
-  if constexpr (kInt8) stage_quantized<kWarps>(n, xs, plain);
-  else stage_f32<kWarps>(n, xs, plain);
+  stage_values<kWarps, kInt8>(n, xs, plain);
   __syncthreads();
 }
 
