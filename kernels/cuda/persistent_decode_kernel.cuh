@@ -23,13 +23,14 @@
 
 namespace kiln::cuda::persistent_detail {
 
-// Warps a block: 16, or 12 when no stage deals more than 12 units to a block (block_warps): SmolLM2's
-// step is ~3% faster with 12 (each warp has at most one unit a stage, and the attention folds fewer
-// warps), TinyLlama's (gate/up: 43 units a block) ~7% faster with 16.
+// Warps a block with the buffered feed: 16, or 12 when no stage deals more than 12 units to a block
+// (block_warps): SmolLM2's step is ~3% faster with 12 (each warp has at most one unit a stage, and the
+// attention folds fewer warps), TinyLlama's (gate/up: 43 units a block) ~7% faster with 16. The streamed
+// feed runs 16 warps, or 8 for f16 weights (persistent_streamed.cu).
 constexpr int kMaxWarps = 16;
 constexpr int kFewWarps = 12;
-// Passes of keys a warp loads before it waits: the block keeps 64 warp passes in flight, as 8 warps would
-// otherwise read a long cache at half the rate of 16.
+// Passes of keys a warp loads before it waits: a block of 8 warps loads 8, so that it keeps as many keys in
+// flight as one of 16 (with 4 it read a cache of ~1,000 keys at about half the rate).
 __host__ __device__ constexpr int attention_unroll(int warps) { return warps <= 8 ? 8 : 4; }
 
 static_assert(sizeof(PersistentLayer) % sizeof(uint64_t) == 0, "the table of layers is copied in 8-byte words");
@@ -531,12 +532,13 @@ void launch_head_dim(const Params& p, size_t shared_bytes) {
   }
 }
 
-// The kernel for p's cache type and head_dim, its weights' type known (p.a.int8 == kInt8), or any.
+// The kernel for p's cache type and head_dim, its weights int8 or f16 as kInt8 says (p.a.int8's).
 template <bool kInt8, int kWarps, template <bool, int> class Feed>
 void launch_weights(const Params& p, size_t shared_bytes) {
   if (p.a.kv_dtype == KvDType::F16) launch_head_dim<kInt8, kWarps, Feed, __half>(p, shared_bytes);
   else launch_head_dim<kInt8, kWarps, Feed, float>(p, shared_bytes);
 }
+// ... with kInt8 taken from p.a.int8.
 template <int kWarps, template <bool, int> class Feed>
 void launch_feed(const Params& p, size_t shared_bytes) {
   if (p.a.int8) launch_weights<true, kWarps, Feed>(p, shared_bytes);

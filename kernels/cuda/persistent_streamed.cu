@@ -6,8 +6,8 @@
 // Why a ring that runs across matmuls: the weights never change, so a warp refills each slot it frees with
 // its next segment whichever matmul or layer that is. While the block waits at a grid barrier, or a few
 // blocks run the attention, its rings hold the next matmul's first weights (~150 KB a multiprocessor), so
-// the kernel boundaries of the kernels one by one shrink to the barriers' waits. On an H200 the 7B f16
-// decode is ~2.5% faster than those kernels and the 8B ~7%.
+// the kernel boundaries of the kernels one by one shrink to the barriers' waits. On an H200, when it came,
+// the 7B f16 decode was ~2.5% faster than those kernels and the 8B ~7%.
 #include "kernels/cuda/persistent_decode_kernel.cuh"
 #include "kernels/cuda/segment_slot.cuh"
 
@@ -192,9 +192,9 @@ int stages_that_fit(int fixed, bool int8, int warps) {
   return int(std::min<size_t>(left / (size_t(warps) * slot_bytes(int8)), kMaxStages));
 }
 
-// Warps a block. With f16 weights, 8 warps whose rings take 5 stages (20 KB in flight a warp) beat 16 of 2
-// (H200: 7B +2.4%, 8B +1.6%; 6, 10 and 12 warps were slower): a warp that ends a stage alone streams its
-// last tiles no faster than its ring lets it. The int8 products need the instructions of 16 warps (8: -14%).
+// Warps a block. With f16 weights, 8 warps whose rings take 4-5 stages (16-20 KB in flight a warp) beat 16
+// of 2 (H200: 7B +2.4%, 8B +1.6%; 6, 10 and 12 warps were slower): a warp that ends a stage alone streams
+// its last tiles no faster than its ring lets it. The int8 products need 16 warps' instructions (8: -14%).
 constexpr int kF16Warps = 8, kInt8Warps = kMaxWarps;
 int streamed_warps(bool int8) { return int8 ? kInt8Warps : kF16Warps; }
 
