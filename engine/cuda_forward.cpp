@@ -87,7 +87,9 @@ cuda::Activation activation_of(MlpKind mlp) {
 
 // Floats of the persistent step's scratch, rounded to 16 bytes so that its table of layers follows aligned.
 size_t persistent_scratch_floats(const ModelConfig& c) {
-  return (cuda::persistent_decode_scratch_floats(int(c.dim), int(c.q_dim()), int(c.ffn_dim)) + 3) / 4 * 4;
+  const size_t floats =
+      cuda::persistent_decode_scratch_floats(int(c.dim), int(c.n_heads), int(c.head_dim), int(c.ffn_dim));
+  return (floats + 3) / 4 * 4;
 }
 
 // The persistent step's scratch, then its table of layers.

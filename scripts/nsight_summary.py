@@ -6,8 +6,6 @@
   nsight_summary.py stalls SASS.csv           the kernel's warp stall samples (SourceCounters, exported with
                                               `ncu -i REP --page source --csv --print-source sass`) sorted
                                               by where in the step a warp waits
-  nsight_summary.py kernels RAW.csv           time, DRAM bytes and rate a kernel family (`ncu --csv --page
-                                              raw` with gpu__time_duration.sum and dram__bytes_read.sum)
 
 Each prints one markdown line. `timeline` needs Nsight Compute's python module (extras/python of its
 install, found on its own under /opt/nvidia/nsight-compute and /usr/local/cuda).
@@ -20,7 +18,8 @@ import sys
 
 READ_RATE = "dramc__read_throughput.avg.pct_of_peak_sustained_elapsed"
 # The DRAM throughput of the Speed Of Light section, by the names Nsight Compute versions give it.
-DRAM_PCT = ["gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram__throughput.avg.pct_of_peak_sustained_elapsed"]
+DRAM_PCT = ["gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
+            "dram__throughput.avg.pct_of_peak_sustained_elapsed"]
 
 
 def load_ncu_report(path):
@@ -82,23 +81,8 @@ def stalls(path):
     print("| " + " | ".join(f"{p} {100 * s / total:.1f}%" for p, s in places.most_common()) + " |")
 
 
-def kernels(path):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(line for line in f if line.startswith('"')))
-    col = {h: i for i, h in enumerate(rows[0])}
-    number = lambda r, m: float(r[col[m]].replace(",", ""))  # noqa: E731
-    families = collections.defaultdict(lambda: [0, 0.0, 0.0])
-    for r in rows[2:]:  # after the units' row
-        family = families[r[col["Kernel Name"]].split("<")[0].split("::")[-1]]
-        family[0] += 1
-        family[1] += number(r, "gpu__time_duration.sum")
-        family[2] += number(r, "dram__bytes_read.sum")
-    print(" ".join(f"| {name}: {n} launches, {ns / 1e3:,.0f} us, {b / 1e9:.2f} GB, {b / ns:,.0f} GB/s"
-                   for name, (n, ns, b) in families.items()) + " |")
-
-
 if __name__ == "__main__":
-    commands = {"timeline": timeline, "stalls": stalls, "kernels": kernels}
+    commands = {"timeline": timeline, "stalls": stalls}
     if len(sys.argv) != 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](sys.argv[2])

@@ -39,8 +39,12 @@ bool persistent_decode_supported(const PersistentShape& s, KvDType kv_dtype, Per
   return shapes_supported(s, kv_dtype) && feed_for(s, feed).has_value();
 }
 
-size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn) {
-  return 32 + 2 * size_t(q_dim) + size_t(ffn) + 3 * size_t(dim);
+size_t persistent_decode_scratch_floats(int dim, int n_heads, int head_dim, int ffn) {
+  // the barrier; q and att; the activation; h and the two projections' outputs; the attention's split
+  // counts (4-float aligned) and their parts, a block each at most
+  const size_t q_dim = size_t(n_heads) * size_t(head_dim);
+  return 32 + 2 * q_dim + size_t(ffn) + 3 * size_t(dim) + (size_t(n_heads) + 3) / 4 * 4 +
+         size_t(device_limits().multiprocessors) * (size_t(head_dim) + 2);
 }
 
 void persistent_decode(const PersistentDecodeArgs& a) {

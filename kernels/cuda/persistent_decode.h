@@ -7,10 +7,10 @@
 // quantized to int8 by chunks of 16 values as it is staged, for four-value dot products (dp4a).
 //
 // Stages of a layer: norm + QKV matmul with the rotary embedding in its epilogue (queries to scratch, keys
-// and values straight into the cache) | attention, a block a query head over all its keys | output
-// projection | norm (adding the attention's output to the stream) + gate/up matmul + activation | down
-// projection (added by the next layer's norm). A block's share of a matmul stage is dealt out to blocks in
-// turn, so that small stages spread over the machine.
+// and values straight into the cache) | attention, a block a query head (over long contexts, its keys
+// split between blocks) | output projection | norm (adding the attention's output to the stream) + gate/up
+// matmul + activation | down projection (added by the next layer's norm). A block's share of a matmul
+// stage is dealt out to blocks in turn, so that small stages spread over the machine.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -69,7 +69,8 @@ struct PersistentDecodeArgs {
   const int32_t* position = nullptr;  // device scalar: the token's position, < n_ctx (the caller checks)
   float* x = nullptr;  // device [dim], 16-byte aligned: the residual stream, in and out
   // device persistent_decode_scratch_floats(...) floats, 16-byte aligned and zero before the first launch:
-  // the barrier (which leaves its count at zero after every launch) and the stages' outputs
+  // the barrier and the attention's split counts (both left at zero after every launch), the stages' outputs
+  // and the splits' parts
   float* scratch = nullptr;
   PersistentFeed feed = PersistentFeed::Auto;
   cudaStream_t stream = nullptr;
@@ -88,7 +89,7 @@ struct PersistentShape {
 // streamed feed: sm_90, int8 groups of 16 to 1,024 values, a power of two, an even number a row).
 bool persistent_decode_supported(const PersistentShape& shape, KvDType kv_dtype,
                                  PersistentFeed feed = PersistentFeed::Auto);
-size_t persistent_decode_scratch_floats(int dim, int q_dim, int ffn);
+size_t persistent_decode_scratch_floats(int dim, int n_heads, int head_dim, int ffn);
 void persistent_decode(const PersistentDecodeArgs& args);
 
 }  // namespace kiln::cuda

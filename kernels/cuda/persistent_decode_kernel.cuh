@@ -208,7 +208,8 @@ __device__ void stage_plain(const float* v, int n, float* xs) {
 }
 
 // Attention of query head h (q: its head_dim values) over the keys [lo, hi) of the cache, by the whole
-// block, into att [head_dim]:
+// block, into att [head_dim] (and the keys' max score and sum of weights, log2 domain, into fold's
+// head_dim + 1 and 2 head_dim + 3, where a split's merge_if_last finds them):
 // kL lanes share a key (16 bytes each), a warp takes 32 / kL keys a pass and the block kWarps times that;
 // each lane group keeps a running max, sum and output (log2 domain), folded across the warp, then across
 // the warps through shared memory (fold: kWarps * (head_dim + 2) floats).
@@ -299,27 +300,101 @@ __device__ void attend_head(const Params& p, int layer, const float* q, int h, i
     const float m_w = lane < kWarps ? fold[lane * (kHeadDim + 2) + kHeadDim] : -INFINITY;
     const float big = warp_max(m_w), weight = m_w == -INFINITY ? 0.0f : exp2f(m_w - big);
     const float sum = warp_sum(lane < kWarps ? weight * fold[lane * (kHeadDim + 2) + kHeadDim + 1] : 0.0f);
-    if (lane < kWarps) fold[lane * (kHeadDim + 2) + kHeadDim] = weight / sum;
+    if (lane < kWarps) fold[lane * (kHeadDim + 2) + kHeadDim] = sum > 0.0f ? weight / sum : 0.0f;
+    if (lane == 0) {  // in the sums' slots of warps 0 and 1, which the output below does not read
+      fold[kHeadDim + 1] = big;
+      fold[2 * kHeadDim + 3] = sum;
+    }
   }
   __syncthreads();
   for (int d = threadIdx.x; d < kHeadDim; d += kWarps * 32) {
-    float out = 0.0f;
+    float o = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
       const float* theirs = fold + w * (kHeadDim + 2);
-      out = fmaf(theirs[kHeadDim], theirs[d], out);
+      o = fmaf(theirs[kHeadDim], theirs[d], o);
     }
-    att[d] = out;
+    att[d] = o;
   }
   __syncthreads();  // fold is free for the next head
 }
 
-// Every query head's attention into att [n_heads, head_dim], a head a block.
+// Keys of the cache a split of a head's attention takes at least: below that, one block walks them all.
+constexpr int kSplitKeys = 256;
+
+// Splits of each head's keys: a block each, as long as the grid has blocks for every head's splits and
+// each split keeps kSplitKeys keys.
+__device__ __forceinline__ int attention_splits(int keys, int heads) {
+  return max(1, min(int(gridDim.x) / heads, (keys + kSplitKeys - 1) / kSplitKeys));
+}
+
+// att [head_dim] = the splits' outputs (each [head_dim], then its max and sum) weighted by their sums at
+// the common max, in split order: the same bits whichever split ended last.
+template <int kHeadDim>
+__device__ void merge_splits(const float* parts, int splits, float* att) {
+  for (int d = threadIdx.x; d < kHeadDim; d += blockDim.x) {
+    float big = -INFINITY;
+    for (int s = 0; s < splits; ++s) big = fmaxf(big, __ldcg(parts + s * (kHeadDim + 2) + kHeadDim));
+    float total = 0.0f, o = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float* part = parts + s * (kHeadDim + 2);
+      const float sum = __ldcg(part + kHeadDim + 1);
+      const float weight = sum > 0.0f ? exp2f(__ldcg(part + kHeadDim) - big) * sum : 0.0f;
+      total += weight;
+      o = fmaf(weight, __ldcg(part + d), o);
+    }
+    att[d] = total > 0.0f ? o / total : 0.0f;
+  }
+}
+
+// The attention's splits sit in the scratch after q, att, the activation, h and the two projections'
+// outputs (persistent_decode_scratch_floats): a count a head (4-float aligned), then the parts. Their
+// addresses are worked out where they are used, not kept through the layer loop, whose registers are all
+// taken.
+__device__ __forceinline__ unsigned* split_counts(const Params& p, int head_dim) {
+  return reinterpret_cast<unsigned*>(p.a.scratch + 32 + 2 * p.a.n_heads * head_dim + p.a.ffn + 3 * p.a.dim);
+}
+template <int kHeadDim>
+__device__ __forceinline__ float* split_parts(const Params& p) {
+  return reinterpret_cast<float*>(split_counts(p, kHeadDim)) + (p.a.n_heads + 3) / 4 * 4;
+}
+
+// After split `unit` of its head (unit / splits) has left its output: its max and sum (from fold) complete
+// its part, and the head's last split to finish merges the parts into att and sets the count back to zero
+// (read again only in the next layer, after its barriers).
+template <int kHeadDim>
+__device__ void merge_if_last(const Params& p, int unit, int splits, const float* fold, float* att) {
+  const int h = unit / splits;
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    float* part = split_parts<kHeadDim>(p) + unit * (kHeadDim + 2);
+    part[kHeadDim] = fold[kHeadDim + 1];
+    part[kHeadDim + 1] = fold[2 * kHeadDim + 3];
+    __threadfence();  // the part (the block's stores, ordered by attend_head's last barrier) before the count
+    last = atomicAdd(split_counts(p, kHeadDim) + h, 1u) == unsigned(splits - 1);
+    __threadfence();
+  }
+  __syncthreads();
+  if (!last) return;
+  merge_splits<kHeadDim>(split_parts<kHeadDim>(p) + h * splits * (kHeadDim + 2), splits, att + h * kHeadDim);
+  if (threadIdx.x == 0) split_counts(p, kHeadDim)[h] = 0;
+}
+
+// Every query head's attention into att [n_heads, head_dim]: a head a block, or over long contexts each
+// head's keys split between blocks (flash-decoding), so that the cache streams through every
+// multiprocessor; the head's last split to finish merges their parts (merge_if_last).
 template <typename T, int kHeadDim, int kWarps>
 __device__ void attention_stage(const Params& p, int layer, int position, const float* q, float* fold, float* att) {
   const int lo = p.a.window > 0 ? int(max(int64_t(0), int64_t(position) - p.a.window + 1)) : 0;
-  for (int h = blockIdx.x; h < p.a.n_heads; h += gridDim.x)
-    attend_head<T, kHeadDim, kWarps>(p, layer, q + h * kHeadDim, h, lo, position + 1, fold, att + h * kHeadDim);
+  const int splits = attention_splits(position + 1 - lo, p.a.n_heads);
+  const int chunk = (position + 1 - lo + splits - 1) / splits;
+  for (int unit = blockIdx.x; unit < p.a.n_heads * splits; unit += gridDim.x) {
+    const int h = unit / splits, from = lo + (unit - h * splits) * chunk;
+    attend_head<T, kHeadDim, kWarps>(p, layer, q + h * kHeadDim, h, from, min(position + 1, from + chunk), fold,
+                                     splits == 1 ? att + h * kHeadDim
+                                                 : split_parts<kHeadDim>(p) + unit * (kHeadDim + 2));
+    if (splits > 1) merge_if_last<kHeadDim>(p, unit, splits, fold, att);
+  }
 }
 
 // The QKV matmul's units: pairs of rows. A query or key head's rotated pairs (i, i + rotary_dim/2) or
@@ -401,7 +476,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) persistent_decode_kernel(Param
   float* act = att + a.n_heads * kHeadDim;  // [ffn]
   float* h = act + a.ffn;
   float* attn_proj = h + a.dim;
-  float* ffn_out = attn_proj + a.dim;
+  float* ffn_out = attn_proj + a.dim;  // then the attention's splits (attention_stage)
 
   const int H = a.n_heads, KV = a.n_kv_heads, D = kHeadDim, dim = a.dim, q_dim = H * D, ffn = a.ffn;
   const int qkv_units = (H + 2 * KV) * D / 2;

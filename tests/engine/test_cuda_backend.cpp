@@ -376,10 +376,10 @@ TEST_P(CudaParity, PersistentInt8DecodeFollowsTheF32KernelsOverTheSameValues) {
 
 INSTANTIATE_TEST_SUITE_P(Tiny, CudaParity, ::testing::ValuesIn(kModels));
 
-// The persistent step's attention walks all of a head's keys in one block: 1,100 prompt tokens, then 40 steps
-// with the persistent step kept on that far, give the kernels' tokens and logits; so do steps that cross
-// the default switch to the kernels at position 1,024 (1,000 prompt tokens). mistral_swa's sliding window
-// (24) cuts what each step sees.
+// Past 256 keys the persistent step's attention splits each head's keys between blocks, the last to end
+// merging their parts: 1,100 prompt tokens, then 40 steps with the persistent step kept on that far, give
+// the kernels' tokens and logits; so do steps that cross a switch to the kernels at position 1,024 (1,000
+// prompt tokens). mistral_swa's sliding window (24) cuts what each step sees (one split).
 TEST(CudaBackend, PersistentDecodeOverLongContextsFollowsTheKernels) {
   KILN_REQUIRE_GPU();
   for (const char* name : {"llama_gqa_tied", "mistral_swa"}) {
