@@ -40,10 +40,9 @@ bool persistent_decode_supported(const PersistentShape& s, KvDType kv_dtype, Per
 }
 
 size_t persistent_decode_scratch_floats(int dim, int n_heads, int head_dim, int ffn) {
-  // the barrier; q and att; the activation; h and the two projections' outputs; the attention's split
-  // counts (4-float aligned) and their parts, a block each at most
-  const size_t q_dim = size_t(n_heads) * size_t(head_dim);
-  return 32 + 2 * q_dim + size_t(ffn) + 3 * size_t(dim) + (size_t(n_heads) + 3) / 4 * 4 +
+  // the splits' parts: a block each at most
+  return size_t(persistent_detail::stage_outputs_end(dim, n_heads, head_dim, ffn)) +
+         size_t(persistent_detail::split_counts_floats(n_heads)) +
          size_t(device_limits().multiprocessors) * (size_t(head_dim) + 2);
 }
 

@@ -347,16 +347,22 @@ __device__ void merge_splits(const float* parts, int splits, float* att) {
   }
 }
 
-// The attention's splits sit in the scratch after q, att, the activation, h and the two projections'
-// outputs (persistent_decode_scratch_floats): a count a head (4-float aligned), then the parts. Their
-// addresses are worked out where they are used, not kept through the layer loop, whose registers are all
-// taken.
+// The scratch: the barrier's 32 floats; the stages' outputs (q and att [n_heads, head_dim], the activation
+// [ffn], h and the two projections' outputs [dim], as persistent_decode_kernel lays them out); then the
+// attention's split counts, one a head (4-float aligned), and the splits' parts.
+__host__ __device__ __forceinline__ int stage_outputs_end(int dim, int n_heads, int head_dim, int ffn) {
+  return 32 + 2 * n_heads * head_dim + ffn + 3 * dim;
+}
+__host__ __device__ __forceinline__ int split_counts_floats(int n_heads) { return (n_heads + 3) / 4 * 4; }
+
+// The splits' addresses are worked out where they are used, not kept through the layer loop, whose
+// registers are all taken.
 __device__ __forceinline__ unsigned* split_counts(const Params& p, int head_dim) {
-  return reinterpret_cast<unsigned*>(p.a.scratch + 32 + 2 * p.a.n_heads * head_dim + p.a.ffn + 3 * p.a.dim);
+  return reinterpret_cast<unsigned*>(p.a.scratch + stage_outputs_end(p.a.dim, p.a.n_heads, head_dim, p.a.ffn));
 }
 template <int kHeadDim>
 __device__ __forceinline__ float* split_parts(const Params& p) {
-  return reinterpret_cast<float*>(split_counts(p, kHeadDim)) + (p.a.n_heads + 3) / 4 * 4;
+  return reinterpret_cast<float*>(split_counts(p, kHeadDim)) + split_counts_floats(p.a.n_heads);
 }
 
 // After split `unit` of its head (unit / splits) has left its output: its max and sum (from fold) complete
