@@ -3,11 +3,12 @@
 
   nsight_summary.py timeline REPORT.ncu-rep   the DRAM read rate over the kernel's time (its PmSampling
                                               section): how much of the time streams and at what rate
+  nsight_summary.py samples REPORT.ncu-rep    the same samples, one digit each (tenths of the peak)
   nsight_summary.py stalls SASS.csv           the kernel's warp stall samples (SourceCounters, exported with
                                               `ncu -i REP --page source --csv --print-source sass`) sorted
                                               by where in the step a warp waits
 
-Each prints one markdown line. `timeline` needs Nsight Compute's python module (extras/python of its
+Each prints one line. `timeline` needs Nsight Compute's python module (extras/python of its
 install, found on its own under /opt/nvidia/nsight-compute and /usr/local/cuda).
 """
 import collections
@@ -29,7 +30,8 @@ def load_ncu_report(path):
     return ncu_report.load_report(path)
 
 
-def timeline(path):
+def kernel_window(path):
+    """The kernel's action and the DRAM read rate samples (% of peak) over its duration."""
     action = load_ncu_report(path).range_by_idx(0).action_by_idx(0)
     name = next((n for n in action.metric_names() if n.endswith(READ_RATE)), None)
     if name is None:
@@ -37,17 +39,29 @@ def timeline(path):
     metric = action.metric_by_name(name)
     rates = [metric.as_double(i) for i in range(1, metric.num_instances())]  # the first is the origin
     duration_ns = action.metric_by_name("gpu__time_duration.sum").as_double()
-    dram_pct = next(m.as_double() for m in map(action.metric_by_name, DRAM_PCT) if m is not None)
     interval_ns = action.metric_by_name("profiler__pmsampler_interval_time").as_double()
     # The samples run on both sides of the kernel: keep the window of its duration that reads the most.
     n = max(1, min(len(rates), round(duration_ns / interval_ns)))
     start = max(range(len(rates) - n + 1), key=lambda i: sum(rates[i:i + n]))
-    window = rates[start:start + n]
+    return action, rates[start:start + n]
+
+
+def timeline(path):
+    action, window = kernel_window(path)
+    duration_ns = action.metric_by_name("gpu__time_duration.sum").as_double()
+    dram_pct = next(m.as_double() for m in map(action.metric_by_name, DRAM_PCT) if m is not None)
+    interval_ns = action.metric_by_name("profiler__pmsampler_interval_time").as_double()
     streaming = [r for r in window if r >= 85]
     starved = sum(1 for r in window if r < 50)
+    n = len(window)
     print(f"| {action.name().split('<')[0]} | {duration_ns / 1e3:,.1f} us | {dram_pct:.1f}% | "
           f"{100 * len(streaming) / n:.0f}% of the time at {statistics.mean(streaming or [0]):.1f}% | "
           f"{100 * starved / n:.0f}% below 50% | {interval_ns / 1e3:.1f} us samples |")
+
+
+def samples(path):
+    """Every sample of the window as one digit, the read rate in tenths of the peak (9: 90% and more)."""
+    print("".join(str(min(9, int(r // 10))) for r in kernel_window(path)[1]))
 
 
 def stall_place(source, i):
@@ -82,7 +96,7 @@ def stalls(path):
 
 
 if __name__ == "__main__":
-    commands = {"timeline": timeline, "stalls": stalls}
+    commands = {"timeline": timeline, "samples": samples, "stalls": stalls}
     if len(sys.argv) != 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](sys.argv[2])
