@@ -128,7 +128,7 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
                 in ? __floats2half2_rn(qr[2 * e] * qk_scale * down, qr[2 * e + 1] * qk_scale * down) : __half2{};
         } else {
 #pragma unroll
-          for (int e = 0; e < kW; ++e) q_reg[r][i][e] = in ? qr[e] * qk_scale : 0.0f;
+          for (int e = 0; e < kW; ++e) q_reg[r][i][e] = in ? qr[e] : 0.0f;  // scaled in the score (below)
         }
       }
   } else {
@@ -205,9 +205,12 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
         }
       }
 #pragma unroll
-      for (int r = 0; r < kR; ++r)
+      for (int r = 0; r < kR; ++r) {
 #pragma unroll
         for (int off = kTk / 2; off > 0; off >>= 1) s[u][r] += __shfl_xor_sync(0xffffffffu, s[u][r], off);
+        // Queries in registers are not pre-scaled, so that the first keys' loads need not wait for them.
+        if constexpr (kQInRegisters && !kHalf) s[u][r] *= qk_scale;
+      }
     }
 #pragma unroll
     for (int r = 0; r < kR; ++r) {

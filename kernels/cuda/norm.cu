@@ -50,11 +50,12 @@ __global__ void __launch_bounds__(kThreads) norm_kept_kernel(const float* x, con
   __shared__ float scratch[32];
   const int n = int(dim);  // at most kMaxKept * kThreads
   const float* xt = x + blockIdx.x * dim;
-  float v[kPer];
+  float v[kPer], w[kPer];  // the weights load with the row, not after its sums
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     const int i = int(threadIdx.x) + j * kThreads;
     v[j] = i < n ? xt[i] : 0.0f;
+    w[j] = i < n ? weight[i] : 0.0f;
   }
   const auto in_row = [&](int j) { return int(threadIdx.x) + j * kThreads < n; };
   float mean = 0.0f;
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) norm_kept_kernel(const float* x, con
   for (int j = 0; j < kPer; ++j) {
     const int i = int(threadIdx.x) + j * kThreads;
     if (i >= n) continue;
-    float o = (v[j] - mean) * scale * weight[i];
+    float o = (v[j] - mean) * scale * w[j];
     if (bias != nullptr) o += bias[i];
     yt[i] = o;
     if (yt16 != nullptr) yt16[i] = __float2half_rn(o);

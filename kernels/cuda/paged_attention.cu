@@ -78,12 +78,14 @@ template <typename T, int kW, int kDMax, int kR>
 __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR, sizeof(T)))
     paged_attention_kernel(Params p) {
   constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
-  pdl_wait();  // the queries and the pool are written
   pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
+  // The row's sequence, position and keys: step inputs, copied in before the step's first kernel, so read
+  // while the kernel before finishes.
   if (p.a.skip_rows != nullptr && p.a.skip_rows[blockIdx.x] != 0) return;
   const int split = int(blockIdx.z);
   const PagedRow<kR> src(p, blockIdx.x, int(blockIdx.y), split);
   if (src.n_rows <= 0 || src.begin >= src.end) return;  // past the row's keys: the merge reads only its splits
+  pdl_wait();  // the queries and the pool are written
   const DecodeOutput o{p.a.out, p.n_splits > 1 ? p.a.partial : nullptr, p.a.n_rows * p.a.n_heads, p.n_splits};
   decode_attention_block<T, kW, kTk, kCpt, kR>(src, static_cast<const T*>(p.a.kv.k_pool),
                                                static_cast<const T*>(p.a.kv.v_pool), p.qk_scale, o, split);
