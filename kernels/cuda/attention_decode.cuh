@@ -63,15 +63,16 @@ __device__ __forceinline__ void load_floats(const float* p, float (&out)[kW]) {
   }
 }
 
-// The compile-time shape of one instantiation.
-template <typename T, int kW, int kTk, int kCpt, int kR>
+// The compile-time shape of one instantiation. kOneRowKeys: keys a thread loads before it waits beside one
+// row of f16 values or of 32 lanes a key (a kernel holding more blocks a multiprocessor takes fewer).
+template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 8>
 struct DecodeShape {
   static constexpr int kSub = kDecodeThreads / kTk;
   // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4;
   // fp8 beside one row takes 4, leaving registers for a fifth block a multiprocessor).
   static constexpr int kU = kR >= 8 ? (kCpt >= 2 ? 1 : 2)
                             : kCpt >= 4 ? 1
-                                        : (kR == 1 && (sizeof(T) == 2 || kTk == 32) ? 8 : 4) / kCpt;
+                                        : (kR == 1 && (sizeof(T) == 2 || kTk == 32) ? kOneRowKeys : 4) / kCpt;
   static constexpr int kKeysPerStep = kU * kSub;
 };
 
@@ -81,11 +82,11 @@ struct DecodeShape {
 //   bool masked: some key of [begin, end) is hidden from some row, then visible(key, r) says which;
 //   bool alibi: the scores take slope(r) * (key - pos(r))
 //   int64_t key_offset(key)  element offset of the key's head_dim values in k and v
-template <typename T, int kW, int kTk, int kCpt, int kR, typename Src>
+template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 8, typename Src>
 __device__ __forceinline__ void decode_attention_block(const Src& src, const T* __restrict__ k,
                                                        const T* __restrict__ v, float qk_scale, DecodeOutput o,
                                                        int split) {
-  using Shape = DecodeShape<T, kW, kTk, kCpt, kR>;
+  using Shape = DecodeShape<T, kW, kTk, kCpt, kR, kOneRowKeys>;
   constexpr int kSub = Shape::kSub, kU = Shape::kU;
   extern __shared__ float decode_smem[];
   const int tid = threadIdx.x, sub = tid / kTk, lane = tid % kTk;
