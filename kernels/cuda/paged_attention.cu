@@ -73,7 +73,7 @@ struct PagedRow {
 };
 
 // Beside one row, f16 and f32 pools: 7 blocks a multiprocessor, each thread's loads 4 keys deep instead of 8
-// (7B batch decode: 256 rows of ~650 keys 32.2 -> 30.3 ms a step; 32 rows of ~100 5.41 -> 5.35).
+// (7B batch decode: 256 rows of ~650 keys 30.9 -> 29.1 ms a step; 32 rows of ~100 5.38 -> 5.30).
 __host__ __device__ constexpr bool shallow_one_row(int rows, int value_bytes) { return rows == 1 && value_bytes != 1; }
 
 // Block (row blockIdx.x, kv head and group of its query heads blockIdx.y, split blockIdx.z). kW: values
