@@ -89,8 +89,8 @@ __global__ void __launch_bounds__(kDecodeThreads, shallow_one_row(kR, sizeof(T))
   const int split = int(blockIdx.z);
   const PagedRow<kR> src(p, blockIdx.x, int(blockIdx.y), split);
   if (src.n_rows <= 0 || src.begin >= src.end) return;  // past the row's keys: the merge reads only its splits
-  // The blocks that returned above did not wait; a row's first split always has keys and waits, so the
-  // grid still ends after the kernel ahead.
+  // The blocks that returned above did not wait; every row attended has a split with keys (its own
+  // position's), whose blocks wait, so the grid still ends after the kernel ahead.
   pdl_wait();  // the queries and the pool are written
   const DecodeOutput o{p.a.out, p.n_splits > 1 ? p.a.partial : nullptr, p.a.n_rows * p.a.n_heads, p.n_splits};
   constexpr int kOneRowKeys = shallow_one_row(kR, sizeof(T)) ? 4 : 8;
