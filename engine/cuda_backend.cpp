@@ -75,7 +75,7 @@ class ContiguousKv final : public CudaKvStore {
     cuda::rotary_kv_append(r);
   }
 
-  void attend(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) override {
+  bool attend(int64_t layer, const float* q, float* out, __half* /*out16*/, int64_t n, cudaStream_t stream) override {
     const ModelConfig& c = config_;
     const bool on_tensor_cores = gemm_.handle != nullptr && n >= kGemmMinTokens;
     cuda::AttentionArgs a;
@@ -100,6 +100,7 @@ class ContiguousKv final : public CudaKvStore {
     a.stream = stream;
     if (on_tensor_cores) cuda::attention_gemm(a, first_position_host_, gemm_);
     else cuda::attention(a);
+    return false;
   }
 
   int splits(int64_t n) const {

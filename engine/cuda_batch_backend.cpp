@@ -94,11 +94,14 @@ class PagedKv final : public CudaKvStore {
     return true;
   }
 
-  void attend(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) override {
-    if (!rows_outside_tiles_) return;
+  // Every row's output in f16 too when no row is a prompt tile's (the tiles write f32 alone).
+  bool attend(int64_t layer, const float* q, float* out, __half* out16, int64_t n, cudaStream_t stream) override {
+    if (!rows_outside_tiles_) return false;
     cuda::PagedAttentionArgs a = attention_args(layer, q, out, n, stream);
     if (n_tiles_ > 0) a.skip_rows = row_in_tile_;
+    else a.out16 = out16;
     cuda::paged_attention(a);
+    return a.out16 != nullptr;
   }
 
  private:

@@ -243,7 +243,7 @@ void CudaForward::plan_workspace(const CudaForwardOptions& options) {
                            R * size_t(c.kv_dim()), R * size_t(c.q_dim()), R * size_t(c.dim),       R * size_t(up_rows),
                            R * size_t(c.ffn_dim),  R * size_t(c.dim),    R * size_t(c.projects_embedding() ? c.embd_dim() : 0),
                            R * size_t(c.output_width()), options.attention_floats,
-                           (R * size_t(c.ffn_dim) + 1) / 2,  // act16: halves
+                           (R * size_t(std::max(c.ffn_dim, c.q_dim())) + 1) / 2,  // act16: halves
                            persistent_ ? persistent_floats(c) : 0};
   ws_offsets_.clear();
   size_t bytes = 0;
@@ -505,6 +505,11 @@ void CudaForward::norm(const float* x, const float* weight, const float* bias, f
 // Rows that take the GEMV (decode steps of one sequence); the others go through cuBLAS.
 bool CudaForward::takes_gemv(int64_t n) const { return !batched_ && n <= cuda::kGemvMaxTokens; }
 
+// Where a matmul's input goes in f16 when its GEMM reads f16 (the producer writes it so, no conversion launch).
+__half* CudaForward::f16_input_for(const cuda::DeviceMatrix& w, int64_t n) const {
+  return !takes_gemv(n) && (w.dtype == DType::F16 || w.dtype == DType::I8) ? ws_.act16 : nullptr;
+}
+
 // x += W · in + bias in the matmul itself: the GEMV's epilogue, or cuBLAS accumulating onto x. in16: `in` in
 // f16 already, or nullptr. Split over ranks (W by columns), rank 0 does this with its part of W, the others
 // write their product alone into x, and the sum over the ranks leaves x + W · in + bias on every rank.
@@ -595,7 +600,8 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
 
   // attention
   if (kv.attend_apart(layer, ws_.q, ws_.att, n, s)) mark_stage("prompt_attn", layer);
-  kv.attend(layer, ws_.q, ws_.att, n, s);
+  __half* att16 = f16_input_for(w.attn_out, n);
+  if (!kv.attend(layer, ws_.q, ws_.att, att16, n, s)) att16 = nullptr;
   emit("attn", layer, ws_.att, n * q_dim);
 
   // output projection + residual (deferred to the end of the layer for a parallel residual); the matmul
@@ -607,9 +613,9 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   res.dim = dim;
   res.stream = s;
   if (residual_in_matmul) {
-    matmul_into_residual(w.attn_out, ws_.att, nullptr, w.attn_out_bias, n, "attn_out", layer);
+    matmul_into_residual(w.attn_out, ws_.att, att16, w.attn_out_bias, n, "attn_out", layer);
   } else {
-    matmul(w.attn_out, ws_.att, ws_.attn_proj, nullptr, n);
+    matmul(w.attn_out, ws_.att, ws_.attn_proj, nullptr, n, {}, {}, att16);
     sum_over_ranks(ws_.attn_proj, n * dim, "attn_out", layer);
     emit("attn_out", layer, ws_.attn_proj, n * dim);
     if (!c.parallel_residual) {
@@ -639,9 +645,7 @@ void CudaForward::layer_forward(int64_t layer, int64_t n, CudaKvStore& kv) {
   }
   float* hidden = ws_.up;
   // the activation also writes the down projection's input in f16 when a GEMM reads it so
-  __half* hidden16 = !takes_gemv(n) && (w.ffn_down.dtype == DType::F16 || w.ffn_down.dtype == DType::I8)
-                         ? ws_.act16
-                         : nullptr;
+  __half* hidden16 = f16_input_for(w.ffn_down, n);
   if (gate_in_epilogue) {
     hidden = ws_.act;
   } else if (gated) {

@@ -68,12 +68,13 @@ class CudaKvStore {
   virtual void append(int64_t layer, float* qkv, float* q, float* k_out, int64_t n, cudaStream_t stream) = 0;
   // out: [n, q_dim] = attention of q: [n, q_dim] over what each row's sequence holds. A store may attend
   // for some rows apart first (prompt rows in tiles): attend_apart does those and returns whether it ran,
-  // so that a profile times it as a stage of its own; attend then does the rest.
+  // so that a profile times it as a stage of its own; attend then does the rest. out16: [n, q_dim] where the
+  // output may go in f16 as well (nullptr: not asked); attend returns whether out16 holds every row's.
   virtual bool attend_apart(int64_t /*layer*/, const float* /*q*/, float* /*out*/, int64_t /*n*/,
                             cudaStream_t /*stream*/) {
     return false;
   }
-  virtual void attend(int64_t layer, const float* q, float* out, int64_t n, cudaStream_t stream) = 0;
+  virtual bool attend(int64_t layer, const float* q, float* out, __half* out16, int64_t n, cudaStream_t stream) = 0;
 };
 
 // Rows per matmul call of a batch-invariant forward, by default: every call has this shape, so cuBLAS
@@ -180,7 +181,8 @@ class CudaForward {
     float *x = nullptr, *xn = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *att = nullptr,
           *attn_proj = nullptr, *up = nullptr, *act = nullptr, *ffn_out = nullptr, *embd = nullptr,
           *logits = nullptr, *attention = nullptr;
-    __half* act16 = nullptr;  // [rows, ffn_dim]: the activation in f16, when a GEMM reads it so
+    // [rows, max(ffn_dim, q_dim)]: the activation, or the attention's output, in f16 when a GEMM reads it so
+    __half* act16 = nullptr;
     float* persistent = nullptr;  // the persistent step's scratch, then its table of layers
     int32_t* inputs = nullptr;
     void* gemm = nullptr;
@@ -196,6 +198,7 @@ class CudaForward {
   void matmul(const cuda::DeviceMatrix& w, const float* x, float* y, const float* bias, int64_t n,
               const cuda::InputNorm& norm = {}, const cuda::GatedOutput& gated = {}, const __half* x16 = nullptr);
   bool takes_gemv(int64_t n) const;
+  __half* f16_input_for(const cuda::DeviceMatrix& w, int64_t n) const;
   void run_matmul(const cuda::MatmulArgs& a);
   void matmul_into_residual(const cuda::DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
                             int64_t n, const char* stage, int64_t layer);

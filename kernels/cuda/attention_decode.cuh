@@ -37,6 +37,7 @@ struct DecodeOutput {
   float* partial;  // nullptr: one split
   int64_t n_th;    // (token or row) x head slots of out
   int n_splits;
+  __half* out16 = nullptr;  // [n_th, head_dim] out in f16 as well (one split), or nullptr
 };
 
 // Shared bytes: the query rows, then for the final fold per key group every row's max, sum, weight and
@@ -327,8 +328,9 @@ __device__ __forceinline__ void decode_attention_block(const Src& src, const T* 
 #pragma unroll
     for (int g = 0; g < kSub; ++g) x += w_s[g * kR + r] * acc_s[(g * kR + r) * D + d];
     if (o.partial == nullptr) {
-      const float sum = ml_s[2 * r + 1];
-      o.out[src.th(r) * D + d] = sum > 0.0f ? x / sum : 0.0f;
+      const float sum = ml_s[2 * r + 1], y = sum > 0.0f ? x / sum : 0.0f;
+      o.out[src.th(r) * D + d] = y;
+      if (o.out16 != nullptr) o.out16[src.th(r) * D + d] = __float2half_rn(y);
     } else {
       o.partial[(split * o.n_th + src.th(r)) * D + d] = x;
     }

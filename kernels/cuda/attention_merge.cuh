@@ -21,13 +21,13 @@ inline size_t merge_shared_bytes(int n_splits) {
   return sizeof(float) * (size_t(n_splits) + size_t(kMergeWarps) * kMergeMaxHeadDim);
 }
 
-// Merges slot th over the splits [first, last) into out[th]: partial is [n_splits, n_th, head_dim] outputs,
+// Merges slot th over the splits [first, last) into out[th] (and out16[th] unless nullptr): partial is [n_splits, n_th, head_dim] outputs,
 // then [n_splits, n_th, 2] (max, sum). Every thread of a block of kMergeThreads calls this; smem holds
 // merge_shared_bytes(n_splits). The loads bypass L1 (ld.cg): the fused merge reads what other blocks of the
 // same kernel wrote. kVec: values a lane loads at once (4 needs head_dim % 4 == 0 and partial 16-aligned).
 template <int kVec>
 __device__ void merge_slot(const float* __restrict__ partial, float* __restrict__ out, int n_splits, int64_t n_th,
-                           int head_dim, int64_t th, int first, int last, float* smem) {
+                           int head_dim, int64_t th, int first, int last, float* smem, __half* out16 = nullptr) {
   float* sum_s = smem;                                       // [kMergeWarps][kMergeMaxHeadDim] each warp's outputs
   float* weight_s = sum_s + kMergeWarps * kMergeMaxHeadDim;  // [n_splits] 2^(m_s - M)
   __shared__ float scratch[32];
@@ -95,7 +95,9 @@ __device__ void merge_slot(const float* __restrict__ partial, float* __restrict_
     float x = 0.0f;
 #pragma unroll
     for (int w = 0; w < kMergeWarps; ++w) x += sum_s[w * kMergeMaxHeadDim + d];
-    out[th * head_dim + d] = sum > 0.0f ? x / sum : 0.0f;
+    const float y = sum > 0.0f ? x / sum : 0.0f;
+    out[th * head_dim + d] = y;
+    if (out16 != nullptr) out16[th * head_dim + d] = __float2half_rn(y);
   }
 }
 
@@ -104,12 +106,13 @@ __device__ void merge_slot(const float* __restrict__ partial, float* __restrict_
 template <int kVec, typename Range>
 __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(const float* __restrict__ partial,
                                                                         float* __restrict__ out, int n_splits,
-                                                                        int64_t n_th, int head_dim, Range range) {
+                                                                        int64_t n_th, int head_dim, Range range,
+                                                                        __half* __restrict__ out16) {
   extern __shared__ float merge_smem[];
   pdl_wait();  // the split results are complete
   const int2 used = range(int64_t(blockIdx.x), n_splits);
   if (used.x >= used.y) return;  // a slot another kernel writes
-  merge_slot<kVec>(partial, out, n_splits, n_th, head_dim, blockIdx.x, used.x, used.y, merge_smem);
+  merge_slot<kVec>(partial, out, n_splits, n_th, head_dim, blockIdx.x, used.x, used.y, merge_smem, out16);
 }
 
 // The merge fused into a split kernel (one launch fewer): each of the n_used blocks of a group counts itself
@@ -134,14 +137,15 @@ __device__ void merge_splits_if_last(const float* partial, float* out, int n_spl
   if (threadIdx.x == 0) *counter = 0;
 }
 
-// Launches the merge of n_th slots on `stream`, as a dependent launch of the kernel that wrote partial.
+// Launches the merge of n_th slots on `stream`, as a dependent launch of the kernel that wrote partial; out16:
+// the slots in f16 as well, or nullptr.
 template <typename Range>
 void launch_attention_merge(const float* partial, float* out, int n_splits, int64_t n_th, int head_dim, Range range,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, __half* out16 = nullptr) {
   const size_t shared = merge_shared_bytes(n_splits);
   const bool vec = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(partial) % 16 == 0;
   launch_pdl(vec ? attention_merge_kernel<4, Range> : attention_merge_kernel<1, Range>, dim3(unsigned(n_th)),
-             dim3(kMergeThreads), shared, stream, partial, out, n_splits, n_th, head_dim, range);
+             dim3(kMergeThreads), shared, stream, partial, out, n_splits, n_th, head_dim, range, out16);
 }
 
 }  // namespace kiln::cuda

@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(kDecodeThreads, shallow_one_row(kR, sizeof(T))
   // The blocks that returned above did not wait; every row attended has a split with keys (its own
   // position's), whose blocks wait, so the grid still ends after the kernel ahead.
   pdl_wait();  // the queries and the pool are written
-  const DecodeOutput o{p.a.out, p.n_splits > 1 ? p.a.partial : nullptr, p.a.n_rows * p.a.n_heads, p.n_splits};
+  const DecodeOutput o{p.a.out, p.n_splits > 1 ? p.a.partial : nullptr, p.a.n_rows * p.a.n_heads, p.n_splits,
+                       p.a.out16};
   constexpr int kOneRowKeys = shallow_one_row(kR, sizeof(T)) ? 4 : 8;
   decode_attention_block<T, kW, kTk, kCpt, kR, kOneRowKeys>(src, static_cast<const T*>(p.a.kv.k_pool),
                                                             static_cast<const T*>(p.a.kv.v_pool), p.qk_scale, o, split);
@@ -191,7 +192,7 @@ void paged_attention(const PagedAttentionArgs& a) {
   if (n_splits > 1) {
     const int64_t n_th = a.n_rows * a.n_heads;
     const RowSplits range{a.row_position, a.skip_rows, a.n_heads, int(a.chunk_keys), a.window};
-    launch_attention_merge(a.partial, a.out, int(n_splits), n_th, a.kv.head_dim, range, a.stream);
+    launch_attention_merge(a.partial, a.out, int(n_splits), n_th, a.kv.head_dim, range, a.stream, a.out16);
   }
 }
 

@@ -4,6 +4,7 @@
 // block ids and positions on the host (the tables live on the device).
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -57,6 +58,7 @@ struct PagedAttentionArgs {
   const float* q = nullptr;            // [n_rows, n_heads, head_dim], rows q_stride floats apart
   int64_t q_stride = 0;                // 0: n_heads * head_dim (set qkv_stride to read q in place from the QKV rows)
   float* out = nullptr;                // [n_rows, n_heads, head_dim]
+  __half* out16 = nullptr;             // [n_rows, n_heads, head_dim]: out in f16 as well, or nullptr
   const int32_t* row_seq = nullptr;       // device [n_rows]
   const int32_t* row_position = nullptr;  // device [n_rows]: a row sees its sequence's keys [0, position]
   int64_t n_rows = 0;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/half.h"
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cuda/paged_attention.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
@@ -119,6 +120,18 @@ void check_cases(const std::vector<test::PagedCase>& cases, KvDType dtype, bool 
       cuda::paged_attention(one);
       const std::vector<float> alone = test::to_host<float>(out, size_t(width));
       ASSERT_EQ(alone, std::vector<float>(got.begin() + r * width, got.begin() + (r + 1) * width)) << "row " << r;
+    }
+
+    // Asked for an f16 copy too (what an f16 GEMM reads next): out keeps its bits, out16 holds them rounded.
+    {
+      cuda::PagedAttentionArgs both = dev.args;
+      cuda::DeviceBuffer out(got.size() * sizeof(float)), out16(got.size() * sizeof(uint16_t));
+      both.out = out.as<float>();
+      both.out16 = out16.as<__half>();
+      cuda::paged_attention(both);
+      ASSERT_EQ(test::to_host<float>(out, got.size()), got);
+      const std::vector<uint16_t> halves = test::to_host<uint16_t>(out16, got.size());
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(halves[i], fp32_to_fp16(got[i])) << "f16 at " << i;
     }
 
     // A bound on the positions (fewer split blocks) changes no bit.
