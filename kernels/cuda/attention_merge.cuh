@@ -21,10 +21,11 @@ inline size_t merge_shared_bytes(int n_splits) {
   return sizeof(float) * (size_t(n_splits) + size_t(kMergeWarps) * kMergeMaxHeadDim);
 }
 
-// Merges slot th over the splits [first, last) into out[th] (and out16[th] unless nullptr): partial is [n_splits, n_th, head_dim] outputs,
-// then [n_splits, n_th, 2] (max, sum). Every thread of a block of kMergeThreads calls this; smem holds
-// merge_shared_bytes(n_splits). The loads bypass L1 (ld.cg): the fused merge reads what other blocks of the
-// same kernel wrote. kVec: values a lane loads at once (4 needs head_dim % 4 == 0 and partial 16-aligned).
+// Merges slot th over the splits [first, last) into out[th] (and out16[th] in f16 unless nullptr): partial
+// is [n_splits, n_th, head_dim] outputs, then [n_splits, n_th, 2] (max, sum). Every thread of a block of
+// kMergeThreads calls this; smem holds merge_shared_bytes(n_splits). The loads bypass L1 (ld.cg): the fused
+// merge reads what other blocks of the same kernel wrote. kVec: values a lane loads at once (4 needs
+// head_dim % 4 == 0 and partial 16-aligned).
 template <int kVec>
 __device__ void merge_slot(const float* __restrict__ partial, float* __restrict__ out, int n_splits, int64_t n_th,
                            int head_dim, int64_t th, int first, int last, float* smem, __half* out16 = nullptr) {
