@@ -10,9 +10,9 @@
 // GEMMs), as one bf16 rounding would be the coarsest of the forward; int8 weights are first dequantized
 // to f16 into the workspace, one weight at a time (prefill only: decode never makes a dequantized copy),
 // and multiply x rounded to f16. x reaches f16 in the kernel that makes it where it can: the input norm
-// writes it, and a caller may pass it (x16, from the activation before); else a conversion pass. The
-// residual is accumulated onto by cuBLAS itself (y = W x + y, copied into y first unless it is y); a
-// gated product goes through the context's gate_up buffer and the activation kernel.
+// writes it, and a caller may pass it (x16, from the activation or the batch's attention before); else a
+// conversion pass. The residual is accumulated onto by cuBLAS itself (y = W x + y, copied into y first
+// unless it is y); a gated product goes through the context's gate_up buffer and the activation kernel.
 #pragma once
 
 #include <cublas_v2.h>
