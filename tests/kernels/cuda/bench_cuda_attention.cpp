@@ -8,9 +8,10 @@
 // SmolLM2 (9 / 3, head_dim 64) at depths 1K, 8K and 32K, f16, fp8 and f32 caches of 32K positions (the
 // split count the engine would use for that cache). Paged pool: a decode batch of 64 SmolLM2 rows and of 32
 // and 256 7B rows, each its own sequence of 128..1024 keys, one block a row or split in chunks (256 keys;
-// 1,024 for 256 rows, as kiln batch splits them). Each call reads another
-// layer's cache, enough layers that their bytes are four times the L2 cache, as a model's layers do; the
-// calls are captured in a CUDA graph and replayed, so launch gaps count as they do in a decode step.
+// 1,024 for 256 rows, as kiln batch splits them), and 32 7B rows of 65..128 keys (kiln batch's 7B row, 32 x
+// (64 + 64)). Each call reads another layer's cache, enough layers that their bytes are four times the L2
+// cache, as a model's layers do; the calls are captured in a CUDA graph and replayed, so launch gaps count
+// as they do in a decode step.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -124,15 +125,15 @@ void bench_contiguous(const Shape& s, KvDType dtype, int64_t depth, double copy_
   row(std::string(s.name) + " decode", cuda::kv_dtype_name(dtype), depth, splits, us, touched, copy_gbs);
 }
 
-// n_rows sequences of 128..1024 keys, each one decode row.
+// n_rows sequences of min_len..max_len keys, each one decode row.
 void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double copy_gbs, int replays,
-                 int64_t chunk_keys = cuda::kPagedAttentionChunkKeys) {
-  const int64_t bs = 16, max_len = 1024, max_blocks = max_len / bs;
+                 int64_t chunk_keys, int64_t min_len = 128, int64_t max_len = 1024) {
+  const int64_t bs = 16, max_blocks = (max_len + bs - 1) / bs;
   const auto n = static_cast<size_t>(n_rows);
   std::vector<int32_t> positions(n), seqs(n), table(n * size_t(max_blocks));
   double keys = 0;
   for (int r = 0; r < n_rows; ++r) {
-    const int64_t len = 128 + (max_len - 128) * r / std::max(1, n_rows - 1);
+    const int64_t len = min_len + (max_len - min_len) * r / std::max(1, n_rows - 1);
     positions[size_t(r)] = int32_t(len - 1);
     seqs[size_t(r)] = r;
     keys += double(len);
@@ -183,7 +184,8 @@ void bench_paged(const Shape& s, int n_rows, KvDType dtype, bool split, double c
       },
       replays);
   const int chunks = split ? int((max_len + chunk_keys - 1) / chunk_keys) : 1;
-  row(std::string(s.name) + " paged x" + std::to_string(n_rows) + (split ? " split" : ""),
+  const std::string lengths = min_len == 128 ? "" : " " + std::to_string(min_len) + "..";
+  row(std::string(s.name) + " paged x" + std::to_string(n_rows) + lengths + (split ? " split" : ""),
       cuda::kv_dtype_name(dtype), max_len, chunks, us, touched, copy_gbs);
 }
 
@@ -203,8 +205,10 @@ int run(int argc, char** argv) {
   cudaDeviceProp prop{};
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_gbs = cuda::copy_bandwidth_gbs();
-  const auto paged = [&](const Shape& s, int n_rows, KvDType dtype, bool split, int64_t chunk) {
-    if (only_rows == 0 || only_rows == n_rows) bench_paged(s, n_rows, dtype, split, copy_gbs, replays, chunk);
+  const auto paged = [&](const Shape& s, int n_rows, KvDType dtype, bool split, int64_t chunk, int64_t min_len = 128,
+                         int64_t max_len = 1024) {
+    if (only_rows == 0 || only_rows == n_rows)
+      bench_paged(s, n_rows, dtype, split, copy_gbs, replays, chunk, min_len, max_len);
   };
   std::printf("%s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s (read + write)\n\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
@@ -219,6 +223,8 @@ int run(int argc, char** argv) {
       paged(kShapes[2], 64, dtype, split, cuda::kPagedAttentionChunkKeys);
       paged(kShapes[0], 32, dtype, split, cuda::kPagedAttentionChunkKeys);
     }
+    // kiln batch's 7B row, 32 x (64 + 64): rows of 65..128 keys, one block a row.
+    paged(kShapes[0], 32, dtype, false, cuda::kPagedAttentionChunkKeys, 65, 128);
     paged(kShapes[0], 256, dtype, true, 1024);
   }
   if (sweep)  // split counts other than attention_splits' (f16 caches)
