@@ -65,15 +65,15 @@ __device__ __forceinline__ void load_floats(const float* p, float (&out)[kW]) {
 }
 
 // The compile-time shape of one instantiation. kOneRowKeys: keys a thread loads before it waits beside one
-// row of f16 values or of 32 lanes a key (a kernel holding more blocks a multiprocessor takes fewer).
-template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 8>
+// row (a kernel holding more blocks a multiprocessor takes fewer); 0: 8 for f16 values or 32 lanes a key,
+// else 4.
+template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 0>
 struct DecodeShape {
   static constexpr int kSub = kDecodeThreads / kTk;
+  static constexpr int kOneRow = kOneRowKeys > 0 ? kOneRowKeys : sizeof(T) == 2 || kTk == 32 ? 8 : 4;
   // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4;
   // fp8 beside one row takes 4, leaving registers for a fifth block a multiprocessor).
-  static constexpr int kU = kR >= 8 ? (kCpt >= 2 ? 1 : 2)
-                            : kCpt >= 4 ? 1
-                                        : (kR == 1 && (sizeof(T) == 2 || kTk == 32) ? kOneRowKeys : 4) / kCpt;
+  static constexpr int kU = kR >= 8 ? (kCpt >= 2 ? 1 : 2) : kCpt >= 4 ? 1 : (kR == 1 ? kOneRow : 4) / kCpt;
   static constexpr int kKeysPerStep = kU * kSub;
 };
 
@@ -83,7 +83,7 @@ struct DecodeShape {
 //   bool masked: some key of [begin, end) is hidden from some row, then visible(key, r) says which;
 //   bool alibi: the scores take slope(r) * (key - pos(r))
 //   int64_t key_offset(key)  element offset of the key's head_dim values in k and v
-template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 8, typename Src>
+template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 0, typename Src>
 __device__ __forceinline__ void decode_attention_block(const Src& src, const T* __restrict__ k,
                                                        const T* __restrict__ v, float qk_scale, DecodeOutput o,
                                                        int split) {

@@ -72,19 +72,21 @@ struct PagedRow {
   }
 };
 
-// Beside one row, f16 and f32 pools: each thread's loads fewer keys deep than 8, for more blocks a
+// Beside one row, each thread's loads go fewer keys deep than attention.cu's, for more blocks a
 // multiprocessor. f32: 4 keys, 7 blocks (8 spill; 7B batch decode: 256 rows of ~650 keys 30.9 -> 29.1 ms a
-// step). f16: 3 keys, 8 blocks, so that a 7B step's 32 rows x 32 heads run in one wave (4 keys and 7 blocks
-// left 100 blocks to a second; 4 keys spill at 8 blocks): rows of 65..128 keys 19.4 -> 17.1 us a layer.
-__host__ __device__ constexpr bool shallow_one_row(int rows, int value_bytes) { return rows == 1 && value_bytes != 1; }
-__host__ __device__ constexpr int one_row_keys(int value_bytes) { return value_bytes == 2 ? 3 : 4; }
-__host__ __device__ constexpr int one_row_blocks(int value_bytes) { return value_bytes == 2 ? 8 : 7; }
+// step). f16: 3 keys, fp8: 2, both 8 blocks, so that a 7B step's 32 rows x 32 heads run in one wave (7 and
+// 5 blocks left 100 and 364 blocks to a second; f16 spills at 4 keys): rows of 65..128 keys 19.4 -> 17.1 us
+// a layer (f16), 18.1 -> 15.2 (fp8).
+__host__ __device__ constexpr int one_row_keys(int value_bytes) {
+  return value_bytes == 2 ? 3 : value_bytes == 1 ? 2 : 4;
+}
+__host__ __device__ constexpr int one_row_blocks(int value_bytes) { return value_bytes == 4 ? 7 : 8; }
 
 // Block (row blockIdx.x, kv head and group of its query heads blockIdx.y, split blockIdx.z). kW: values
 // per chunk (kv_chunk_values, or 1 for head dims that are not whole chunks).
 template <typename T, int kW, int kDMax, int kR>
-__global__ void __launch_bounds__(kDecodeThreads, shallow_one_row(kR, sizeof(T)) ? one_row_blocks(sizeof(T))
-                                                                                 : decode_min_blocks(kR, sizeof(T)))
+__global__ void __launch_bounds__(kDecodeThreads,
+                                  kR == 1 ? one_row_blocks(sizeof(T)) : decode_min_blocks(kR, sizeof(T)))
     paged_attention_kernel(Params p) {
   constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
@@ -99,9 +101,8 @@ __global__ void __launch_bounds__(kDecodeThreads, shallow_one_row(kR, sizeof(T))
   pdl_wait();  // the queries and the pool are written
   const DecodeOutput o{p.a.out, p.n_splits > 1 ? p.a.partial : nullptr, p.a.n_rows * p.a.n_heads, p.n_splits,
                        p.a.out16};
-  constexpr int kOneRowKeys = shallow_one_row(kR, sizeof(T)) ? one_row_keys(sizeof(T)) : 8;
-  decode_attention_block<T, kW, kTk, kCpt, kR, kOneRowKeys>(src, static_cast<const T*>(p.a.kv.k_pool),
-                                                            static_cast<const T*>(p.a.kv.v_pool), p.qk_scale, o, split);
+  decode_attention_block<T, kW, kTk, kCpt, kR, one_row_keys(sizeof(T))>(
+      src, static_cast<const T*>(p.a.kv.k_pool), static_cast<const T*>(p.a.kv.v_pool), p.qk_scale, o, split);
 }
 
 // The splits of slot th: those its row's keys fall in (none for a skipped row: the merge leaves it alone).
