@@ -72,7 +72,7 @@ struct DecodeShape {
   static constexpr int kSub = kDecodeThreads / kTk;
   static constexpr int kOneRow = kOneRowKeys > 0 ? kOneRowKeys : sizeof(T) == 2 || kTk == 32 ? 8 : 4;
   // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4;
-  // fp8 beside one row takes 4, leaving registers for a fifth block a multiprocessor).
+  // attention.cu's fp8 beside one row takes 4, leaving registers for a fifth block a multiprocessor).
   static constexpr int kU = kR >= 8 ? (kCpt >= 2 ? 1 : 2) : kCpt >= 4 ? 1 : (kR == 1 ? kOneRow : 4) / kCpt;
   static constexpr int kKeysPerStep = kU * kSub;
 };
