@@ -82,7 +82,7 @@ struct ContiguousRows {
 // Block (row tile blockIdx.x of kDecodeMaxRows rows, kv head blockIdx.y, split blockIdx.z). The registers
 // of f16's blocks a multiprocessor for every cache type, as attention_splits counts them.
 template <typename T, int kDMax, int kR>
-__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR, 2))
+__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks(kR))
     attention_decode_kernel(DecodeParams p) {
   constexpr int kW = kv_chunk_values<T>(kR), kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   using Shape = DecodeShape<T, kW, kTk, kCpt, kR>;
@@ -160,7 +160,7 @@ int attention_splits(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim
   if (rows <= kAttentionDecodeMaxRows) {
     const int64_t blocks = (rows + kDecodeMaxRows - 1) / kDecodeMaxRows * n_kv_heads;
     // f16's count for every cache type (fp8 would allow a fifth block of one row): a graph's splits stay put.
-    const int per_sm = decode_min_blocks(decode_rows_template(int(std::min<int64_t>(rows, kDecodeMaxRows))), 2);
+    const int per_sm = decode_min_blocks(decode_rows_template(int(std::min<int64_t>(rows, kDecodeMaxRows))));
     splits = std::min(int64_t(per_sm) * n_multiprocessors / blocks,
                       (max_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit);
   } else {

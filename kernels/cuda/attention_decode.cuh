@@ -21,12 +21,9 @@ namespace kiln::cuda {
 inline constexpr int kDecodeThreads = 128;
 inline constexpr int kDecodeMaxRows = 8;  // query rows a block holds at most
 // Blocks of kR rows a multiprocessor must hold at once (bounds the registers: more rows, more outputs);
-// the split counts aim at that many blocks per multiprocessor, so all splits run in one wave. fp8 beside
-// one row: 5, its loads fewer keys deep (Nsight Compute, 7B, 256 rows: the issue slots, not the memory,
-// bound it; 5 blocks instead of 4 took a call from 376 to 351 us).
-constexpr int decode_min_blocks(int rows, int value_bytes) {
-  return rows >= 8 ? 2 : rows >= 4 ? 3 : value_bytes == 1 ? 5 : 4;
-}
+// the split counts aim at that many blocks per multiprocessor, so all splits run in one wave. The paged
+// kernel holds more beside one row (paged_attention.cu's one_row_blocks).
+constexpr int decode_min_blocks(int rows) { return rows >= 8 ? 2 : rows >= 4 ? 3 : 4; }
 // The kR a launch uses for blocks of `rows` query rows.
 constexpr int decode_rows_template(int rows) { return rows <= 1 ? 1 : rows <= 4 ? 4 : kDecodeMaxRows; }
 
@@ -71,8 +68,7 @@ template <typename T, int kW, int kTk, int kCpt, int kR, int kOneRowKeys = 0>
 struct DecodeShape {
   static constexpr int kSub = kDecodeThreads / kTk;
   static constexpr int kOneRow = kOneRowKeys > 0 ? kOneRowKeys : sizeof(T) == 2 || kTk == 32 ? 8 : 4;
-  // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4;
-  // attention.cu's fp8 beside one row takes 4, leaving registers for a fifth block a multiprocessor).
+  // Keys a thread loads before it waits: registers bound kR * kU (an f32 row of 64 has 128 registers for 4).
   static constexpr int kU = kR >= 8 ? (kCpt >= 2 ? 1 : 2) : kCpt >= 4 ? 1 : (kR == 1 ? kOneRow : 4) / kCpt;
   static constexpr int kKeysPerStep = kU * kSub;
 };

@@ -85,8 +85,7 @@ __host__ __device__ constexpr int one_row_blocks(int value_bytes) { return value
 // Block (row blockIdx.x, kv head and group of its query heads blockIdx.y, split blockIdx.z). kW: values
 // per chunk (kv_chunk_values, or 1 for head dims that are not whole chunks).
 template <typename T, int kW, int kDMax, int kR>
-__global__ void __launch_bounds__(kDecodeThreads,
-                                  kR == 1 ? one_row_blocks(sizeof(T)) : decode_min_blocks(kR, sizeof(T)))
+__global__ void __launch_bounds__(kDecodeThreads, kR == 1 ? one_row_blocks(sizeof(T)) : decode_min_blocks(kR))
     paged_attention_kernel(Params p) {
   constexpr int kTk = kDMax / kW < 32 ? kDMax / kW : 32, kCpt = kDMax / kW / kTk;
   pdl_launch_dependents();  // the merge may be scheduled now: it waits for this grid to finish
