@@ -73,10 +73,10 @@ struct PagedRow {
 };
 
 // Beside one row, each thread's loads go fewer keys deep than attention.cu's, for more blocks a
-// multiprocessor. f32: 4 keys, 7 blocks (8 spill; 7B batch decode: 256 rows of ~650 keys 30.9 -> 29.1 ms a
-// step). f16: 3 keys, fp8: 2, both 8 blocks, so that a 7B step's 32 rows x 32 heads run in one wave (7 and
-// 5 blocks left 100 and 364 blocks to a second; f16 spills at 4 keys): rows of 65..128 keys 19.4 -> 17.1 us
-// a layer (f16), 18.1 -> 15.2 (fp8).
+// multiprocessor. f32: 4 keys, 7 blocks (7B batch decode: 256 rows of ~650 keys 30.9 -> 29.1 ms a step; 8
+// blocks at 2 or 3 keys were slower). f16: 3 keys, fp8: 2, both 8 blocks, so that a 7B step's 32 rows x 32
+// heads run in one wave (7 and 5 blocks left 100 and 364 blocks to a second; f16 spills at 4 keys): rows of
+// 65..128 keys 19.4 -> 17.1 us a layer (f16), 18.1 -> 15.2 (fp8).
 __host__ __device__ constexpr int one_row_keys(int value_bytes) {
   return value_bytes == 2 ? 3 : value_bytes == 1 ? 2 : 4;
 }
