@@ -111,13 +111,20 @@ void gemm_launch(const MatmulArgs& a, const float* x, const __half* x16) {
   KILN_CUBLAS_CHECK(cublas().set_workspace(g.handle(), g.cublas_workspace(), g.cublas_workspace_bytes()));
   const float alpha = 1.0f, one = 1.0f;
   // Column-major view: y^T [n_out, n_tokens] = W [n_in, n_out]^T x^T [n_in, n_tokens].
-  KILN_CUBLAS_CHECK(cublas().gemm_ex(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), int(w.cols),
-                                 &alpha, w_in, type, int(w.cols), x_in, type, int(w.cols), &beta, out, CUDA_R_32F,
-                                 int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  if (x_lo != nullptr)
-    KILN_CUBLAS_CHECK(cublas().gemm_ex(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), int(w.cols),
-                                   &alpha, w_in, type, int(w.cols), x_lo, type, int(w.cols), &one, out, CUDA_R_32F,
-                                   int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  const int k = int(w.cols / a.k_split);
+  const auto product = [&](const void* x_term, const float* beta_term) {
+    if (a.k_split == 1)
+      KILN_CUBLAS_CHECK(cublas().gemm_ex(g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), k,
+                                         &alpha, w_in, type, int(w.cols), x_term, type, int(w.cols), beta_term, out,
+                                         CUDA_R_32F, int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else  // product p: W's and x's columns from p * k on (strides in elements), into out + p * split_stride
+      KILN_CUBLAS_CHECK(cublas().gemm_strided_batched_ex(
+          g.handle(), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(a.n_tokens), k, &alpha, w_in, type, int(w.cols), k,
+          x_term, type, int(w.cols), k, beta_term, out, CUDA_R_32F, int(w.rows), a.split_stride, a.k_split,
+          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  product(x_in, &beta);
+  if (x_lo != nullptr) product(x_lo, &one);
   if (a.bias != nullptr) {
     const int64_t n_y = a.n_tokens * w.rows;
     add_bias_kernel<<<grid_for(n_y), kThreads, 0, a.stream>>>(out, a.bias, n_y, w.rows);
@@ -156,6 +163,12 @@ void check_args(const MatmulArgs& a) {
   KILN_CHECK(!a.gated.enabled || (w.rows % 2 == 0 && a.residual == nullptr),
              "cuda matmul: a gated product needs an even number of rows ({}) and no residual", w.rows);
   KILN_CHECK(a.x16 == nullptr || !a.norm.enabled, "cuda matmul: an f16 x and an input norm together");
+  KILN_CHECK(a.k_split == 1 || (a.k_split > 1 && a.n_tokens > kGemvMaxTokens && w.cols % (8 * a.k_split) == 0 &&
+                                a.residual == nullptr && a.bias == nullptr && !a.gated.enabled &&
+                                a.split_stride >= a.n_tokens * w.rows),
+             "cuda matmul: a product split {} ways over {} inputs needs more than {} tokens, parts of a multiple of 8 "
+             "inputs, no residual, bias or gate, and parts {} apart of at least {} values",
+             a.k_split, w.cols, kGemvMaxTokens, a.split_stride, a.n_tokens * w.rows);
 }
 
 }  // namespace

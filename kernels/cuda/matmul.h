@@ -13,6 +13,7 @@
 // writes it, and a caller may pass it (x16, from the activation or the batch's attention before); else a
 // conversion pass. The residual is accumulated onto by cuBLAS itself (y = W x + y, copied into y first
 // unless it is y); a gated product goes through the context's gate_up buffer and the activation kernel.
+// A product split over its inputs (k_split) is left in parts for the caller to add.
 #pragma once
 
 #include <cublas_v2.h>
@@ -97,6 +98,12 @@ struct MatmulArgs {
   // same stream, dequantized it): the later calls of one matmul split into several.
   bool weight_dequantized = false;
   bool force_generic = false;      // tests: the element-wise GEMV (the path for unaligned shapes)
+  // GEMM path: k_split > 1 writes k_split products, each over n_in / k_split consecutive inputs, part p at
+  // y + p * split_stride, and adds nothing to them (no residual, bias or gate: the caller adds them). One
+  // strided-batched cuBLAS call: a weight with few outputs gets more blocks to stream it, and no reduction
+  // kernel runs. n_in / k_split must be a multiple of 8.
+  int k_split = 1;
+  int64_t split_stride = 0;
   // One token: f16, bf16 and int8 weights may stream through shared memory (gemv_streamed.cu) where that
   // applies; false keeps the register GEMV (the faster one beside attention over many keys).
   bool stream_weights = true;

@@ -10,6 +10,20 @@
 
 namespace kiln::cuda {
 
+// Products that x still lacks (a K-split GEMM's outputs): the norm's input is x + parts[0] + ... +
+// parts[count - 1] (+ bias), added in that order, and it is written to `sum` (the residual stream, which may
+// be x) on the way. Rows up to kNormMaxPendingDim wide, kNormMaxPendingParts parts.
+struct PendingSum {
+  const float* parts = nullptr;  // row t of part p at parts + p * stride + t * dim
+  int count = 0;
+  int64_t stride = 0;
+  const float* bias = nullptr;   // [dim] or nullptr
+  float* sum = nullptr;          // [n_tokens, dim]
+};
+
+inline constexpr int64_t kNormMaxPendingDim = 8192;
+inline constexpr int kNormMaxPendingParts = 2;
+
 struct NormArgs {
   NormKind kind = NormKind::Rms;
   const float* x = nullptr;       // [n_tokens, dim]
@@ -20,6 +34,7 @@ struct NormArgs {
   int64_t n_tokens = 0;
   int64_t dim = 0;
   float eps = 1e-5f;
+  PendingSum pending;
   cudaStream_t stream = nullptr;
 };
 

@@ -1,6 +1,7 @@
 // cuda::matmul against matmul_reference (double, weights dequantized exactly) for every weight dtype,
 // over odd shapes, on both paths: GEMV (<= 8 tokens, vector and element-wise loads, with and without
-// the fused input norm, the residual and gated epilogues) and cuBLAS GEMM (more tokens).
+// the fused input norm, the residual and gated epilogues) and cuBLAS GEMM (more tokens, also split over
+// the inputs into parts).
 //
 // Tolerances, per output y = sum_k w_k x_k with S = sum_k |w_k x_k| and u = 2^-24:
 //   GEMV, f32/f16/bf16: the weights widen to f32 exactly, so only f32 summation remains: 2 (n_in + 8) u S.
@@ -21,6 +22,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "engine/error.h"
@@ -496,6 +498,51 @@ TEST(CudaMatmul, GemmReadsGivenF16Input) {
         }
 }
 
+// A product split over its inputs (k_split): part p is the GEMM of W's and x's columns [p k, (p + 1) k),
+// within the GEMM bound above taken over those k inputs, and nothing else is added to it.
+TEST(CudaMatmul, ProductSplitOverInputs) {
+  KILN_REQUIRE_GPU();
+  Gemm gemm;
+  uint32_t seed = 8000;
+  for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I8})
+    for (auto [n_out, n_in, split] : {std::tuple<int64_t, int64_t, int>{64, 4096, 2}, {130, 1536, 4}, {96, 576, 3}})
+      for (int64_t n_tokens : {9, 33}) {
+        SCOPED_TRACE(testing::Message() << dtype_name(dtype) << " [" << n_out << ", " << n_in << "] x " << n_tokens
+                                        << " tokens in " << split << " parts");
+        const int64_t k = n_in / split, stride = (n_tokens + 3) * n_out;
+        const auto w = test::make_weight(dtype, n_out, n_in, group_for(n_in, 64), seed++);
+        const auto x = test::random_floats(size_t(n_tokens * n_in), seed++, -1.0f, 1.0f);
+        const auto d_x = test::to_device(x);
+        const auto d_y = test::to_device(std::vector<float>(size_t(split * stride), NAN));
+        cuda::MatmulArgs a;
+        a.weight = w.device;
+        a.x = d_x.as<float>();
+        a.y = d_y.as<float>();
+        a.n_tokens = n_tokens;
+        a.k_split = split;
+        a.split_stride = stride;
+        a.gemm = &gemm.context;
+        cuda::matmul(a);
+        const auto y = test::to_host<float>(d_y, size_t(split * stride));
+        const double rel = 2 * double(k + 8) * test::kU + extra_for(dtype, true);
+        std::vector<float> w_row(static_cast<size_t>(n_in));
+        for (int64_t r = 0; r < n_out; ++r) {
+          dequantize_row(w.view, r, w_row.data());
+          for (int p = 0; p < split; ++p)
+            for (int64_t t = 0; t < n_tokens; ++t) {
+              double want = 0, s = 0;
+              for (int64_t i = p * k; i < (p + 1) * k; ++i) {
+                const double term = double(w_row[size_t(i)]) * x[size_t(t * n_in + i)];
+                want += term;
+                s += std::fabs(term);
+              }
+              ASSERT_NEAR(y[size_t(p * stride + t * n_out + r)], want, rel * s)
+                  << "part " << p << " token " << t << " output " << r;
+            }
+        }
+      }
+}
+
 TEST(CudaMatmul, RejectsBadArguments) {
   KILN_REQUIRE_GPU();
   const auto w = test::make_weight(DType::I8, 4, 64, 32, 1);
@@ -524,6 +571,25 @@ TEST(CudaMatmul, RejectsBadArguments) {
   a.weight = big.device;  // more gated rows than the GEMM context's buffer holds
   a.n_tokens = 20;
   a.gemm = &gemm.context;
+  EXPECT_THROW(cuda::matmul(a), Error);  const auto narrow = test::make_weight(DType::F16, 4, 200, 0, 1);
+  const auto d_x200 = test::to_device(std::vector<float>(20 * 200));
+  const auto d_parts = test::to_device(std::vector<float>(2 * 20 * 4));
+  a.weight = narrow.device;
+  a.gated.enabled = false;
+  a.x = d_x200.as<float>();
+  a.y = d_parts.as<float>();
+  a.k_split = 2;  // 100 inputs a part: not a multiple of 8
+  a.split_stride = 20 * 4;
+  EXPECT_THROW(cuda::matmul(a), Error);
+  a.weight = w.device;  // 64 inputs: 32 a part
+  EXPECT_NO_THROW(cuda::matmul(a));
+  a.split_stride = 20 * 4 - 1;  // parts overlap
+  EXPECT_THROW(cuda::matmul(a), Error);
+  a.split_stride = 20 * 4;
+  a.residual = d_parts.as<float>();  // a split product adds nothing
+  EXPECT_THROW(cuda::matmul(a), Error);
+  a.residual = nullptr;
+  a.n_tokens = 8;  // the GEMV path does not split
   EXPECT_THROW(cuda::matmul(a), Error);
 }
 

@@ -86,6 +86,55 @@ TEST(CudaNorm, InPlace) {
   check(NormKind::Rms, true, true, 3, 9000, 9);
 }
 
+// Products still pending (a GEMM's parts split over its inputs) join x before the norm: the sum written out
+// is x + parts + bias added in that order, bit for bit the host's f32 sum, and the output is bit for bit the
+// norm of that sum given as x (whose own accuracy the tests above check).
+TEST(CudaNorm, AddsPendingProductsFirst) {
+  KILN_REQUIRE_GPU();
+  uint32_t seed = 100;
+  for (NormKind kind : {NormKind::Rms, NormKind::Layer})
+    for (int64_t dim : {7, 576, 4096, 8192})
+      for (int count : {1, 2})
+        for (bool bias : {false, true}) {
+          SCOPED_TRACE(testing::Message() << "dim " << dim << ", " << count << " parts, bias " << bias);
+          const int64_t n = 5, stride = (n + 1) * dim;  // a row's gap between the parts
+          const auto x = test::random_floats(size_t(n * dim), seed++, -2.0f, 2.0f);
+          const auto parts = test::random_floats(size_t(count * stride), seed++, -1.0f, 1.0f);
+          const auto b = test::random_floats(size_t(dim), seed++, -0.5f, 0.5f);
+          const auto weight = test::random_floats(size_t(dim), seed++, 0.5f, 1.5f);
+          std::vector<float> sum(x.size());
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t i = 0; i < dim; ++i) {
+              float v = x[size_t(t * dim + i)];
+              for (int p = 0; p < count; ++p) v += parts[size_t(p * stride + t * dim + i)];
+              if (bias) v += b[size_t(i)];
+              sum[size_t(t * dim + i)] = v;
+            }
+          const auto d_x = test::to_device(x), d_parts = test::to_device(parts), d_b = test::to_device(b),
+                     d_w = test::to_device(weight), d_sum = test::to_device(sum);
+          const auto d_y = test::to_device(std::vector<float>(x.size(), NAN));
+          const auto d_ref = test::to_device(std::vector<float>(x.size(), NAN));
+          cuda::NormArgs a;
+          a.kind = kind;
+          a.weight = d_w.as<float>();
+          a.n_tokens = n;
+          a.dim = dim;
+          a.x = d_sum.as<float>();
+          a.y = d_ref.as<float>();
+          cuda::norm(a);  // the norm of the host's sum
+          a.x = d_x.as<float>();
+          a.y = d_y.as<float>();
+          a.pending = {d_parts.as<float>(), count, stride, bias ? d_b.as<float>() : nullptr, d_x.as<float>()};
+          cuda::norm(a);  // the residual completed in place
+          const auto got_sum = test::to_host<float>(d_x, x.size());
+          const auto y = test::to_host<float>(d_y, x.size()), ref = test::to_host<float>(d_ref, x.size());
+          for (size_t i = 0; i < x.size(); ++i) {
+            ASSERT_EQ(got_sum[i], sum[i]) << "sum at " << i;
+            ASSERT_EQ(y[i], ref[i]) << "output at " << i;
+          }
+        }
+}
+
 TEST(CudaNorm, RejectsBadArguments) {
   KILN_REQUIRE_GPU();
   cuda::NormArgs a;
@@ -94,6 +143,21 @@ TEST(CudaNorm, RejectsBadArguments) {
   EXPECT_THROW(cuda::norm(a), Error);
   a.dim = 4;
   EXPECT_THROW(cuda::norm(a), Error);  // null pointers
+  const auto d = test::to_device(std::vector<float>(2 * 9000, 1.0f));
+  a.x = a.weight = d.as<float>();
+  a.y = d.as<float>() + 9000;
+  a.pending = {d.as<float>(), 1, 4, nullptr, nullptr};
+  EXPECT_THROW(cuda::norm(a), Error);  // pending products without a sum to write
+  a.pending.sum = d.as<float>();
+  a.pending.stride = 2;
+  EXPECT_THROW(cuda::norm(a), Error);  // parts closer than a row apart
+  a.pending.stride = 4;
+  a.pending.count = 3;
+  EXPECT_THROW(cuda::norm(a), Error);  // more parts than kNormMaxPendingParts
+  a.pending.count = 1;
+  a.dim = 9000;
+  a.pending.stride = 9000;
+  EXPECT_THROW(cuda::norm(a), Error);  // pending products beside a row wider than kNormMaxPendingDim
 }
 
 }  // namespace
