@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include "engine/batch_step.h"
 #include "engine/cuda_forward.h"
@@ -210,6 +211,8 @@ class CudaBatchBackend final : public BatchBackend {
   void launch(int64_t n_tokens, const int32_t* logit_rows, int64_t n_logit_rows, int64_t top_k);
   // The step's launches (graph-capturable): the layers, then the asked rows gathered, the head and the best.
   void run(int64_t n_tokens, int64_t n_logit_rows, bool in_order, int64_t top_k);
+  // The step's rows by kind (prompt rows or not) when the forward splits them, else none.
+  void find_runs(int64_t n_tokens);
   // Cuts the step's prompt rows into tiles (into the staged inputs) and tells kv_; returns the tile count.
   int64_t stage_prompt_tiles(int64_t n_tokens, int32_t* staged);
 
@@ -225,8 +228,9 @@ class CudaBatchBackend final : public BatchBackend {
   cuda::PinnedBuffer logits_;   // logits_buffer()
   cuda::PinnedBuffer top_;      // forward_top's rows (top_logits_words), copied from the attention scratch
   bool use_graph_;
-  // rows, logit rows, in order, tiles, all tiled, top k
-  using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool, int64_t>;
+  std::vector<RowRun> runs_;  // this step's
+  // rows, logit rows, in order, tiles, all tiled, top k, each run's rows (negative: prompt rows)
+  using StepShape = std::tuple<int64_t, int64_t, bool, int64_t, bool, int64_t, std::vector<int64_t>>;
   std::map<StepShape, int> seen_;                         // steps run per shape, until captured
   std::map<StepShape, std::unique_ptr<cuda::CudaGraph>> graphs_;
 };
@@ -254,6 +258,7 @@ CudaBatchBackend::CudaBatchBackend(const ModelConfig& config, const Weights& wei
   fo.max_tokens = in_.T;
   fo.batched = true;
   fo.invariant_rows = cuda.matmul_rows;
+  fo.prompt_rows = cuda.prompt_matmul_rows;
   fo.stage_timer = cuda.stage_timer;
   fo.input_ints = in_.ints();
   // the caller's scratch: the attention's split partials during the layers, the top area after the head
@@ -337,7 +342,10 @@ void CudaBatchBackend::launch(int64_t n_tokens, const int32_t* logit_rows, int64
   int32_t* inputs = forward_->inputs();
   KILN_CUDA_CHECK(cudaMemcpyAsync(inputs, staged, size_t(in_.ints()) * sizeof(int32_t), cudaMemcpyHostToDevice, s));
 
-  const StepShape shape{n_tokens, n_logit_rows, in_order, n_tiles, kv_.all_rows_tiled(), top_k};
+  find_runs(n_tokens);
+  std::vector<int64_t> run_rows;
+  for (const RowRun& run : runs_) run_rows.push_back(run.prompt ? -run.count : run.count);
+  const StepShape shape{n_tokens, n_logit_rows, in_order, n_tiles, kv_.all_rows_tiled(), top_k, run_rows};
   const bool timing = forward_->begin_stage_timing();
   auto graph = timing ? graphs_.end() : graphs_.find(shape);
   if (!timing && graph == graphs_.end() && use_graph_ && graphs_.size() < kMaxGraphs && seen_[shape]++ > 0) {
@@ -349,6 +357,16 @@ void CudaBatchBackend::launch(int64_t n_tokens, const int32_t* logit_rows, int64
   if (seen_.size() > 4096) seen_.clear();  // shapes met once each, as prompt chunks can be
   if (graph != graphs_.end()) graph->second->launch(s);
   else run(n_tokens, n_logit_rows, in_order, top_k);
+}
+
+void CudaBatchBackend::find_runs(int64_t n_tokens) {
+  runs_.clear();
+  if (!forward_->splits_prompt_rows()) return;
+  const int32_t* prompt = step_.row_prompt();
+  for (int64_t r = 0; r < n_tokens; ++r) {
+    if (runs_.empty() || runs_.back().prompt != (prompt[r] != 0)) runs_.push_back({r, 0, prompt[r] != 0});
+    ++runs_.back().count;
+  }
 }
 
 int64_t CudaBatchBackend::stage_prompt_tiles(int64_t n_tokens, int32_t* staged) {
@@ -384,7 +402,7 @@ float* CudaBatchBackend::logits_buffer(int64_t n_rows) {
 
 void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order, int64_t top_k) {
   const int32_t* inputs = forward_->inputs();
-  forward_->run_layers(inputs + in_.tokens(), inputs + in_.positions(), n_tokens, kv_);
+  forward_->run_layers(inputs + in_.tokens(), inputs + in_.positions(), n_tokens, kv_, runs_);
   if (n_logit_rows == 0) return;
   const float* hidden = forward_->hidden();
   if (!in_order) {  // a row gather is an embedding lookup in a table of the step's rows
@@ -403,6 +421,10 @@ void CudaBatchBackend::run(int64_t n_tokens, int64_t n_logit_rows, bool in_order
 }
 
 }  // namespace
+
+int64_t matmul_rows_for(int64_t max_sequences) {
+  return max_sequences <= 32 ? 32 : std::clamp<int64_t>((max_sequences + 63) / 64 * 64, 64, 256);
+}
 
 std::unique_ptr<BatchBackend> make_cuda_batch_backend(const ModelConfig& config, const Weights& weights,
                                                       const BatchBackendOptions& options,

@@ -7,9 +7,10 @@
 // tiles: decode steps repeat theirs) replays a CUDA graph captured the second time it comes.
 //
 // Batch invariance: a row's logits are bit for bit the same whatever else the step holds. Every matmul
-// runs as cuBLAS calls of one fixed shape (matmul_rows rows, the last call padded), so the library's
-// choice of algorithm never changes with the step; the attention splits a row's keys at fixed positions and
-// computes a prompt row alike in any tile; every other kernel computes a row from that row alone.
+// runs as cuBLAS calls of fixed shapes (matmul_rows rows, or prompt_matmul_rows for a run of prompt rows,
+// the last call of a run padded), so the library's choice of algorithm never changes with the step; the
+// attention splits a row's keys at fixed positions and computes a prompt row alike in any tile; every other
+// kernel computes a row from that row alone.
 #pragma once
 
 #include <memory>
@@ -28,6 +29,11 @@ struct CudaBatchOptions {
   // Rows of every matmul call (more than 8): fewer read the weights more often in long steps, more waste
   // work on short ones. Rows are alike whatever the step only between backends of the same value.
   int64_t matmul_rows = 64;
+  // Rows of every matmul call over a step's prompt rows (0: matmul_rows): a long prompt chunk reads the weights
+  // once for every prompt_matmul_rows rows. Prompt rows always take these calls, the other rows matmul_rows,
+  // so rows stay alike whatever the step (CudaForwardOptions::prompt_rows; models that cannot take it run
+  // every row in matmul_rows calls).
+  int64_t prompt_matmul_rows = 256;
   // Keys of each split of a decode row's attention (split at fixed positions, then merged). 0: 2,048 when
   // the backend has 64 sequence slots or more (many rows give blocks enough: a 7B step of 256 sequences at
   // ~650 positions on an H200 took 24.3 ms of attention with 256, 22.4 with 1,024; kiln batch's 1,000
@@ -39,6 +45,13 @@ struct CudaBatchOptions {
   // graph and reports each stage's time.
   std::shared_ptr<StageTimer> stage_timer;
 };
+
+// CudaBatchOptions::matmul_rows for a backend of max_sequences slots: as many rows as a decode step can hold,
+// 32, or 64 to 256 in steps of 64. A call of 256 rows reads the weights once for four times the rows (7B on an
+// H200, 256 sequences: 20.5K generated t/s against 10.1K with 64-row calls); a step with fewer rows pays for
+// the padding. 32-row calls split the output and down projections over their inputs (7B, 32 sequences:
+// 6,594-6,620 against 6,405-6,418 generated t/s with 64-row calls).
+int64_t matmul_rows_for(int64_t max_sequences);
 
 // options.kv_bytes: the pool's size (rounded down to whole blocks, and never more than max_sequences full
 // contexts); 0 takes 90% of what the GPU has free beside the weights and workspace. Throws kiln::Error when

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <utility>
 
 #include "engine/alibi.h"
 #include "engine/error.h"
@@ -97,6 +98,15 @@ size_t persistent_floats(const ModelConfig& c) {
   return persistent_scratch_floats(c) + size_t(c.n_layers) * sizeof(cuda::PersistentLayer) / sizeof(float);
 }
 
+// Products onto the residual split over their inputs (CudaForward::residual_split_of): parts a product, and
+// the most rows a call may have for the split to pay (7B, 32 sequences, an H200: 6,594-6,620 generated t/s
+// with 32-row calls against 6,405-6,418 unsplit with 64-row calls; 64-row calls split gained nothing,
+// docs/BENCHMARKS.md).
+constexpr int kResidualSplit = 2;
+constexpr int64_t kResidualSplitMaxRows = 32;
+static_assert(kResidualSplit <= cuda::kNormMaxPendingParts && kResidualSplit <= 2,
+              "a norm adds the parts, or residual_add_bias (two at most)");
+
 std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1 << 20)); }
 
 // The table without its first `offset` rows: row p of the result is row p + offset of m.
@@ -109,11 +119,14 @@ DeviceMatrix rows_from(DeviceMatrix m, int64_t offset) {
 
 }  // namespace
 
-void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows) {
+void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows, int64_t first, int64_t count, bool dequantized) {
   KILN_CHECK(rows > cuda::kGemvMaxTokens, "a batch-invariant matmul takes more than {} rows a call, not {}",
              cuda::kGemvMaxTokens, rows);
+  if (count < 0) count = args.n_tokens - first;
+  KILN_CHECK(first >= 0 && first + count <= args.n_tokens, "rows [{}, {}) of a matmul of {} rows", first,
+             first + count, args.n_tokens);
   const int64_t n_in = args.weight.cols, n_y = args.gated.enabled ? args.weight.rows / 2 : args.weight.rows;
-  for (int64_t start = 0; start < args.n_tokens; start += rows) {
+  for (int64_t start = first; start < first + count; start += rows) {
     cuda::MatmulArgs chunk = args;
     chunk.n_tokens = rows;
     chunk.x = args.x + start * n_in;
@@ -121,7 +134,7 @@ void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows) {
     if (args.x16 != nullptr) chunk.x16 = args.x16 + start * n_in;
     if (args.residual != nullptr) chunk.residual = args.residual + start * n_y;
     if (chunk.norm.enabled) chunk.norm.out = args.norm.out + start * n_in;
-    chunk.weight_dequantized = start > 0;  // an int8 weight's f16 copy serves every call after the first
+    chunk.weight_dequantized = dequantized || start > first;  // an int8 weight's f16 copy serves later calls
     cuda::matmul(chunk);
   }
 }
@@ -166,6 +179,7 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
       rows_(options.batched ? (options.max_tokens + invariant_rows_ - 1) / invariant_rows_ * invariant_rows_
                             : options.max_tokens),
       batched_(options.batched),
+      prompt_rows_(options.prompt_rows > 0 ? options.prompt_rows : options.invariant_rows),
       persistent_(false),
       persistent_feed_(options.persistent_feed),
       kv_dtype_(options.kv_dtype),
@@ -223,6 +237,14 @@ CudaForward::CudaForward(const ModelConfig& config, const Weights& weights, cons
     alibi_ = kiln::alibi_slopes(int(shard_.n_heads));
     up.vector(alibi_.data() + shard_.head_begin, c.n_heads, &w_.alibi_slopes);
   }
+  KILN_CHECK(!batched_ || (prompt_rows_ > cuda::kGemvMaxTokens && prompt_rows_ <= 4096),
+             "rows per batched matmul call of prompt rows {} are outside ({}, 4096]", prompt_rows_,
+             cuda::kGemvMaxTokens);
+  const bool residual_may_wait = batched_ && shard_.whole() && nccl_ == nullptr && !on_tensor_ && !c.post_norm &&
+                                 !c.parallel_residual && !c.shared_layer_norm && c.dim <= cuda::kNormMaxPendingDim;
+  two_shapes_ = residual_may_wait && prompt_rows_ != invariant_rows_;
+  pending_residual_ = residual_may_wait && (two_shapes_ || invariant_rows_ <= kResidualSplitMaxRows);
+  if (two_shapes_) rows_ = max_tokens_ + std::max(invariant_rows_, prompt_rows_);  // past any run's last call
   persistent_ = persistent_possible(options, weights);
   plan_workspace(options);
 }
@@ -237,13 +259,15 @@ void CudaForward::plan_workspace(const CudaForwardOptions& options) {
   const auto R = size_t(rows_);
   const int64_t up_rows = is_gated(c.mlp) ? 2 * c.ffn_dim : c.ffn_dim;
   gemm_n_in_ = std::max({c.dim, c.q_dim(), c.ffn_dim, c.embd_dim()});
-  gemm_tokens_ = batched_ ? invariant_rows_ : max_tokens_ > cuda::kGemvMaxTokens ? max_tokens_ : 0;
+  gemm_tokens_ = batched_ ? std::max(invariant_rows_, two_shapes_ ? prompt_rows_ : 0)
+                 : max_tokens_ > cuda::kGemvMaxTokens ? max_tokens_ : 0;
   gemm_bytes_ = gemm_tokens_ > 0 ? cuda::gemm_workspace_bytes(gemm_tokens_, gemm_n_in_, gemm_int8_) : 0;
   const size_t floats[] = {R * size_t(c.dim),      R * size_t(c.dim),    R * size_t(c.qkv_dim()), R * size_t(c.q_dim()),
                            R * size_t(c.kv_dim()), R * size_t(c.q_dim()), R * size_t(c.dim),       R * size_t(up_rows),
                            R * size_t(c.ffn_dim),  R * size_t(c.dim),    R * size_t(c.projects_embedding() ? c.embd_dim() : 0),
                            R * size_t(c.output_width()), options.attention_floats,
-                           (R * size_t(std::max(c.ffn_dim, c.q_dim())) + 1) / 2,  // act16: halves
+                           pending_residual_ ? kResidualSplit * R * size_t(c.dim) : 0,
+                           (R * size_t(std::max({c.ffn_dim, c.q_dim(), c.dim})) + 1) / 2,  // act16: halves
                            persistent_ ? persistent_floats(c) : 0};
   ws_offsets_.clear();
   size_t bytes = 0;
@@ -270,7 +294,7 @@ void CudaForward::allocate() {
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
   char* base = ws_.storage.as<char>();
   float** slots[] = {&ws_.x,  &ws_.xn,  &ws_.qkv,     &ws_.q,    &ws_.k,      &ws_.att,      &ws_.attn_proj,
-                     &ws_.up, &ws_.act, &ws_.ffn_out, &ws_.embd, &ws_.logits, &ws_.attention};
+                     &ws_.up, &ws_.act, &ws_.ffn_out, &ws_.embd, &ws_.logits, &ws_.attention, &ws_.parts};
   for (size_t i = 0; i < std::size(slots); ++i) *slots[i] = reinterpret_cast<float*>(base + ws_offsets_[i]);
   ws_.act16 = reinterpret_cast<__half*>(base + ws_offsets_[std::size(slots)]);
   ws_.persistent = reinterpret_cast<float*>(base + ws_offsets_[std::size(slots) + 1]);
@@ -378,11 +402,25 @@ void CudaForward::report_stage_times() {
     stage_timer_->on_stage(stage_names_[i].first, stage_names_[i].second, double(ms[i]) * 1e3);
 }
 
-void CudaForward::run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv) {
+void CudaForward::run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv,
+                             const std::vector<RowRun>& runs) {
   KILN_CHECK(plan_ == nullptr, "the CUDA forward runs only after allocate()");
   KILN_CHECK(n >= 1 && n <= max_tokens_, "a CUDA forward step takes 1 to {} tokens, not {}", max_tokens_, n);
+  pending_ = {};  // an earlier step that failed may have left its own
+  runs_.clear();
+  if (two_shapes_) {
+    int64_t next = 0;
+    for (const RowRun& run : runs) {
+      KILN_CHECK(run.start == next && run.count >= 1, "the step's runs of rows must follow each other from row 0");
+      next += run.count;
+    }
+    KILN_CHECK(next == n || runs.empty(), "the step's runs of rows cover {} of its {} rows", next, n);
+    runs_ = runs;
+  }
   embed(tokens, positions, n);
   for (int64_t layer = 0; layer < config_.n_layers; ++layer) layer_forward(layer, n, kv);
+  add_pending_products(n);
+  runs_.clear();
 }
 
 void CudaForward::head(const float* hidden, int64_t rows) {
@@ -489,6 +527,7 @@ void CudaForward::embed(const int32_t* tokens, const int32_t* positions, int64_t
 }
 
 void CudaForward::norm(const float* x, const float* weight, const float* bias, float* y, int64_t n) {
+  no_pending_products("a norm of its own");
   cuda::NormArgs a;
   a.kind = config_.norm;
   a.x = x;
@@ -513,8 +552,11 @@ __half* CudaForward::f16_input_for(const cuda::DeviceMatrix& w, int64_t n) const
 // x += W · in + bias in the matmul itself: the GEMV's epilogue, or cuBLAS accumulating onto x. in16: `in` in
 // f16 already, or nullptr. Split over ranks (W by columns), rank 0 does this with its part of W, the others
 // write their product alone into x, and the sum over the ranks leaves x + W · in + bias on every rank.
+// With pending_residual_ the product and the bias wait in parts (split over W's inputs where
+// residual_split_of says so) for the next input norm, or add_pending_products, to add them to x.
 void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
                                        int64_t n, const char* stage, int64_t layer) {
+  no_pending_products(stage);
   const bool first_rank = shard_.rank == 0;
   cuda::MatmulArgs a;
   a.weight = w;
@@ -527,8 +569,45 @@ void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, c
   a.gemm = gemm_.get();
   a.stream_weights = stream_weights_;
   a.stream = stream();
+  if (pending_residual_) {  // the product waits in parts; the next input norm adds it and the bias
+    a.y = ws_.parts;
+    a.residual = a.bias = nullptr;
+    a.k_split = residual_split_of(w);
+    a.split_stride = rows_ * config_.dim;
+    run_matmul(a);
+    pending_ = {ws_.parts, a.k_split, a.split_stride, bias, ws_.x};
+    return;
+  }
   run_matmul(a);
   sum_over_ranks(ws_.x, n * config_.dim, stage, layer);
+}
+
+// The output and down projections have as many outputs as the residual and at least as many inputs. cuBLAS
+// streams such a weight with few blocks unless it is split over its inputs (the 7B shapes at 32 rows: 13.4 ->
+// 10.8 us and 29.0 -> 24.3 us, docs/BENCHMARKS.md); the norm that adds the parts needs no launch of its own.
+int CudaForward::residual_split_of(const DeviceMatrix& w) const {
+  const bool pays = invariant_rows_ <= kResidualSplitMaxRows && w.rows <= w.cols;
+  return pays && w.cols % (8 * kResidualSplit) == 0 ? kResidualSplit : 1;
+}
+
+// After the last layer, the products no norm has added yet.
+void CudaForward::add_pending_products(int64_t n) {
+  if (pending_.count == 0) return;
+  cuda::ResidualArgs r;
+  r.residual = ws_.x;
+  r.a = pending_.parts;
+  r.a_bias = pending_.bias;
+  r.b = pending_.count > 1 ? pending_.parts + pending_.stride : nullptr;
+  r.n_tokens = n;
+  r.dim = config_.dim;
+  r.stream = stream();
+  cuda::residual_add_bias(r);
+  pending_ = {};
+}
+
+void CudaForward::no_pending_products(const char* before) const {
+  KILN_CHECK(pending_.count == 0, "the CUDA forward left products split over their inputs unadded before {}",
+             before);
 }
 
 void CudaForward::sum_over_ranks(float* device_data, int64_t n, const char* stage_before, int64_t layer) {
@@ -542,10 +621,34 @@ void CudaForward::sum_over_ranks(float* device_data, int64_t n, const char* stag
   mark_stage("all_reduce", layer);
 }
 
-// Batched rows go through the batch-invariant calls; a sequence's rows take cuda::matmul's own choice.
+// Batched rows go through the batch-invariant calls, each run of rows with its kind's; a sequence's rows take
+// cuda::matmul's own choice.
 void CudaForward::run_matmul(const cuda::MatmulArgs& a) {
-  if (batched_) matmul_invariant(a, invariant_rows_);
-  else cuda::matmul(a);
+  if (!batched_) return cuda::matmul(a);
+  if (runs_.empty()) return matmul_invariant(a, invariant_rows_);
+  KILN_CHECK(runs_.back().start + runs_.back().count == a.n_tokens, "a matmul of {} rows in a step of {}",
+             a.n_tokens, runs_.back().start + runs_.back().count);
+  for (const RowRun& run : runs_)
+    matmul_invariant(a, run.prompt ? prompt_rows_ : invariant_rows_, run.start, run.count, run.start > 0);
+}
+
+// A batched matmul's input norm runs once over the rows rather than in each call: it adds the pending
+// products to the residual, and a call's padding rows may be the next run's rows. x16: where its f16
+// output goes, or nullptr.
+void CudaForward::batched_input_norm(const cuda::InputNorm& norm, const float* x, __half* x16, int64_t n) {
+  cuda::NormArgs a;
+  a.kind = norm.kind;
+  a.x = x;
+  a.weight = norm.weight;
+  a.bias = norm.bias;
+  a.y = norm.out;
+  a.y16 = x16;
+  a.n_tokens = n;
+  a.dim = config_.dim;
+  a.eps = norm.eps;
+  a.pending = std::exchange(pending_, {});
+  a.stream = stream();
+  cuda::norm(a);
 }
 
 cuda::InputNorm CudaForward::input_norm(const float* weight, const float* bias) const {
@@ -573,6 +676,16 @@ void CudaForward::matmul(const DeviceMatrix& w, const float* x, float* y, const 
   a.gemm = gemm_.get();
   a.stream_weights = stream_weights_;
   a.stream = stream();
+  if (batched_ && norm.enabled) {
+    KILN_CHECK(x16 == nullptr && w.cols == config_.dim,
+               "the CUDA forward's batched input norm is for a matmul of {} inputs without an f16 x, not {}",
+               config_.dim, w.cols);
+    __half* normed16 = f16_input_for(w, n);
+    batched_input_norm(norm, x, normed16, n);
+    a.x16 = normed16;
+    a.x = norm.out;
+    a.norm = {};
+  }
   run_matmul(a);
 }
 

@@ -20,6 +20,7 @@
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/kv_dtype.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/norm.h"
 #include "kernels/cuda/persistent_decode.h"
 #include "kernels/cuda/rotary.h"
 
@@ -84,8 +85,17 @@ inline constexpr int64_t kInvariantRows = 64;
 
 // y = x · Wᵀ (+ bias) over n = args.n_tokens rows as calls of exactly `rows` rows, the last padded with
 // whatever x holds there (padding rows of y and of norm.out are overwritten): x, y and norm.out hold n
-// rounded up to a multiple of `rows`; args.gemm serves `rows` tokens (more than kGemvMaxTokens).
-void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows = kInvariantRows);
+// rounded up to a multiple of `rows`; args.gemm serves `rows` tokens (more than kGemvMaxTokens). With
+// `first` and `count`, the calls cover rows [first, first + count) of args alone, the last padded likewise;
+// `dequantized` as MatmulArgs::weight_dequantized for the first call.
+void matmul_invariant(const cuda::MatmulArgs& args, int64_t rows = kInvariantRows, int64_t first = 0,
+                      int64_t count = -1, bool dequantized = false);
+
+// Consecutive rows of one kind in a batched step: prompt rows or the others (CudaForward::run_layers).
+struct RowRun {
+  int64_t start = 0, count = 0;
+  bool prompt = false;
+};
 
 // The persistent decode step's shapes for a model of config c (int8 weights in groups of group_size; 0: f16).
 cuda::PersistentShape persistent_shape(const ModelConfig& c, int group_size);
@@ -106,6 +116,11 @@ struct CudaForwardOptions {
   // consecutive positions of one sequence, and up to kGemvMaxTokens rows take the GEMV kernels.
   bool batched = false;
   int64_t invariant_rows = kInvariantRows;  // batched: rows per matmul call
+  // Batched: rows per matmul call of prompt rows (0: invariant_rows). More rows read the weights fewer times
+  // for a long prompt chunk, and a row's kind, not its step, picks its calls, so rows stay alike whatever
+  // the step. Taken only by pre-norm models on one GPU (their residual products wait for the next norm, so
+  // a call's padding rows, which may be the next run's rows, add nothing to the residual).
+  int64_t prompt_rows = 0;
   int64_t input_ints = 0;         // device int32 inputs the caller stages (inputs())
   size_t attention_floats = 0;    // scratch for the caller's attention (attention_scratch())
   TensorCallback on_tensor;       // optional debugging hook: copies each named intermediate to the host
@@ -151,8 +166,12 @@ class CudaForward {
   cuda::GemmContext* gemm_context() const { return gemm_.get(); }
 
   // The residual stream hidden(): [n, dim] after every layer. tokens, positions: device [n], each checked by
-  // the caller; positions are consecutive unless batched.
-  void run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv);
+  // the caller; positions are consecutive unless batched. runs: the rows by kind, in order, when
+  // splits_prompt_rows() (else ignored: every row takes invariant_rows calls).
+  void run_layers(const int32_t* tokens, const int32_t* positions, int64_t n, CudaKvStore& kv,
+                  const std::vector<RowRun>& runs = {});
+  // Whether prompt rows take matmul calls of their own shape (CudaForwardOptions::prompt_rows).
+  bool splits_prompt_rows() const { return two_shapes_; }
   // Whether run_layers_persistent can run: asked for, and a pre-norm (RMS) gated model with f16 matrices (or
   // int8 ones of one group size), no biases but the QKV's, shapes cuda::persistent_decode takes, whole on
   // one GPU, without a tensor hook.
@@ -181,7 +200,9 @@ class CudaForward {
     float *x = nullptr, *xn = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *att = nullptr,
           *attn_proj = nullptr, *up = nullptr, *act = nullptr, *ffn_out = nullptr, *embd = nullptr,
           *logits = nullptr, *attention = nullptr;
-    // [rows, max(ffn_dim, q_dim)]: the activation, or the attention's output, in f16 when a GEMM reads it so
+    float* parts = nullptr;  // [splits, rows, dim]: a product onto the residual, maybe split over its inputs
+    // [rows, max(ffn_dim, q_dim, dim)]: the activation, the attention's output, or a batched input norm's, in
+    // f16 when a GEMM reads it so
     __half* act16 = nullptr;
     float* persistent = nullptr;  // the persistent step's scratch, then its table of layers
     int32_t* inputs = nullptr;
@@ -195,6 +216,10 @@ class CudaForward {
   void layer_forward(int64_t layer, int64_t n, CudaKvStore& kv);
   void norm(const float* x, const float* weight, const float* bias, float* y, int64_t n);
   cuda::InputNorm input_norm(const float* weight, const float* bias) const;
+  void batched_input_norm(const cuda::InputNorm& norm, const float* x, __half* x16, int64_t n);
+  int residual_split_of(const cuda::DeviceMatrix& w) const;
+  void add_pending_products(int64_t n);
+  void no_pending_products(const char* before) const;
   void matmul(const cuda::DeviceMatrix& w, const float* x, float* y, const float* bias, int64_t n,
               const cuda::InputNorm& norm = {}, const cuda::GatedOutput& gated = {}, const __half* x16 = nullptr);
   bool takes_gemv(int64_t n) const;
@@ -214,8 +239,16 @@ class CudaForward {
   int64_t max_tokens_;
   int64_t invariant_rows_;
   size_t attention_floats_;  // the caller's scratch, also top_logits' output
-  int64_t rows_;  // workspace rows: max_tokens, rounded up to invariant_rows when batched
+  int64_t rows_;  // workspace rows: max_tokens, rounded up to invariant_rows when batched, and past the runs' calls
   bool batched_;
+  int64_t prompt_rows_;
+  // Batched steps of a pre-norm model on one GPU may leave the output and down projections' products in
+  // parts (split over their inputs where residual_split_of says so) for the next input norm to add;
+  // pending_ holds them until then. Taken with two call shapes, or where a split pays.
+  bool pending_residual_ = false;
+  bool two_shapes_ = false;
+  cuda::PendingSum pending_;
+  std::vector<RowRun> runs_;  // during run_layers with two shapes: the step's rows by kind
   bool persistent_;
   cuda::PersistentFeed persistent_feed_;
   cuda::KvDType kv_dtype_;

@@ -60,19 +60,27 @@ class CudaBatchParity : public ::testing::TestWithParam<const char*> {};
 // weights also by the GEMM's rounding of activations to f16.
 // With an f16 or fp8 pool and the rows flagged prompt rows, the prompt tiles of the tensor cores (queries
 // and probabilities in f16 as well as the keys and values): 2e-2 for f16, kFp8PoolTolerance for fp8.
+// Flagged prompt rows also take matmul calls of their own shape; with 32-row calls the output and down
+// projections are split over their inputs.
 TEST_P(CudaBatchParity, MixedStepsMatchTheCpuBatchBackend) {
   KILN_REQUIRE_GPU();
   struct Variant {
     DType dtype;
     cuda::KvDType pool;
     float tolerance;
+    bool prompt;
+    int64_t matmul_rows = 64;
   };
-  for (const Variant& v :
-       {Variant{DType::F32, cuda::KvDType::F32, 1e-4f}, Variant{DType::F16, cuda::KvDType::F32, 1e-2f},
-        Variant{DType::F32, cuda::KvDType::F16, 2e-2f}, Variant{DType::F32, cuda::KvDType::F8, kFp8PoolTolerance}}) {
-    const bool prompt = v.pool != cuda::KvDType::F32;
+  for (const Variant& v : {Variant{DType::F32, cuda::KvDType::F32, 1e-4f, false},
+                           Variant{DType::F16, cuda::KvDType::F32, 1e-2f, false},
+                           Variant{DType::F32, cuda::KvDType::F16, 2e-2f, true},
+                           Variant{DType::F32, cuda::KvDType::F8, kFp8PoolTolerance, true},
+                           Variant{DType::F32, cuda::KvDType::F32, 1e-4f, true, 32},
+                           Variant{DType::F16, cuda::KvDType::F16, 2e-2f, true, 32}}) {
+    const bool prompt = v.prompt;
     const std::string name = std::string(dtype_name(v.dtype)) + " weights, " + cuda::kv_dtype_name(v.pool) +
-                             (prompt ? " pool, prompt rows" : " pool");
+                             (prompt ? " pool, prompt rows" : " pool") + ", " + std::to_string(v.matmul_rows) +
+                             "-row calls";
     SCOPED_TRACE(name);
     const Tiny tiny(GetParam(), v.dtype);
     const ModelConfig& c = tiny.model.config;
@@ -80,6 +88,7 @@ TEST_P(CudaBatchParity, MixedStepsMatchTheCpuBatchBackend) {
     auto cpu = make_cpu_batch_backend(c, tiny.weights, small_batch(4));
     CudaBatchOptions cuda;
     cuda.kv_dtype = v.pool;
+    cuda.matmul_rows = v.matmul_rows;
     auto gpu = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
     const Logits want = run_steps(*cpu, seqs, kMixedSteps), got = run_steps(*gpu, seqs, kMixedSteps, prompt);
     for (size_t s = 0; s < seqs.size(); ++s) {
@@ -114,16 +123,19 @@ class CudaBatchInvariance : public ::testing::TestWithParam<DType> {};
 TEST_P(CudaBatchInvariance, RowsMatchTheSequenceAloneBitForBit) {
   KILN_REQUIRE_GPU();
   for (const char* name : {"llama_gqa_tied", "gpt2", "bloom", "mistral_swa"}) {  // rotary, learned, ALiBi, window
-    for (cuda::KvDType pool : {cuda::KvDType::F32, cuda::KvDType::F16, cuda::KvDType::F8}) {
+    for (auto [pool, matmul_rows] : {std::pair{cuda::KvDType::F32, 64}, std::pair{cuda::KvDType::F16, 64},
+                                     std::pair{cuda::KvDType::F8, 64}, std::pair{cuda::KvDType::F16, 32}}) {
       const bool prompt = pool != cuda::KvDType::F32;
       SCOPED_TRACE(testing::Message() << name << " " << cuda::kv_dtype_name(pool)
-                                      << (prompt ? " pool, prompt rows, splits of 16 keys" : " pool"));
+                                      << (prompt ? " pool, prompt rows, splits of 16 keys" : " pool") << ", "
+                                      << matmul_rows << "-row calls");
       const Tiny tiny(name, GetParam());
       const ModelConfig& c = tiny.model.config;
       const auto seqs = four_sequences(c.n_vocab, 21);
       CudaBatchOptions cuda;
       cuda.kv_dtype = pool;
       cuda.attention_chunk_keys = prompt ? 16 : 0;  // the decode rows' keys in several splits
+      cuda.matmul_rows = matmul_rows;
       const Logits want = alone_in_batch_backend(c, tiny.weights, seqs, cuda, prompt);
       auto batch = make_cuda_batch_backend(c, tiny.weights, small_batch(4), cuda);
       const Logits got = run_steps(*batch, seqs, kMixedSteps, prompt);
