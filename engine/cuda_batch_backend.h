@@ -4,7 +4,8 @@
 // at its own position, and computes logits only for the rows asked, gathered before the LM head. With an
 // f16 or fp8 pool, the prompt rows of each sequence attend in tiles on the tensor cores (paged_prompt_attention),
 // the other rows one by one. A step shape seen before (rows, logit rows, whether they need gathering, prompt
-// tiles: decode steps repeat theirs) replays a CUDA graph captured the second time it comes.
+// tiles, runs of prompt rows: decode steps repeat theirs) replays a CUDA graph captured the second time it
+// comes.
 //
 // Batch invariance: a row's logits are bit for bit the same whatever else the step holds. Every matmul
 // runs as cuBLAS calls of fixed shapes (matmul_rows rows, or prompt_matmul_rows for a run of prompt rows,
