@@ -557,27 +557,26 @@ __half* CudaForward::f16_input_for(const cuda::DeviceMatrix& w, int64_t n) const
 void CudaForward::matmul_into_residual(const DeviceMatrix& w, const float* in, const __half* in16, const float* bias,
                                        int64_t n, const char* stage, int64_t layer) {
   no_pending_products(stage);
-  const bool first_rank = shard_.rank == 0;
   cuda::MatmulArgs a;
   a.weight = w;
   a.x = in;
   a.x16 = in16;
-  a.y = ws_.x;
-  a.residual = first_rank ? ws_.x : nullptr;
-  a.bias = first_rank ? bias : nullptr;
   a.n_tokens = n;
   a.gemm = gemm_.get();
   a.stream_weights = stream_weights_;
   a.stream = stream();
   if (pending_residual_) {  // the product waits in parts; the next input norm adds it and the bias
     a.y = ws_.parts;
-    a.residual = a.bias = nullptr;
     a.k_split = residual_split_of(w);
     a.split_stride = rows_ * config_.dim;
     run_matmul(a);
     pending_ = {ws_.parts, a.k_split, a.split_stride, bias, ws_.x};
     return;
   }
+  const bool first_rank = shard_.rank == 0;
+  a.y = ws_.x;
+  a.residual = first_rank ? ws_.x : nullptr;
+  a.bias = first_rank ? bias : nullptr;
   run_matmul(a);
   sum_over_ranks(ws_.x, n * config_.dim, stage, layer);
 }

@@ -6,8 +6,8 @@
 // the single-sequence CUDA backend's; sixteen sequences decode alike alone and batched; forward_top returns
 // each row's best logits of those forward returns, and the scheduler's text from them equals its text from
 // whole rows; the block pool's accounting never leaks over 1,000 sequences; bad steps throw kiln::Error
-// without changing anything; a pool larger than the GPU is refused naming the bytes needed and free. Skips
-// itself without a GPU.
+// without changing anything; a pool larger than the GPU is refused naming the bytes needed and free, and
+// matmul calls of too few or too many rows are refused. Skips itself without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -414,6 +414,15 @@ TEST(CudaBatchBackend, RefusesEncodersAndPoolsLargerThanTheGpu) {
   // 0: what the GPU has free, capped by what the slots can use (4 x 256 positions: 64 blocks).
   auto fitted = make_cuda_batch_backend(tiny.model.config, tiny.weights, small_batch(4, 0));
   EXPECT_EQ(fitted->free_blocks(), 64);
+
+  // Matmul calls of decode or prompt rows must hold more rows than the GEMV takes, and at most 4096.
+  for (auto [rows, prompt_rows] : {std::pair<int64_t, int64_t>{8, 256}, {4097, 256}, {64, 8}, {64, 4097}}) {
+    CudaBatchOptions cuda;
+    cuda.matmul_rows = rows;
+    cuda.prompt_matmul_rows = prompt_rows;
+    EXPECT_THROW((void)make_cuda_batch_backend(tiny.model.config, tiny.weights, small_batch(4), cuda), Error)
+        << rows << " and " << prompt_rows << " rows a call";
+  }
 }
 
 }  // namespace
